@@ -1,0 +1,3 @@
+//! mqtt-proxy: an MQTT 1:N device multiplexer.
+pub mod broker;
+pub mod router;
