@@ -1,3 +1,4 @@
 //! mqtt-proxy: an MQTT 1:N device multiplexer.
 pub mod broker;
+pub mod crypto;
 pub mod router;
