@@ -2,3 +2,4 @@
 pub mod broker;
 pub mod crypto;
 pub mod router;
+pub mod store;
