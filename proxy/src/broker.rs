@@ -47,7 +47,13 @@ impl<'de> Deserialize<'de> for Secret {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MqttVersion {
     #[default]
-    #[serde(rename = "3.1.1", alias = "v3.1.1", alias = "4", alias = "v4", alias = "3")]
+    #[serde(
+        rename = "3.1.1",
+        alias = "v3.1.1",
+        alias = "4",
+        alias = "v4",
+        alias = "3"
+    )]
     V311,
     #[serde(rename = "5", alias = "5.0", alias = "v5")]
     V5,
@@ -92,12 +98,24 @@ pub struct BrokerConfig {
     /// Prepended to the device's client id on this broker (`{prefix}{device id}`).
     #[serde(default)]
     pub client_id_prefix: String,
-    #[serde(default, deserialize_with = "empty_as_none", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub username: Option<String>,
-    #[serde(default, deserialize_with = "empty_secret_as_none", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "empty_secret_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub password: Option<Secret>,
     /// Read the password from this file instead (Kubernetes Secret mounts).
-    #[serde(default, deserialize_with = "empty_as_none", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub password_file: Option<PathBuf>,
     #[serde(default = "default_true")]
     pub enabled: bool,
@@ -107,12 +125,24 @@ pub struct BrokerConfig {
     #[serde(default)]
     pub insecure_skip_verify: bool,
     /// PEM bundle of CA certificates used instead of the system roots.
-    #[serde(default, deserialize_with = "empty_as_none", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ca_cert_path: Option<PathBuf>,
     /// PEM client certificate chain for mutual TLS (with `clientKeyPath`).
-    #[serde(default, deserialize_with = "empty_as_none", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_cert_path: Option<PathBuf>,
-    #[serde(default, deserialize_with = "empty_as_none", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_key_path: Option<PathBuf>,
     /// Serve the device's subscriptions from this broker and send its messages back.
     #[serde(default)]
@@ -128,7 +158,11 @@ pub struct BrokerConfig {
     #[serde(default)]
     pub subscription_topics: Vec<String>,
     /// Prepended to every topic sent to this broker, stripped from topics received.
-    #[serde(default, deserialize_with = "empty_as_none", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub topic_prefix: Option<String>,
     /// Cap on the QoS used towards this broker (0, 1 or 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -224,13 +258,19 @@ impl BrokerConfig {
             return Err(err("id", "must not be empty"));
         }
         if self.id.len() > 128 || self.id.chars().any(|c| c.is_control() || c == '/') {
-            return Err(err("id", "must be at most 128 printable characters without '/'"));
+            return Err(err(
+                "id",
+                "must be at most 128 printable characters without '/'",
+            ));
         }
         if self.address.trim().is_empty() {
             return Err(err("address", "must not be empty"));
         }
         if self.address.contains("://") || self.address.contains(char::is_whitespace) {
-            return Err(err("address", "must be a host name or IP address, without scheme or spaces"));
+            return Err(err(
+                "address",
+                "must be a host name or IP address, without scheme or spaces",
+            ));
         }
         if self.port == 0 {
             return Err(err("port", "must be 1-65535"));
@@ -250,7 +290,10 @@ impl BrokerConfig {
         }
         for f in &self.subscription_topics {
             if !crate::router::valid_filter(f) {
-                return Err(err("subscriptionTopics", &format!("{f:?} is not a valid topic filter")));
+                return Err(err(
+                    "subscriptionTopics",
+                    &format!("{f:?} is not a valid topic filter"),
+                ));
             }
         }
         if let Some(p) = &self.topic_prefix {
@@ -259,10 +302,16 @@ impl BrokerConfig {
             }
         }
         if self.client_cert_path.is_some() != self.client_key_path.is_some() {
-            return Err(err("clientCertPath", "clientCertPath and clientKeyPath go together"));
+            return Err(err(
+                "clientCertPath",
+                "clientCertPath and clientKeyPath go together",
+            ));
         }
         if self.password.is_some() && self.password_file.is_some() {
-            return Err(err("passwordFile", "give either password or passwordFile, not both"));
+            return Err(err(
+                "passwordFile",
+                "give either password or passwordFile, not both",
+            ));
         }
         if let Some(q) = &self.queue {
             if q.max_messages == Some(0) {
@@ -318,7 +367,9 @@ mod tests {
     #[test]
     fn unknown_field_is_an_error() {
         let json = r#"{"id":"b1","address":"h","topicprefix":"x"}"#;
-        let e = serde_json::from_str::<BrokerConfig>(json).unwrap_err().to_string();
+        let e = serde_json::from_str::<BrokerConfig>(json)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("topicprefix"), "{e}");
     }
 
@@ -332,7 +383,10 @@ mod tests {
         assert_eq!(b.validate().unwrap_err().field, "topics");
         let b = BrokerConfig::new("b", "", 1883);
         assert_eq!(b.validate().unwrap_err().field, "address");
-        let dup = vec![BrokerConfig::new("b", "h", 1), BrokerConfig::new("b", "h", 2)];
+        let dup = vec![
+            BrokerConfig::new("b", "h", 1),
+            BrokerConfig::new("b", "h", 2),
+        ];
         assert_eq!(validate_set(&dup).unwrap_err().reason, "duplicate id");
     }
 

@@ -235,7 +235,10 @@ mod tests {
         };
         assert!(r.accepts("sensors/t"));
         assert!(!r.accepts("cmd/t"));
-        assert_eq!(r.outbound_topic("sensors/t").as_deref(), Some("site1/sensors/t"));
+        assert_eq!(
+            r.outbound_topic("sensors/t").as_deref(),
+            Some("site1/sensors/t")
+        );
         assert_eq!(r.qos(2), 1);
         assert_eq!(r.qos(0), 0);
         let all = RouteRule::default();
