@@ -1,0 +1,69 @@
+//! The real `mosquitto_pub` CLI as a second, independent client
+//! implementation: if rumqttc and the proxy agree on a bug, this one won't.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::POLL_INTERVAL;
+
+/// mosquitto_pub waits forever for a CONNACK from a paused broker; we don't.
+const CLI_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `mosquitto_pub -h 127.0.0.1 -p <port> -t <topic> -m <payload> -q <qos>
+/// <extra_args...>` and fails unless it exits 0 within 10 s. Blocking: it is
+/// short, and keeping it sync lets plain `#[test]`s use it too.
+///
+/// `extra_args` go last, e.g. `["-r"]` (retain), `["-i", "id"]`,
+/// `["-u", "user", "-P", "pw"]`, `["-V", "mqttv5"]`.
+pub fn mosquitto_pub(
+    port: u16,
+    topic: &str,
+    payload: &str,
+    qos: u8,
+    extra_args: &[&str],
+) -> Result<()> {
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-m",
+            payload,
+        ])
+        .args(["-q", &qos.to_string()])
+        .args(extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning mosquitto_pub (is mosquitto-clients installed?)")?;
+
+    let deadline = Instant::now() + CLI_TIMEOUT;
+    while child.try_wait().context("polling mosquitto_pub")?.is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "mosquitto_pub to port {port} topic {topic:?} still running after {CLI_TIMEOUT:?}"
+            );
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    let output = child
+        .wait_with_output()
+        .context("collecting mosquitto_pub output")?;
+    if !output.status.success() {
+        bail!(
+            "mosquitto_pub to port {port} topic {topic:?} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
