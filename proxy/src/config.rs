@@ -1,0 +1,302 @@
+//! One configuration, validated once: TOML file (`--config`), then environment
+//! (`MQTT_PROXY_*`), then command-line flags, each layer overriding the one before.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::broker::OverflowPolicy;
+use crate::queue::QueueLimits;
+
+/// When the device gets its PUBACK/PUBREC for a QoS 1/2 publish.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AckPolicy {
+    /// Once the message is in every target broker's queue (fast; a proxy crash loses
+    /// what is queued unless spooled).
+    #[default]
+    Queued,
+    /// Once at least one broker acknowledged it.
+    Any,
+    /// Once every target broker acknowledged it (a down broker throttles the device
+    /// through its in-flight window).
+    All,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Settings of every device session.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub connect_timeout: Duration,
+    pub max_packet_size: usize,
+    pub ack_policy: AckPolicy,
+    /// How long a closing upstream may take to deliver what it still holds.
+    pub drain_timeout: Duration,
+    /// Messages from brokers waiting for the device's in-flight window.
+    pub to_device_buffer: usize,
+    /// Receive Maximum announced to MQTT 5 devices.
+    pub receive_maximum: u16,
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub mqtt_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub brokers_file: Option<PathBuf>,
+    pub log_format: LogFormat,
+    pub max_connections: usize,
+    pub session: SessionOptions,
+    pub queue: QueueLimits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mqtt_listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 3000)),
+            data_dir: PathBuf::from("./data"),
+            brokers_file: None,
+            log_format: LogFormat::Text,
+            max_connections: 10_000,
+            session: SessionOptions {
+                connect_timeout: Duration::from_secs(10),
+                max_packet_size: 1 << 20,
+                ack_policy: AckPolicy::Queued,
+                drain_timeout: Duration::from_secs(5),
+                to_device_buffer: 10_000,
+                receive_maximum: 1024,
+            },
+            queue: QueueLimits::default(),
+        }
+    }
+}
+
+/// The TOML file. Keys are snake_case; unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub mqtt_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub brokers_file: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    pub ack_policy: Option<AckPolicy>,
+    pub max_connections: Option<usize>,
+    pub max_packet_size: Option<usize>,
+    pub connect_timeout_secs: Option<u64>,
+    pub drain_timeout_secs: Option<u64>,
+    pub queue_max_messages: Option<usize>,
+    pub queue_max_bytes: Option<usize>,
+    pub queue_overflow: Option<OverflowPolicy>,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mqtt-proxy",
+    version,
+    about = "MQTT 1:N device multiplexer: one device connection, N upstream brokers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage the broker store (<data-dir>/brokers.json).
+    Brokers {
+        #[command(subcommand)]
+        cmd: crate::brokers_cmd::BrokersCommand,
+    },
+}
+
+#[derive(Debug, Default, clap::Args)]
+pub struct RunArgs {
+    /// MQTT listener for devices [default: 0.0.0.0:1883]
+    #[arg(long, env = "MQTT_PROXY_MQTT_LISTEN", global = true)]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// HTTP listener for the API, UI and /metrics [default: 0.0.0.0:3000]
+    #[arg(long, env = "MQTT_PROXY_HTTP_LISTEN", global = true)]
+    pub http_listen: Option<SocketAddr>,
+    /// Directory of the broker store and spool [default: ./data]
+    #[arg(long, env = "MQTT_PROXY_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Read the broker set from this JSON/YAML file and hot-reload it (Kubernetes mode)
+    #[arg(long, env = "MQTT_PROXY_BROKERS_FILE")]
+    pub brokers_file: Option<PathBuf>,
+    /// TOML configuration file (overridden by environment and flags)
+    #[arg(long, env = "MQTT_PROXY_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Log format [default: text]
+    #[arg(long, env = "MQTT_PROXY_LOG_FORMAT", value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
+    /// When devices get PUBACK/PUBREC [default: queued]
+    #[arg(long, env = "MQTT_PROXY_ACK_POLICY", value_enum)]
+    pub ack_policy: Option<AckPolicy>,
+    /// Maximum concurrent device connections [default: 10000]
+    #[arg(long, env = "MQTT_PROXY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Maximum MQTT packet size accepted from devices, bytes [default: 1048576]
+    #[arg(long, env = "MQTT_PROXY_MAX_PACKET_SIZE")]
+    pub max_packet_size: Option<usize>,
+    /// Per-broker queue cap in messages [default: 10000]
+    #[arg(long, env = "MQTT_PROXY_QUEUE_MAX_MESSAGES")]
+    pub queue_max_messages: Option<usize>,
+    /// Per-broker queue cap in bytes [default: 67108864]
+    #[arg(long, env = "MQTT_PROXY_QUEUE_MAX_BYTES")]
+    pub queue_max_bytes: Option<usize>,
+    /// Seconds a closing upstream may spend delivering what it holds [default: 5]
+    #[arg(long, env = "MQTT_PROXY_DRAIN_TIMEOUT_SECS")]
+    pub drain_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid setting `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Config {
+    /// Layers file, environment and flags (clap already merged env and flags).
+    pub fn resolve(args: &RunArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(p) => Self::read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let mut c = Config::default();
+        macro_rules! layer {
+            ($dst:expr, $name:ident) => {
+                if let Some(v) = args.$name.clone().or(file.$name.clone()) {
+                    $dst = v;
+                }
+            };
+        }
+        layer!(c.mqtt_listen, mqtt_listen);
+        layer!(c.http_listen, http_listen);
+        layer!(c.data_dir, data_dir);
+        layer!(c.log_format, log_format);
+        layer!(c.max_connections, max_connections);
+        layer!(c.session.ack_policy, ack_policy);
+        layer!(c.session.max_packet_size, max_packet_size);
+        layer!(c.queue.max_messages, queue_max_messages);
+        layer!(c.queue.max_bytes, queue_max_bytes);
+        c.brokers_file = args.brokers_file.clone().or(file.brokers_file);
+        if let Some(s) = args.drain_timeout_secs.or(file.drain_timeout_secs) {
+            c.session.drain_timeout = Duration::from_secs(s);
+        }
+        if let Some(s) = file.connect_timeout_secs {
+            c.session.connect_timeout = Duration::from_secs(s);
+        }
+        if let Some(o) = file.queue_overflow {
+            c.queue.overflow = o;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn read_file(p: &Path) -> Result<FileConfig, ConfigError> {
+        let path = p.display().to_string();
+        let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.into(),
+            })
+        };
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.session.max_packet_size < 64 || self.session.max_packet_size > 268_435_455 {
+            return bad("max_packet_size", "must be between 64 and 268435455 bytes");
+        }
+        if self.queue.max_messages == 0 {
+            return bad("queue_max_messages", "must be at least 1");
+        }
+        if self.queue.max_bytes < 1024 {
+            return bad("queue_max_bytes", "must be at least 1024");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "mqtt_listen = \"127.0.0.1:1999\"\nack_policy = \"all\"\nqueue_max_messages = 5\n",
+        )
+        .expect("write");
+        let args = RunArgs {
+            config: Some(p),
+            mqtt_listen: Some("127.0.0.1:2000".parse().expect("addr")),
+            ..Default::default()
+        };
+        let c = Config::resolve(&args).expect("valid");
+        assert_eq!(c.mqtt_listen.port(), 2000, "flag wins over file");
+        assert_eq!(
+            c.session.ack_policy,
+            AckPolicy::All,
+            "file wins over default"
+        );
+        assert_eq!(c.queue.max_messages, 5);
+        assert_eq!(c.http_listen.port(), 3000, "default");
+    }
+
+    #[test]
+    fn unknown_key_and_bad_value_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "mqtt_listn = \"x\"\n").expect("write");
+        let e = Config::resolve(&RunArgs {
+            config: Some(p),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("mqtt_listn"), "{e}");
+        let e = Config::resolve(&RunArgs {
+            max_connections: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("max_connections"), "{e}");
+    }
+}

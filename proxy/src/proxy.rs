@@ -1,0 +1,142 @@
+//! Wiring: binds the MQTT listener, owns the broker-set `watch` channel, and gives the
+//! binary, the tests and the web API one handle to reload, inspect and stop the proxy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::broker::BrokerConfig;
+use crate::brokerset::{BrokerSet, BrokerStatus, BuildError, Defaults};
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::session::Shared;
+
+/// Reads and replaces the broker set; cheap to clone (the reloader and the API hold one).
+#[derive(Clone)]
+pub struct BrokerControl {
+    tx: Arc<watch::Sender<Arc<BrokerSet>>>,
+    defaults: Defaults,
+}
+
+impl BrokerControl {
+    /// Replaces the broker set. Invalid input leaves the running set untouched.
+    pub fn set_brokers(&self, brokers: &[BrokerConfig]) -> Result<(), BuildError> {
+        let current = self.tx.borrow().clone();
+        let next = BrokerSet::build(brokers, self.defaults, Some(&current))?;
+        self.tx.send_replace(Arc::new(next));
+        Ok(())
+    }
+
+    /// The broker set in force.
+    pub fn brokers(&self) -> Arc<BrokerSet> {
+        self.tx.borrow().clone()
+    }
+
+    pub fn status(&self) -> Vec<BrokerStatus> {
+        self.brokers().status()
+    }
+}
+
+pub struct ProxyHandle {
+    mqtt_addr: SocketAddr,
+    control: BrokerControl,
+    shutdown_tx: watch::Sender<bool>,
+    listener: JoinHandle<()>,
+    registry: Arc<Registry>,
+}
+
+impl ProxyHandle {
+    /// Binds `config.mqtt_listen` and starts serving devices with `brokers`.
+    pub async fn start(
+        config: &Config,
+        brokers: &[BrokerConfig],
+    ) -> Result<ProxyHandle, StartError> {
+        let defaults = Defaults {
+            queue: config.queue,
+        };
+        let set = BrokerSet::build(brokers, defaults, None)?;
+        let (brokers_tx, brokers_rx) = watch::channel(Arc::new(set));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let listener = TcpListener::bind(config.mqtt_listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.mqtt_listen,
+                source,
+            })?;
+        let mqtt_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.mqtt_listen,
+            source,
+        })?;
+        let registry = Arc::new(Registry::default());
+        let shared = Arc::new(Shared {
+            brokers: brokers_rx,
+            registry: registry.clone(),
+            opts: config.session.clone(),
+            shutdown: shutdown_rx.clone(),
+        });
+        let listener = tokio::spawn(crate::listener::serve(
+            listener,
+            shared,
+            config.max_connections,
+            shutdown_rx,
+        ));
+        let control = BrokerControl {
+            tx: Arc::new(brokers_tx),
+            defaults,
+        };
+        Ok(ProxyHandle {
+            mqtt_addr,
+            control,
+            shutdown_tx,
+            listener,
+            registry,
+        })
+    }
+
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    /// Replaces the broker set. Invalid input leaves the running set untouched.
+    pub fn set_brokers(&self, brokers: &[BrokerConfig]) -> Result<(), BuildError> {
+        self.control.set_brokers(brokers)
+    }
+
+    pub fn control(&self) -> BrokerControl {
+        self.control.clone()
+    }
+
+    /// The broker set in force.
+    pub fn brokers(&self) -> Arc<BrokerSet> {
+        self.control.brokers()
+    }
+
+    pub fn status(&self) -> Vec<BrokerStatus> {
+        self.control.status()
+    }
+
+    /// Connected devices.
+    pub fn devices(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Stops accepting, flushes sessions (bounded by the drain timeout) and returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        let _ = self.listener.await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Brokers(#[from] BuildError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,334 @@
+//! QoS 1/2 bookkeeping for one direction of one connection, as plain structs without I/O
+//! (the shape of rumqttc's `MqttState`): packet-id allocation, the in-flight window, the
+//! QoS 2 handshake states, and what must be resent after a reconnect, in order.
+//!
+//! [`Outbound`] is used where the proxy *sends* PUBLISH (to a broker, or to a device);
+//! [`Inbound`] where it *receives* them (QoS 2 duplicate detection until PUBREL).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::codec::Message;
+
+/// A peer broke the protocol (e.g. acked a packet id we never used). Closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("{kind} for unknown packet id {pkid}")]
+    UnknownPacketId { kind: &'static str, pkid: u16 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK; or QoS 2 PUBLISH sent, waiting for PUBREC.
+    Published,
+    /// QoS 2 PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug)]
+struct Inflight<T> {
+    msg: Message,
+    qos: u8,
+    stage: Stage,
+    /// Handed back when the peer has taken responsibility (PUBACK, or PUBREC for QoS 2).
+    tag: Option<T>,
+}
+
+/// What to put on the wire again after a reconnect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resend {
+    Publish { pkid: u16, msg: Message, qos: u8 },
+    PubRel { pkid: u16 },
+}
+
+/// Outgoing QoS 1/2 publishes waiting for their acknowledgements.
+#[derive(Debug)]
+pub struct Outbound<T> {
+    next_pkid: u16,
+    max_inflight: usize,
+    inflight: HashMap<u16, Inflight<T>>,
+    /// Ids lent out for SUBSCRIBE/UNSUBSCRIBE, which share the packet-id space.
+    reserved: HashSet<u16>,
+    /// Send order, for in-order resends. Acked ids are removed lazily.
+    order: VecDeque<u16>,
+}
+
+impl<T> Outbound<T> {
+    pub fn new(max_inflight: u16) -> Self {
+        let max_inflight = usize::from(max_inflight.max(1));
+        Self {
+            next_pkid: 0,
+            max_inflight,
+            inflight: HashMap::with_capacity(max_inflight.min(1024)),
+            reserved: HashSet::new(),
+            order: VecDeque::with_capacity(max_inflight.min(1024)),
+        }
+    }
+
+    /// Lower the window to what the peer allows (MQTT 5 Receive Maximum).
+    pub fn set_max_inflight(&mut self, max: u16) {
+        self.max_inflight = usize::from(max.max(1));
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.inflight.len() < self.max_inflight
+    }
+
+    pub fn len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// How many more publishes the window takes.
+    pub fn room(&self) -> usize {
+        self.max_inflight.saturating_sub(self.inflight.len())
+    }
+
+    /// The id the next [`publish`](Self::publish) will use (lets a caller encode first).
+    pub fn peek_pkid(&self) -> u16 {
+        let mut p = self.next_pkid;
+        loop {
+            p = p.wrapping_add(1);
+            if p != 0 && !self.inflight.contains_key(&p) && !self.reserved.contains(&p) {
+                return p;
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inflight.is_empty()
+    }
+
+    /// Registers a QoS 1/2 publish and returns its packet id. Call only when
+    /// [`has_room`](Self::has_room); ids still in flight are skipped.
+    pub fn publish(&mut self, msg: Message, qos: u8, tag: T) -> u16 {
+        debug_assert!(qos > 0);
+        let pkid = self.next_free_pkid();
+        self.inflight.insert(
+            pkid,
+            Inflight {
+                msg,
+                qos,
+                stage: Stage::Published,
+                tag: Some(tag),
+            },
+        );
+        self.order.push_back(pkid);
+        pkid
+    }
+
+    fn next_free_pkid(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            let p = self.next_pkid;
+            if p != 0 && !self.inflight.contains_key(&p) && !self.reserved.contains(&p) {
+                return p;
+            }
+        }
+    }
+
+    /// A packet id for a SUBSCRIBE/UNSUBSCRIBE; give it back with [`release`](Self::release).
+    pub fn reserve(&mut self) -> u16 {
+        let p = self.next_free_pkid();
+        self.reserved.insert(p);
+        p
+    }
+
+    pub fn release(&mut self, pkid: u16) -> bool {
+        self.reserved.remove(&pkid)
+    }
+
+    /// PUBACK: the QoS 1 message is delivered; its tag is returned.
+    pub fn on_puback(&mut self, pkid: u16) -> Result<Option<T>, ProtocolError> {
+        match self.inflight.get(&pkid) {
+            Some(f) if f.qos == 1 => {}
+            _ => {
+                return Err(ProtocolError::UnknownPacketId {
+                    kind: "PUBACK",
+                    pkid,
+                })
+            }
+        }
+        let entry = self.inflight.remove(&pkid);
+        self.compact();
+        Ok(entry.and_then(|e| e.tag))
+    }
+
+    /// PUBREC: the peer owns the QoS 2 message; answer with PUBREL. The tag is returned on
+    /// the first PUBREC only (a repeated PUBREC just gets PUBREL again).
+    pub fn on_pubrec(&mut self, pkid: u16) -> Result<Option<T>, ProtocolError> {
+        match self.inflight.get_mut(&pkid) {
+            Some(f) if f.qos == 2 => {
+                f.stage = Stage::Released;
+                Ok(f.tag.take())
+            }
+            _ => Err(ProtocolError::UnknownPacketId {
+                kind: "PUBREC",
+                pkid,
+            }),
+        }
+    }
+
+    /// A PUBREC with a failure reason code (MQTT 5): the message is finished, not delivered.
+    pub fn on_pubrec_failed(&mut self, pkid: u16) -> Option<T> {
+        let entry = self.inflight.remove(&pkid);
+        self.compact();
+        entry.and_then(|e| e.tag)
+    }
+
+    /// PUBCOMP ends the QoS 2 exchange.
+    pub fn on_pubcomp(&mut self, pkid: u16) -> Result<(), ProtocolError> {
+        match self.inflight.get(&pkid) {
+            Some(f) if f.stage == Stage::Released => {
+                self.inflight.remove(&pkid);
+                self.compact();
+                Ok(())
+            }
+            _ => Err(ProtocolError::UnknownPacketId {
+                kind: "PUBCOMP",
+                pkid,
+            }),
+        }
+    }
+
+    /// Everything to send again after a reconnect, in the original order (MQTT §4.4:
+    /// PUBLISH with DUP for unacknowledged messages, PUBREL for released QoS 2).
+    pub fn resend(&self) -> Vec<Resend> {
+        self.order
+            .iter()
+            .filter_map(|pkid| self.inflight.get(pkid).map(|f| (pkid, f)))
+            .map(|(&pkid, f)| match f.stage {
+                Stage::Published => Resend::Publish {
+                    pkid,
+                    msg: f.msg.clone(),
+                    qos: f.qos,
+                },
+                Stage::Released => Resend::PubRel { pkid },
+            })
+            .collect()
+    }
+
+    /// Gives up on everything in flight (the session ends); returns the unresolved tags.
+    pub fn drain_tags(&mut self) -> Vec<T> {
+        self.order.clear();
+        self.inflight.drain().filter_map(|(_, f)| f.tag).collect()
+    }
+
+    fn compact(&mut self) {
+        while let Some(front) = self.order.front() {
+            if self.inflight.contains_key(front) {
+                break;
+            }
+            self.order.pop_front();
+        }
+        // Out-of-order acks leave holes behind the front; bound them.
+        if self.order.len() > self.inflight.len() * 2 + 64 {
+            let live = &self.inflight;
+            self.order.retain(|p| live.contains_key(p));
+        }
+    }
+}
+
+/// Incoming QoS 2 publishes between PUBREC and PUBREL: a PUBLISH with a packet id that is
+/// still here is a retransmission and must not be forwarded again.
+#[derive(Debug, Default)]
+pub struct Inbound {
+    awaiting_rel: HashSet<u16>,
+}
+
+impl Inbound {
+    /// Returns `true` when the QoS 2 message is new and must be forwarded.
+    pub fn on_publish_qos2(&mut self, pkid: u16) -> bool {
+        self.awaiting_rel.insert(pkid)
+    }
+    /// PUBREL releases the id; answer with PUBCOMP either way (MQTT §4.3.3).
+    pub fn on_pubrel(&mut self, pkid: u16) {
+        self.awaiting_rel.remove(&pkid);
+    }
+    pub fn pending(&self) -> usize {
+        self.awaiting_rel.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(n: u8) -> Message {
+        Message::new("t", vec![n], 1, false)
+    }
+
+    #[test]
+    fn qos1_window_and_acks() {
+        let mut o: Outbound<&str> = Outbound::new(2);
+        let a = o.publish(m(1), 1, "a");
+        let b = o.publish(m(2), 1, "b");
+        assert!(!o.has_room());
+        assert_eq!((a, b), (1, 2));
+        assert_eq!(o.on_puback(b), Ok(Some("b")));
+        assert!(o.has_room());
+        assert!(
+            o.on_puback(b).is_err(),
+            "second PUBACK for the same id is a protocol error"
+        );
+        assert_eq!(o.on_puback(a), Ok(Some("a")));
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn qos2_flow_releases_tag_at_pubrec() {
+        let mut o: Outbound<u32> = Outbound::new(10);
+        let p = o.publish(m(1), 2, 7);
+        assert!(o.on_puback(p).is_err(), "PUBACK is wrong for QoS 2");
+        assert_eq!(o.on_pubrec(p), Ok(Some(7)));
+        assert_eq!(
+            o.on_pubrec(p),
+            Ok(None),
+            "repeated PUBREC: PUBREL again, no tag"
+        );
+        assert_eq!(o.resend(), vec![Resend::PubRel { pkid: p }]);
+        assert_eq!(o.on_pubcomp(p), Ok(()));
+        assert!(o.on_pubcomp(p).is_err());
+    }
+
+    #[test]
+    fn resend_keeps_original_order() {
+        let mut o: Outbound<()> = Outbound::new(100);
+        let ids: Vec<u16> = (0..5).map(|i| o.publish(m(i), 1, ())).collect();
+        o.on_puback(ids[1]).expect("ack");
+        o.on_puback(ids[3]).expect("ack");
+        let resent: Vec<u8> = o
+            .resend()
+            .into_iter()
+            .map(|r| match r {
+                Resend::Publish { msg, .. } => msg.payload[0],
+                Resend::PubRel { .. } => 255,
+            })
+            .collect();
+        assert_eq!(resent, vec![0, 2, 4]);
+    }
+
+    #[test]
+    fn packet_ids_wrap_and_skip_ids_in_flight() {
+        let mut o: Outbound<()> = Outbound::new(u16::MAX);
+        let first = o.publish(m(0), 1, ());
+        for _ in 0..70_000u32 {
+            let p = o.publish(m(1), 1, ());
+            assert_ne!(p, 0);
+            assert_ne!(p, first, "an id still in flight is never reused");
+            o.on_puback(p).expect("ack");
+        }
+        assert_eq!(o.len(), 1);
+    }
+
+    #[test]
+    fn inbound_qos2_dedup() {
+        let mut i = Inbound::default();
+        assert!(i.on_publish_qos2(5));
+        assert!(
+            !i.on_publish_qos2(5),
+            "retransmission before PUBREL is not forwarded"
+        );
+        i.on_pubrel(5);
+        assert!(i.on_publish_qos2(5), "after PUBREL the id is free again");
+        assert_eq!(i.pending(), 1);
+    }
+}

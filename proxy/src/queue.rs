@@ -1,0 +1,372 @@
+//! The bounded per-upstream queue between a device session and one broker, and the ack
+//! tracker that lets the session answer the device according to the ack policy.
+//!
+//! Why not an `mpsc` channel: a full channel can only refuse the *new* message, and the
+//! default policy is to evict the *oldest*. The lock is a plain `std` mutex held for a few
+//! pointer moves and never across an `.await`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus::IntGauge;
+use tokio::sync::Notify;
+
+use crate::broker::OverflowPolicy;
+use crate::codec::Message;
+
+/// Limits of one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub overflow: OverflowPolicy,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            max_messages: 10_000,
+            max_bytes: 64 << 20,
+            overflow: OverflowPolicy::DropOldest,
+        }
+    }
+}
+
+/// Where a device's PUBACK/PUBREC waits for broker acknowledgements (policies `any`/`all`).
+/// Each tracker fires once, when its count reaches zero.
+pub struct AckTracker {
+    remaining: AtomicUsize,
+    pkid: u16,
+    sink: Arc<AckSink>,
+}
+
+impl AckTracker {
+    pub fn new(pkid: u16, needed: usize, sink: Arc<AckSink>) -> Arc<Self> {
+        Arc::new(Self {
+            remaining: AtomicUsize::new(needed.max(1)),
+            pkid,
+            sink,
+        })
+    }
+    /// One broker took the message (or it was dropped: the device is answered either way so
+    /// it never stalls on a message that can no longer be delivered; drops are counted).
+    pub fn resolve(&self) {
+        let prev = self
+            .remaining
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .unwrap_or(0);
+        if prev == 1 {
+            self.sink.push(self.pkid);
+        }
+    }
+}
+
+/// Packet ids whose device acknowledgement is due. Bounded by the 65,535 packet ids a
+/// device can have in flight.
+#[derive(Default)]
+pub struct AckSink {
+    ready: Mutex<Vec<u16>>,
+    pub notify: Notify,
+}
+
+impl AckSink {
+    fn push(&self, pkid: u16) {
+        if let Ok(mut v) = self.ready.lock() {
+            v.push(pkid);
+        }
+        self.notify.notify_one();
+    }
+    pub fn take(&self, out: &mut Vec<u16>) {
+        if let Ok(mut v) = self.ready.lock() {
+            out.append(&mut v);
+        }
+    }
+}
+
+/// One queued message for one broker.
+pub struct Queued {
+    pub msg: Message,
+    /// QoS towards this broker (already capped by `maxQos`).
+    pub qos: u8,
+    pub ack: Option<Arc<AckTracker>>,
+}
+
+impl Queued {
+    /// The message left the proxy's hands (acked, written at QoS 0, or dropped).
+    pub fn finish(self) {
+        if let Some(a) = self.ack {
+            a.resolve();
+        }
+    }
+}
+
+/// Result of [`UpstreamQueue::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Accepted,
+    /// Accepted after evicting this many older messages.
+    Evicted(usize),
+    /// Refused (queue full under `dropNewest`, or closed).
+    Rejected,
+}
+
+struct Inner {
+    items: VecDeque<Queued>,
+    bytes: usize,
+    closed: bool,
+}
+
+pub struct UpstreamQueue {
+    inner: Mutex<Inner>,
+    limits: Mutex<QueueLimits>,
+    pub notify: Notify,
+    depth: AtomicUsize,
+    /// Per-broker totals across all device sessions (the metrics gauges).
+    gauges: Option<(IntGauge, IntGauge)>,
+}
+
+impl UpstreamQueue {
+    pub fn new(limits: QueueLimits) -> Self {
+        Self::with_gauges(limits, None)
+    }
+
+    /// A queue that keeps the broker's `queue_messages`/`queue_bytes` gauges up to date.
+    pub fn with_gauges(limits: QueueLimits, gauges: Option<(IntGauge, IntGauge)>) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                items: VecDeque::new(),
+                bytes: 0,
+                closed: false,
+            }),
+            limits: Mutex::new(limits),
+            notify: Notify::new(),
+            depth: AtomicUsize::new(0),
+            gauges,
+        }
+    }
+
+    fn account(&self, messages: i64, bytes: i64) {
+        if let Some((m, b)) = &self.gauges {
+            m.add(messages);
+            b.add(bytes);
+        }
+    }
+
+    pub fn set_limits(&self, limits: QueueLimits) {
+        if let Ok(mut l) = self.limits.lock() {
+            *l = limits;
+        }
+    }
+
+    /// Adds a message, applying the overflow policy. Evicted or rejected messages are
+    /// finished (their ack trackers resolved) by the caller's count, not silently.
+    pub fn push(&self, item: Queued) -> Pushed {
+        let limits = self.limits.lock().map(|l| *l).unwrap_or_default();
+        let weight = item.msg.weight();
+        let mut evicted = Vec::new();
+        let result = {
+            let Ok(mut q) = self.inner.lock() else {
+                return Pushed::Rejected;
+            };
+            if q.closed {
+                drop(q);
+                item.finish();
+                return Pushed::Rejected;
+            }
+            let full = |q: &Inner| {
+                q.items.len() >= limits.max_messages || q.bytes + weight > limits.max_bytes
+            };
+            if full(&q) && limits.overflow == OverflowPolicy::DropNewest {
+                drop(q);
+                item.finish();
+                return Pushed::Rejected;
+            }
+            while full(&q) {
+                match q.items.pop_front() {
+                    Some(old) => {
+                        q.bytes -= old.msg.weight();
+                        evicted.push(old);
+                    }
+                    None => break,
+                }
+            }
+            let evicted_bytes: usize = evicted.iter().map(|e| e.msg.weight()).sum();
+            self.account(
+                1 - evicted.len() as i64,
+                weight as i64 - evicted_bytes as i64,
+            );
+            q.bytes += weight;
+            q.items.push_back(item);
+            self.depth.store(q.items.len(), Ordering::Relaxed);
+            if evicted.is_empty() {
+                Pushed::Accepted
+            } else {
+                Pushed::Evicted(evicted.len())
+            }
+        };
+        for e in evicted {
+            e.finish();
+        }
+        self.notify.notify_one();
+        result
+    }
+
+    /// Moves up to `max` messages into `out`, oldest first.
+    pub fn pop_batch(&self, max: usize, out: &mut Vec<Queued>) {
+        let Ok(mut q) = self.inner.lock() else { return };
+        let n = max.min(q.items.len());
+        let mut bytes = 0;
+        for _ in 0..n {
+            if let Some(item) = q.items.pop_front() {
+                bytes += item.msg.weight();
+                out.push(item);
+            }
+        }
+        q.bytes -= bytes;
+        self.account(-(n as i64), -(bytes as i64));
+        self.depth.store(q.items.len(), Ordering::Relaxed);
+    }
+
+    /// Puts messages back at the front, keeping their order (a write failed mid-batch).
+    pub fn unpop(&self, items: Vec<Queued>) {
+        let Ok(mut q) = self.inner.lock() else { return };
+        let n = items.len() as i64;
+        let mut bytes = 0;
+        for item in items.into_iter().rev() {
+            bytes += item.msg.weight();
+            q.items.push_front(item);
+        }
+        q.bytes += bytes;
+        self.account(n, bytes as i64);
+        self.depth.store(q.items.len(), Ordering::Relaxed);
+    }
+
+    pub fn len(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().map(|q| q.bytes).unwrap_or(0)
+    }
+
+    /// Refuses further pushes and returns what was still queued.
+    pub fn close(&self) -> Vec<Queued> {
+        let Ok(mut q) = self.inner.lock() else {
+            return Vec::new();
+        };
+        q.closed = true;
+        self.account(-(q.items.len() as i64), -(q.bytes as i64));
+        q.bytes = 0;
+        self.depth.store(0, Ordering::Relaxed);
+        q.items.drain(..).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(n: u8) -> Queued {
+        Queued {
+            msg: Message::new("t", vec![n], 1, false),
+            qos: 1,
+            ack: None,
+        }
+    }
+
+    fn payloads(q: &UpstreamQueue) -> Vec<u8> {
+        let mut out = Vec::new();
+        q.pop_batch(usize::MAX, &mut out);
+        out.iter().map(|i| i.msg.payload[0]).collect()
+    }
+
+    #[test]
+    fn drop_oldest_keeps_newest() {
+        let q = UpstreamQueue::new(QueueLimits {
+            max_messages: 3,
+            ..Default::default()
+        });
+        for n in 0..3 {
+            assert_eq!(q.push(item(n)), Pushed::Accepted);
+        }
+        assert_eq!(q.push(item(3)), Pushed::Evicted(1));
+        assert_eq!(payloads(&q), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn drop_newest_keeps_oldest() {
+        let limits = QueueLimits {
+            max_messages: 2,
+            overflow: OverflowPolicy::DropNewest,
+            ..Default::default()
+        };
+        let q = UpstreamQueue::new(limits);
+        q.push(item(0));
+        q.push(item(1));
+        assert_eq!(q.push(item(2)), Pushed::Rejected);
+        assert_eq!(payloads(&q), vec![0, 1]);
+    }
+
+    #[test]
+    fn byte_limit_applies() {
+        let w = item(0).msg.weight();
+        let q = UpstreamQueue::new(QueueLimits {
+            max_bytes: w * 2,
+            ..Default::default()
+        });
+        for n in 0..5 {
+            q.push(item(n));
+        }
+        assert_eq!(q.len(), 2);
+        assert!(q.bytes() <= w * 2);
+        assert_eq!(payloads(&q), vec![3, 4]);
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn unpop_restores_order() {
+        let q = UpstreamQueue::new(QueueLimits::default());
+        for n in 0..4 {
+            q.push(item(n));
+        }
+        let mut batch = Vec::new();
+        q.pop_batch(2, &mut batch);
+        q.unpop(batch);
+        assert_eq!(payloads(&q), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn tracker_fires_once_after_all_resolutions() {
+        let sink = Arc::new(AckSink::default());
+        let t = AckTracker::new(9, 2, sink.clone());
+        let mut out = Vec::new();
+        t.resolve();
+        sink.take(&mut out);
+        assert!(out.is_empty());
+        t.resolve();
+        t.resolve();
+        sink.take(&mut out);
+        assert_eq!(out, vec![9]);
+    }
+
+    #[test]
+    fn eviction_resolves_trackers() {
+        let sink = Arc::new(AckSink::default());
+        let q = UpstreamQueue::new(QueueLimits {
+            max_messages: 1,
+            ..Default::default()
+        });
+        let mut first = item(0);
+        first.ack = Some(AckTracker::new(1, 1, sink.clone()));
+        q.push(first);
+        q.push(item(1));
+        let mut out = Vec::new();
+        sink.take(&mut out);
+        assert_eq!(out, vec![1], "a dropped message still answers the device");
+    }
+}

@@ -1,0 +1,629 @@
+//! One task per device connection: the MQTT server side. It reads CONNECT (3.1.1 or 5),
+//! enforces keepalive (1.5×), answers the QoS handshakes, fans each PUBLISH out to the
+//! upstream queues chosen by the router, forwards subscriptions to bidirectional brokers
+//! and delivers their messages back, and follows broker-set reloads without touching
+//! upstreams whose broker did not change.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, timeout, Instant};
+use tracing::{debug, info, warn};
+
+use crate::brokerset::BrokerSet;
+use crate::codec::{self, CodecError, Connect, Packet, Protocol, SubFilter, SUBACK_FAILURE};
+use crate::config::{AckPolicy, SessionOptions};
+use crate::delivery::ToDevice;
+use crate::metrics::{RateLimit, METRICS};
+use crate::qos::Inbound;
+use crate::queue::{AckSink, AckTracker, Pushed, Queued};
+use crate::registry::Registry;
+use crate::router;
+use crate::upstream::{FromBroker, UpstreamHandle, UpstreamParams};
+
+/// What every session shares.
+pub struct Shared {
+    pub brokers: watch::Receiver<Arc<BrokerSet>>,
+    pub registry: Arc<Registry>,
+    pub opts: SessionOptions,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+enum Event {
+    Read(std::io::Result<usize>),
+    Acks,
+    FromBroker(FromBroker),
+    Reload(bool),
+    Kicked,
+    Shutdown,
+    KeepAlive,
+}
+
+/// Resolves once the flag is `true` (or its sender is gone, which means the same).
+pub async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Why the session ended, which decides whether brokers publish the device's will.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// DISCONNECT from the device: no will.
+    Clean,
+    /// MQTT 5 DISCONNECT 0x04, socket loss, keepalive timeout, protocol error: will.
+    Lost(String),
+    /// Another connection took the client id over.
+    TakenOver,
+    /// The proxy is shutting down: flush, no will.
+    Shutdown,
+}
+
+static DROP_LOG: RateLimit = RateLimit::new();
+
+/// Serves one device connection to the end.
+pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let max = shared.opts.max_packet_size;
+    let connect = match timeout(
+        shared.opts.connect_timeout,
+        read_connect(&mut stream, &mut rbuf, max),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(ConnectError::Unsupported(level))) => {
+            // MQTT 3.1.1 §3.1.2.2: answer an unknown level with return code 1, then close.
+            let mut w = BytesMut::new();
+            let nack = Packet::ConnAck {
+                session_present: false,
+                code: 0x01,
+                receive_maximum: None,
+                maximum_qos: None,
+                max_packet_size: None,
+            };
+            let _ = codec::write(Protocol::V4, &nack, &mut w);
+            let _ = stream.write_all(&w).await;
+            METRICS
+                .device_rejected
+                .with_label_values(&["protocol_version"])
+                .inc();
+            debug!(%peer, level, "refused unsupported protocol level");
+            return;
+        }
+        Ok(Err(e)) => {
+            METRICS
+                .device_rejected
+                .with_label_values(&["bad_connect"])
+                .inc();
+            debug!(%peer, error = %e, "closing connection without a valid CONNECT");
+            return;
+        }
+        Err(_) => {
+            METRICS
+                .device_rejected
+                .with_label_values(&["connect_timeout"])
+                .inc();
+            debug!(%peer, "no CONNECT within the timeout");
+            return;
+        }
+    };
+    let proto = connect.protocol;
+    let mut connect = connect;
+    if connect.client_id.is_empty() {
+        if !connect.clean_session {
+            // MQTT 3.1.1 §3.1.3.1: a persistent session needs a client id.
+            let mut w = BytesMut::new();
+            let nack = Packet::ConnAck {
+                session_present: false,
+                code: if proto == Protocol::V4 { 0x02 } else { 0x85 },
+                receive_maximum: None,
+                maximum_qos: None,
+                max_packet_size: None,
+            };
+            let _ = codec::write(proto, &nack, &mut w);
+            let _ = stream.write_all(&w).await;
+            METRICS
+                .device_rejected
+                .with_label_values(&["client_id"])
+                .inc();
+            return;
+        }
+        connect.client_id = format!("mqtt-proxy-{:016x}", rand::random::<u64>());
+    }
+    let claim = shared
+        .registry
+        .claim(&connect.client_id, shared.opts.drain_timeout * 2)
+        .await;
+    METRICS.device_connections.inc();
+    METRICS.devices_connected.inc();
+    info!(%peer, client_id = %connect.client_id, ?proto, keep_alive = connect.keep_alive, clean = connect.clean_session, "device connected");
+    let mut s = Session::new(connect, shared.clone(), claim.kicked.clone());
+    let end = s.serve(stream, rbuf).await;
+    let with_will = matches!(end, End::Lost(_));
+    info!(client_id = %s.connect.client_id, ?end, "device disconnected");
+    s.close_upstreams(with_will).await;
+    METRICS.devices_connected.dec();
+    drop(claim);
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connection closed before CONNECT")]
+    Closed,
+    #[error("unsupported protocol level {0}")]
+    Unsupported(u8),
+}
+
+async fn read_connect(
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    max: usize,
+) -> Result<Connect, ConnectError> {
+    loop {
+        match codec::read_connect(rbuf, max) {
+            Ok(Some(c)) => return Ok(c),
+            Ok(None) => {}
+            Err(CodecError::UnsupportedProtocol(l)) => return Err(ConnectError::Unsupported(l)),
+            Err(e) => return Err(e.into()),
+        }
+        if stream.read_buf(rbuf).await? == 0 {
+            return Err(ConnectError::Closed);
+        }
+    }
+}
+
+struct Session {
+    connect: Connect,
+    proto: Protocol,
+    shared: Arc<Shared>,
+    brokers: watch::Receiver<Arc<BrokerSet>>,
+    kicked: watch::Receiver<bool>,
+    upstreams: Vec<UpstreamHandle>,
+    from_brokers_tx: mpsc::Sender<FromBroker>,
+    from_brokers: mpsc::Receiver<FromBroker>,
+    acks: Arc<AckSink>,
+    /// Device packet ids whose PUBACK (QoS 1) or PUBREC (QoS 2) waits for brokers.
+    deferred: HashMap<u16, u8>,
+    inbound: Inbound,
+    /// Device subscriptions, for brokers added by a reload and for delivery checks.
+    subs: Vec<SubFilter>,
+    to_device: ToDevice,
+}
+
+impl Session {
+    fn new(connect: Connect, shared: Arc<Shared>, kicked: watch::Receiver<bool>) -> Self {
+        let (tx, rx) = mpsc::channel(256);
+        let mut brokers = shared.brokers.clone();
+        brokers.mark_unchanged();
+        let proto = connect.protocol;
+        let to_device = ToDevice::new(
+            proto,
+            connect.receive_maximum.unwrap_or(u16::MAX).min(1024),
+            shared.opts.to_device_buffer,
+        );
+        let mut s = Self {
+            connect,
+            proto,
+            shared,
+            brokers,
+            kicked,
+            upstreams: Vec::new(),
+            from_brokers_tx: tx,
+            from_brokers: rx,
+            acks: Arc::new(AckSink::default()),
+            deferred: HashMap::new(),
+            inbound: Inbound::default(),
+            subs: Vec::new(),
+            to_device,
+        };
+        let set = s.brokers.borrow().clone();
+        for b in &set.brokers {
+            let h = s.spawn_upstream(b.clone());
+            s.upstreams.push(h);
+        }
+        s
+    }
+
+    fn spawn_upstream(&self, broker: Arc<crate::brokerset::Broker>) -> UpstreamHandle {
+        UpstreamHandle::spawn(UpstreamParams {
+            broker,
+            device_id: self.connect.client_id.clone(),
+            clean_session: self.connect.clean_session,
+            keep_alive: self.connect.keep_alive,
+            will: self.connect.will.clone(),
+            session_expiry: self.connect.session_expiry,
+            max_packet_size: self.shared.opts.max_packet_size,
+            to_session: self.from_brokers_tx.clone(),
+        })
+    }
+
+    async fn serve(&mut self, stream: TcpStream, mut rbuf: BytesMut) -> End {
+        let (mut rd, mut wr) = stream.into_split();
+        let mut wbuf = BytesMut::with_capacity(4096);
+        let ack = Packet::ConnAck {
+            session_present: false,
+            code: 0,
+            receive_maximum: Some(self.shared.opts.receive_maximum),
+            maximum_qos: None,
+            max_packet_size: Some(self.shared.opts.max_packet_size as u32),
+        };
+        if codec::write(self.proto, &ack, &mut wbuf).is_err() || wr.write_all(&wbuf).await.is_err()
+        {
+            return End::Lost("could not send CONNACK".into());
+        }
+        wbuf.clear();
+        let ka = Duration::from_millis(u64::from(self.connect.keep_alive) * 1500);
+        let mut deadline = Instant::now() + ka;
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut ready = Vec::new();
+        // Packets already read behind the CONNECT.
+        let mut end = self.drain_packets(&mut rbuf, &mut wbuf).await.err();
+        loop {
+            if !wbuf.is_empty() {
+                if let Err(e) = wr.write_all(&wbuf).await {
+                    return End::Lost(format!("write: {e}"));
+                }
+                wbuf.clear();
+            }
+            if let Some(e) = end.take() {
+                return e;
+            }
+            let acks = self.acks.clone();
+            let event = tokio::select! {
+                r = rd.read_buf(&mut rbuf) => Event::Read(r),
+                _ = acks.notify.notified() => Event::Acks,
+                Some(m) = self.from_brokers.recv() => Event::FromBroker(m),
+                r = self.brokers.changed() => Event::Reload(r.is_ok()),
+                _ = wait_true(&mut self.kicked) => Event::Kicked,
+                _ = wait_true(&mut shutdown) => Event::Shutdown,
+                _ = sleep_until(deadline), if !ka.is_zero() => Event::KeepAlive,
+            };
+            match event {
+                Event::Read(Ok(0)) => {
+                    return End::Lost("connection closed without DISCONNECT".into())
+                }
+                Event::Read(Ok(_)) => {
+                    deadline = Instant::now() + ka;
+                    end = self.drain_packets(&mut rbuf, &mut wbuf).await.err();
+                }
+                Event::Read(Err(e)) => return End::Lost(format!("read: {e}")),
+                Event::Acks => {
+                    self.acks.take(&mut ready);
+                    for pkid in ready.drain(..) {
+                        if let Some(qos) = self.deferred.remove(&pkid) {
+                            let p = if qos == 1 {
+                                Packet::PubAck { pkid, code: 0 }
+                            } else {
+                                Packet::PubRec { pkid, code: 0 }
+                            };
+                            let _ = codec::write(self.proto, &p, &mut wbuf);
+                        }
+                    }
+                }
+                Event::FromBroker(m) => {
+                    self.to_device.offer(m, &self.subs, &mut wbuf);
+                    while let Ok(m) = self.from_brokers.try_recv() {
+                        self.to_device.offer(m, &self.subs, &mut wbuf);
+                    }
+                }
+                Event::Reload(true) => self.reconcile().await,
+                Event::Reload(false) => return End::Shutdown,
+                Event::Kicked => return End::TakenOver,
+                Event::Shutdown => {
+                    if self.proto == Protocol::V5 {
+                        let _ = codec::write(
+                            self.proto,
+                            &Packet::Disconnect { reason: 0x8B },
+                            &mut wbuf,
+                        );
+                        let _ = wr.write_all(&wbuf).await;
+                    }
+                    return End::Shutdown;
+                }
+                Event::KeepAlive => return End::Lost("keepalive timeout".into()),
+            }
+        }
+    }
+
+    /// Handles every complete packet in `rbuf`; `Err` ends the session.
+    async fn drain_packets(&mut self, rbuf: &mut BytesMut, wbuf: &mut BytesMut) -> Result<(), End> {
+        loop {
+            let p = match codec::read(self.proto, rbuf, self.shared.opts.max_packet_size) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    METRICS.malformed_packets.inc();
+                    warn!(client_id = %self.connect.client_id, error = %e, "closing session: malformed packet");
+                    if self.proto == Protocol::V5 {
+                        let reason = if matches!(e, CodecError::TooLarge { .. }) {
+                            0x95
+                        } else {
+                            0x81
+                        };
+                        let _ = codec::write(self.proto, &Packet::Disconnect { reason }, wbuf);
+                    }
+                    return Err(End::Lost(format!("malformed packet: {e}")));
+                }
+            };
+            self.on_packet(p, wbuf).await?;
+        }
+    }
+
+    async fn on_packet(&mut self, p: Packet, wbuf: &mut BytesMut) -> Result<(), End> {
+        match p {
+            Packet::Publish { pkid, msg, .. } => {
+                if !router::valid_topic(msg.topic_str()) {
+                    METRICS.malformed_packets.inc();
+                    return Err(End::Lost(format!(
+                        "invalid topic name {:?}",
+                        msg.topic_str()
+                    )));
+                }
+                METRICS.messages_received.inc();
+                let qos = msg.qos;
+                if qos == 2 && !self.inbound.on_publish_qos2(pkid) {
+                    // Retransmission before PUBREL: already forwarded; acknowledge again.
+                    if !self.deferred.contains_key(&pkid) {
+                        let _ = codec::write(self.proto, &Packet::PubRec { pkid, code: 0 }, wbuf);
+                    }
+                    return Ok(());
+                }
+                self.to_device.loopback(&msg, &self.subs, wbuf);
+                let topic = msg.topic_str();
+                let targets = self
+                    .upstreams
+                    .iter()
+                    .filter(|u| u.broker.rule.accepts(topic))
+                    .map(|u| &*u.broker);
+                self.to_device.record_sent(&msg, &self.subs, targets);
+                let deferred = self.fan_out(pkid, msg);
+                match (qos, deferred) {
+                    (1, false) => codec::write(self.proto, &Packet::PubAck { pkid, code: 0 }, wbuf),
+                    (2, false) => codec::write(self.proto, &Packet::PubRec { pkid, code: 0 }, wbuf),
+                    _ => Ok(()),
+                }
+                .map_err(|e| End::Lost(e.to_string()))?;
+            }
+            Packet::PubRel { pkid } => {
+                self.inbound.on_pubrel(pkid);
+                let _ = codec::write(self.proto, &Packet::PubComp { pkid }, wbuf);
+            }
+            Packet::PubAck { pkid, .. } => self.to_device.on_puback(pkid, wbuf),
+            Packet::PubRec { pkid, .. } => self.to_device.on_pubrec(pkid, wbuf),
+            Packet::PubComp { pkid } => self.to_device.on_pubcomp(pkid, wbuf),
+            Packet::Subscribe { pkid, filters } => {
+                let codes = self.subscribe(filters).await;
+                let _ = codec::write(self.proto, &Packet::SubAck { pkid, codes }, wbuf);
+            }
+            Packet::Unsubscribe { pkid, filters } => {
+                self.unsubscribe(filters).await;
+                let _ = codec::write(self.proto, &Packet::UnsubAck { pkid }, wbuf);
+            }
+            Packet::PingReq => {
+                let _ = codec::write(self.proto, &Packet::PingResp, wbuf);
+            }
+            Packet::Disconnect { reason } => {
+                return Err(if reason == 0x04 {
+                    End::Lost("DISCONNECT with will".into())
+                } else {
+                    End::Clean
+                });
+            }
+            other => {
+                return Err(End::Lost(format!(
+                    "protocol error: unexpected {other:?} from device"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues `msg` for every broker whose rules accept it. Returns `true` when the device's
+    /// acknowledgement is deferred until brokers confirm (ack policies `any` and `all`).
+    fn fan_out(&mut self, pkid: u16, msg: codec::Message) -> bool {
+        let topic = msg.topic_str();
+        let targets = self
+            .upstreams
+            .iter()
+            .filter(|u| u.broker.rule.accepts(topic))
+            .count();
+        let tracker = match (msg.qos, self.shared.opts.ack_policy, targets) {
+            (0, _, _) | (_, AckPolicy::Queued, _) | (_, _, 0) => None,
+            (_, AckPolicy::Any, _) => Some(AckTracker::new(pkid, 1, self.acks.clone())),
+            (_, AckPolicy::All, n) => Some(AckTracker::new(pkid, n, self.acks.clone())),
+        };
+        for u in self
+            .upstreams
+            .iter()
+            .filter(|u| u.broker.rule.accepts(topic))
+        {
+            let item = Queued {
+                msg: msg.clone(),
+                qos: u.broker.rule.qos(msg.qos),
+                ack: tracker.clone(),
+            };
+            let dropped = match u.queue.push(item) {
+                Pushed::Accepted => 0,
+                Pushed::Evicted(n) => n,
+                Pushed::Rejected => 1,
+            };
+            if dropped > 0 {
+                u.broker.metrics.dropped_overflow.inc_by(dropped as u64);
+                u.broker
+                    .stats
+                    .dropped
+                    .fetch_add(dropped as u64, std::sync::atomic::Ordering::Relaxed);
+                if let Some(held) = DROP_LOG.allow(10) {
+                    warn!(
+                        broker = u.broker.label(),
+                        queued = u.queue.len(),
+                        suppressed = held,
+                        "queue full: message dropped (mqtt_proxy_messages_dropped_total)"
+                    );
+                }
+            }
+        }
+        match tracker {
+            Some(_) => {
+                self.deferred.insert(pkid, msg.qos);
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn subscribe(&mut self, filters: Vec<SubFilter>) -> Vec<u8> {
+        let mut codes: Vec<Option<u8>> = vec![None; filters.len()];
+        let mut waits = Vec::new();
+        for (i, f) in filters.iter().enumerate() {
+            if !router::valid_filter(&f.filter) {
+                codes[i] = Some(SUBACK_FAILURE);
+                continue;
+            }
+            for u in self
+                .upstreams
+                .iter()
+                .filter(|u| u.broker.config.bidirectional)
+            {
+                let up: Vec<SubFilter> = u
+                    .broker
+                    .rule
+                    .upstream_filters(&f.filter)
+                    .into_iter()
+                    .map(|uf| SubFilter {
+                        filter: uf,
+                        no_local: self.upstream_no_local(u),
+                        ..f.clone()
+                    })
+                    .collect();
+                if !up.is_empty() {
+                    waits.push((i, up.len(), u.subscribe(up).await));
+                }
+            }
+        }
+        // SUBACK reflects the brokers: the lowest granted QoS, failure only if all failed.
+        let mut granted: Vec<Option<u8>> = vec![None; filters.len()];
+        let mut failed = vec![false; filters.len()];
+        for (i, n, rx) in waits {
+            match timeout(Duration::from_secs(10), rx).await {
+                Ok(Ok(c)) if c.len() == n => {
+                    for code in c {
+                        if code <= 2 {
+                            granted[i] = Some(granted[i].map_or(code, |g: u8| g.min(code)));
+                        } else {
+                            failed[i] = true;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::with_capacity(filters.len());
+        for (i, f) in filters.into_iter().enumerate() {
+            let code =
+                codes[i]
+                    .or(granted[i])
+                    .unwrap_or(if failed[i] { SUBACK_FAILURE } else { f.qos });
+            if code <= 2 {
+                let mut f = f;
+                f.qos = code;
+                match self.subs.iter_mut().find(|s| s.filter == f.filter) {
+                    Some(s) => *s = f,
+                    None => self.subs.push(f),
+                }
+            }
+            out.push(code);
+        }
+        out
+    }
+
+    /// MQTT 5 upstreams subscribe with No Local: the broker then never returns the proxy's
+    /// own publishes on that session, and the device's own echo is produced locally.
+    fn upstream_no_local(&self, u: &UpstreamHandle) -> bool {
+        u.broker.config.mqtt_version == crate::broker::MqttVersion::V5
+    }
+
+    async fn unsubscribe(&mut self, filters: Vec<String>) {
+        self.subs.retain(|s| !filters.contains(&s.filter));
+        for u in self
+            .upstreams
+            .iter()
+            .filter(|u| u.broker.config.bidirectional)
+        {
+            let up: Vec<String> = filters
+                .iter()
+                .flat_map(|f| u.broker.rule.upstream_filters(f))
+                .collect();
+            if !up.is_empty() {
+                u.unsubscribe(up).await;
+            }
+        }
+    }
+
+    /// Applies a new broker set: unchanged brokers (same `Arc`) keep their upstream and
+    /// its connection; removed and changed ones drain and close in the background.
+    async fn reconcile(&mut self) {
+        let set = self.brokers.borrow_and_update().clone();
+        let old = std::mem::take(&mut self.upstreams);
+        let mut kept = Vec::new();
+        for u in old {
+            match set.get(u.broker.id()) {
+                Some(b) if Arc::ptr_eq(b, &u.broker) => kept.push(u),
+                _ => {
+                    let drain = self.shared.opts.drain_timeout;
+                    tokio::spawn(u.close(false, drain));
+                }
+            }
+        }
+        self.upstreams = kept;
+        for b in &set.brokers {
+            if self.upstreams.iter().any(|u| u.broker.id() == b.id()) {
+                continue;
+            }
+            let h = self.spawn_upstream(b.clone());
+            if b.config.bidirectional && !self.subs.is_empty() {
+                let no_local = self.upstream_no_local(&h);
+                let up: Vec<SubFilter> = self
+                    .subs
+                    .iter()
+                    .flat_map(|f| {
+                        b.rule
+                            .upstream_filters(&f.filter)
+                            .into_iter()
+                            .map(move |uf| SubFilter {
+                                filter: uf,
+                                no_local,
+                                ..f.clone()
+                            })
+                    })
+                    .collect();
+                if !up.is_empty() {
+                    drop(h.subscribe(up).await);
+                }
+            }
+            self.upstreams.push(h);
+        }
+    }
+
+    async fn close_upstreams(&mut self, with_will: bool) {
+        let drain = self.shared.opts.drain_timeout;
+        let closing: Vec<_> = self
+            .upstreams
+            .drain(..)
+            .map(|u| tokio::spawn(u.close(with_will, drain)))
+            .collect();
+        for c in closing {
+            let _ = c.await;
+        }
+    }
+}
