@@ -296,6 +296,12 @@ impl BrokerConfig {
                 ));
             }
         }
+        if self.mirror && (!self.bidirectional || self.subscription_topics.is_empty()) {
+            return Err(err(
+                "mirror",
+                "mirror needs bidirectional: true and subscriptionTopics (what to mirror)",
+            ));
+        }
         if let Some(p) = &self.topic_prefix {
             if p.contains(['+', '#', '\0']) {
                 return Err(err("topicPrefix", "must not contain wildcards or NUL"));

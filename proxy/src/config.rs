@@ -48,6 +48,31 @@ pub struct SessionOptions {
     pub receive_maximum: u16,
 }
 
+/// Loop prevention for mirrored messages.
+#[derive(Clone, Debug)]
+pub struct MirrorOptions {
+    /// Distinguishes this proxy's mirror client ids from other proxies' on the same brokers.
+    pub instance_id: String,
+    /// MQTT 5 user property carrying the hop count of mirrored messages.
+    pub hop_property: String,
+    /// A message whose hop count has reached this is not mirrored again.
+    pub max_hops: u32,
+}
+
+impl Default for MirrorOptions {
+    fn default() -> Self {
+        let instance_id = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| format!("{:06x}", rand::random::<u32>() & 0xff_ffff));
+        Self {
+            instance_id,
+            hop_property: "mqtt-proxy-hop".into(),
+            max_hops: 1,
+        }
+    }
+}
+
 /// The resolved configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -59,6 +84,7 @@ pub struct Config {
     pub max_connections: usize,
     pub session: SessionOptions,
     pub queue: QueueLimits,
+    pub mirror: MirrorOptions,
 }
 
 impl Default for Config {
@@ -79,6 +105,7 @@ impl Default for Config {
                 receive_maximum: 1024,
             },
             queue: QueueLimits::default(),
+            mirror: MirrorOptions::default(),
         }
     }
 }
@@ -100,6 +127,9 @@ pub struct FileConfig {
     pub queue_max_messages: Option<usize>,
     pub queue_max_bytes: Option<usize>,
     pub queue_overflow: Option<OverflowPolicy>,
+    pub instance_id: Option<String>,
+    pub hop_property: Option<String>,
+    pub max_hops: Option<u32>,
 }
 
 #[derive(Debug, Parser)]
@@ -153,7 +183,7 @@ pub struct RunArgs {
     /// Maximum MQTT packet size accepted from devices, bytes [default: 1048576]
     #[arg(long, env = "MQTT_PROXY_MAX_PACKET_SIZE")]
     pub max_packet_size: Option<usize>,
-    /// Per-broker queue cap in messages [default: 10000]
+    /// Per-broker queue cap in messages [default: 100000]
     #[arg(long, env = "MQTT_PROXY_QUEUE_MAX_MESSAGES")]
     pub queue_max_messages: Option<usize>,
     /// Per-broker queue cap in bytes [default: 67108864]
@@ -162,6 +192,15 @@ pub struct RunArgs {
     /// Seconds a closing upstream may spend delivering what it holds [default: 5]
     #[arg(long, env = "MQTT_PROXY_DRAIN_TIMEOUT_SECS")]
     pub drain_timeout_secs: Option<u64>,
+    /// Unique name of this proxy instance, used in its mirror client ids [default: $HOSTNAME]
+    #[arg(long, env = "MQTT_PROXY_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// MQTT 5 user property that carries the hop count of mirrored messages
+    #[arg(long, env = "MQTT_PROXY_HOP_PROPERTY")]
+    pub hop_property: Option<String>,
+    /// Hop count at which a mirrored message is not mirrored again [default: 1]
+    #[arg(long, env = "MQTT_PROXY_MAX_HOPS")]
+    pub max_hops: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +247,9 @@ impl Config {
         if let Some(s) = file.connect_timeout_secs {
             c.session.connect_timeout = Duration::from_secs(s);
         }
+        layer!(c.mirror.instance_id, instance_id);
+        layer!(c.mirror.hop_property, hop_property);
+        layer!(c.mirror.max_hops, max_hops);
         if let Some(o) = file.queue_overflow {
             c.queue.overflow = o;
         }
@@ -242,6 +284,15 @@ impl Config {
         }
         if self.queue.max_messages == 0 {
             return bad("queue_max_messages", "must be at least 1");
+        }
+        if self.mirror.instance_id.is_empty() || self.mirror.hop_property.is_empty() {
+            return bad(
+                "instance_id",
+                "instance_id and hop_property must not be empty",
+            );
+        }
+        if self.mirror.max_hops == 0 {
+            return bad("max_hops", "must be at least 1");
         }
         if self.queue.max_bytes < 1024 {
             return bad("queue_max_bytes", "must be at least 1024");

@@ -22,6 +22,7 @@ pub mod delivery;
 pub mod listener;
 pub mod loopguard;
 pub mod metrics;
+pub mod mirror;
 pub mod proxy;
 pub mod qos;
 pub mod queue;

@@ -45,6 +45,7 @@ pub struct ProxyHandle {
     control: BrokerControl,
     shutdown_tx: watch::Sender<bool>,
     listener: JoinHandle<()>,
+    mirror: JoinHandle<()>,
     registry: Arc<Registry>,
 }
 
@@ -72,11 +73,17 @@ impl ProxyHandle {
         })?;
         let registry = Arc::new(Registry::default());
         let shared = Arc::new(Shared {
-            brokers: brokers_rx,
+            brokers: brokers_rx.clone(),
             registry: registry.clone(),
             opts: config.session.clone(),
             shutdown: shutdown_rx.clone(),
         });
+        let mirror = tokio::spawn(crate::mirror::run(
+            brokers_rx.clone(),
+            config.session.clone(),
+            config.mirror.clone(),
+            shutdown_rx.clone(),
+        ));
         let listener = tokio::spawn(crate::listener::serve(
             listener,
             shared,
@@ -92,6 +99,7 @@ impl ProxyHandle {
             control,
             shutdown_tx,
             listener,
+            mirror,
             registry,
         })
     }
@@ -127,6 +135,7 @@ impl ProxyHandle {
     pub async fn shutdown(self) {
         let _ = self.shutdown_tx.send(true);
         let _ = self.listener.await;
+        let _ = self.mirror.await;
     }
 }
 

@@ -26,7 +26,7 @@ pub struct QueueLimits {
 impl Default for QueueLimits {
     fn default() -> Self {
         Self {
-            max_messages: 10_000,
+            max_messages: 100_000,
             max_bytes: 64 << 20,
             overflow: OverflowPolicy::DropOldest,
         }

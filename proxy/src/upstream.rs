@@ -457,23 +457,32 @@ impl Upstream {
                 })
             };
             let room = self.out.has_room();
+            if room && !self.queue.is_empty() {
+                // More is queued than one write took: poll the socket without waiting (acks,
+                // PINGRESP), then write the next batch.
+                match futures_now(rd.read_buf(&mut rbuf)) {
+                    None => continue,
+                    Some(Ok(0)) => return Exit::Failed("broker closed the connection".into()),
+                    Some(Err(e)) => return Exit::Failed(format!("read: {e}")),
+                    Some(Ok(_)) => {
+                        if let Err(e) = self
+                            .read_packets(&mut rbuf, &mut wbuf, max, &mut ping_sent)
+                            .await
+                        {
+                            return Exit::Failed(e);
+                        }
+                        continue;
+                    }
+                }
+            }
             tokio::select! {
                 r = rd.read_buf(&mut rbuf) => match r {
                     Ok(0) => return Exit::Failed("broker closed the connection".into()),
-                    Ok(_) => loop {
-                        match codec::read(self.proto, &mut rbuf, max) {
-                            Ok(Some(p)) => {
-                                if matches!(p, Packet::PingResp) {
-                                    ping_sent = None;
-                                }
-                                if let Err(e) = self.on_packet(p, &mut wbuf).await {
-                                    return Exit::Failed(e);
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => return Exit::Failed(format!("malformed packet from broker: {e}")),
+                    Ok(_) => {
+                        if let Err(e) = self.read_packets(&mut rbuf, &mut wbuf, max, &mut ping_sent).await {
+                            return Exit::Failed(e);
                         }
-                    },
+                    }
                     Err(e) => return Exit::Failed(format!("read: {e}")),
                 },
                 _ = self.queue.notify.notified(), if room => {}
@@ -502,6 +511,27 @@ impl Upstream {
                     let _ = codec::write(self.proto, &Packet::PingReq, &mut wbuf);
                     ping_sent = Some(Instant::now());
                 }
+            }
+        }
+    }
+
+    async fn read_packets(
+        &mut self,
+        rbuf: &mut BytesMut,
+        wbuf: &mut BytesMut,
+        max: usize,
+        ping_sent: &mut Option<Instant>,
+    ) -> Result<(), String> {
+        loop {
+            match codec::read(self.proto, rbuf, max) {
+                Ok(Some(p)) => {
+                    if matches!(p, Packet::PingResp) {
+                        *ping_sent = None;
+                    }
+                    self.on_packet(p, wbuf).await?;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("malformed packet from broker: {e}")),
             }
         }
     }
@@ -636,6 +666,18 @@ impl Upstream {
 fn resolve(tag: Option<Option<Arc<AckTracker>>>) {
     if let Some(Some(a)) = tag {
         a.resolve();
+    }
+}
+
+/// Polls a future once: `Some(output)` if it is ready now, `None` otherwise. Used for
+/// cancel-safe reads (`read_buf`) that must not wait.
+fn futures_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
     }
 }
 
