@@ -46,6 +46,8 @@ pub struct SessionOptions {
     pub to_device_buffer: usize,
     /// Receive Maximum announced to MQTT 5 devices.
     pub receive_maximum: u16,
+    /// Where brokers with `spool: true` keep their spool files (the data directory).
+    pub spool_dir: Option<PathBuf>,
 }
 
 /// Loop prevention for mirrored messages.
@@ -103,6 +105,7 @@ impl Default for Config {
                 drain_timeout: Duration::from_secs(5),
                 to_device_buffer: 10_000,
                 receive_maximum: 1024,
+                spool_dir: None,
             },
             queue: QueueLimits::default(),
             mirror: MirrorOptions::default(),
@@ -253,6 +256,7 @@ impl Config {
         if let Some(o) = file.queue_overflow {
             c.queue.overflow = o;
         }
+        c.session.spool_dir = Some(c.data_dir.clone());
         c.validate()?;
         Ok(c)
     }

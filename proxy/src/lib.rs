@@ -30,6 +30,7 @@ pub mod registry;
 pub mod reload;
 pub mod router;
 pub mod session;
+pub mod spool;
 pub mod store;
 pub mod tls;
 pub mod upstream;

@@ -185,6 +185,8 @@ async fn reconcile(
             session_expiry: None,
             max_packet_size: session.max_packet_size,
             to_session: tx.clone(),
+            spool_dir: None,
+            start_after: None,
         });
         if b.config.mirror {
             let no_local = b.config.mqtt_version == MqttVersion::V5;
@@ -249,11 +251,7 @@ fn forward(m: FromBroker, upstreams: &[UpstreamHandle], set: &BrokerSet, guard: 
         .filter(|u| u.broker.id() != source.id() && u.broker.rule.accepts(out.topic_str()))
     {
         guard.sent(&u.broker, &out, now);
-        let item = Queued {
-            msg: out.clone(),
-            qos: u.broker.rule.qos(out.qos),
-            ack: None,
-        };
+        let item = Queued::new(out.clone(), u.broker.rule.qos(out.qos), None);
         if !matches!(u.queue.push(item), Pushed::Accepted) {
             u.broker.metrics.dropped_overflow.inc();
         }

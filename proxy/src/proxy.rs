@@ -84,6 +84,9 @@ impl ProxyHandle {
             config.mirror.clone(),
             shutdown_rx.clone(),
         ));
+        if let Some(dir) = &config.session.spool_dir {
+            resume_spools(dir, &brokers_rx.borrow(), &registry, &config.session);
+        }
         let listener = tokio::spawn(crate::listener::serve(
             listener,
             shared,
@@ -136,6 +139,49 @@ impl ProxyHandle {
         let _ = self.shutdown_tx.send(true);
         let _ = self.listener.await;
         let _ = self.mirror.await;
+    }
+}
+
+/// Spooled messages from a previous run are delivered at startup even if their device
+/// never comes back. Each runs under the device's client id (claimed in the registry), so
+/// a device that reconnects takes over and its own session continues from the spool.
+fn resume_spools(
+    dir: &std::path::Path,
+    set: &BrokerSet,
+    registry: &Arc<Registry>,
+    opts: &crate::config::SessionOptions,
+) {
+    for broker in set.brokers.iter().filter(|b| b.config.spool) {
+        for (client_id, path) in crate::spool::pending_files(dir, broker.id()) {
+            let Some(device_id) = client_id
+                .strip_prefix(&broker.config.client_id_prefix)
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            tracing::info!(broker = broker.label(), %client_id, file = %path.display(), "delivering spooled messages from a previous run");
+            let (broker, registry, opts) = (broker.clone(), registry.clone(), opts.clone());
+            tokio::spawn(async move {
+                let claim = registry.claim(&device_id);
+                let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+                let h = crate::upstream::UpstreamHandle::spawn(crate::upstream::UpstreamParams {
+                    broker,
+                    device_id,
+                    clean_session: true,
+                    keep_alive: 30,
+                    will: None,
+                    session_expiry: None,
+                    max_packet_size: opts.max_packet_size,
+                    to_session: tx,
+                    spool_dir: opts.spool_dir.clone(),
+                    start_after: None,
+                });
+                let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+                h.deliver_all(claim.kicked.clone()).await;
+                drain.abort();
+                drop(claim);
+            });
+        }
     }
 }
 

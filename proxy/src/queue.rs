@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 
 use crate::broker::OverflowPolicy;
 use crate::codec::Message;
+use crate::spool::{Spool, SpoolRef};
 
 /// Limits of one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,20 +85,55 @@ impl AckSink {
     }
 }
 
+/// What must happen once a message is finished with: answer the device (ack policies
+/// `any`/`all`) and mark it done in the disk spool.
+#[derive(Default, Clone)]
+pub struct Completion {
+    pub ack: Option<Arc<AckTracker>>,
+    pub spool: Option<SpoolRef>,
+}
+
+impl Completion {
+    /// Delivered (acknowledged, or written at QoS 0) or dropped by policy.
+    pub fn complete(self) {
+        if let Some(a) = self.ack {
+            a.resolve();
+        }
+        if let Some(s) = self.spool {
+            s.ack();
+        }
+    }
+    /// Not delivered, but kept in the spool for the next run (shutdown): the device is
+    /// answered so it does not wait, and the spool record stays live.
+    pub fn abandon(self) {
+        if let Some(a) = self.ack {
+            a.resolve();
+        }
+    }
+    pub fn is_spooled(&self) -> bool {
+        self.spool.is_some()
+    }
+}
+
 /// One queued message for one broker.
 pub struct Queued {
     pub msg: Message,
     /// QoS towards this broker (already capped by `maxQos`).
     pub qos: u8,
-    pub ack: Option<Arc<AckTracker>>,
+    pub done: Completion,
 }
 
 impl Queued {
+    pub fn new(msg: Message, qos: u8, ack: Option<Arc<AckTracker>>) -> Self {
+        Self {
+            msg,
+            qos,
+            done: Completion { ack, spool: None },
+        }
+    }
     /// The message left the proxy's hands (acked, written at QoS 0, or dropped).
     pub fn finish(self) {
-        if let Some(a) = self.ack {
-            a.resolve();
-        }
+        self.done.complete();
     }
 }
 
@@ -124,6 +160,8 @@ pub struct UpstreamQueue {
     depth: AtomicUsize,
     /// Per-broker totals across all device sessions (the metrics gauges).
     gauges: Option<(IntGauge, IntGauge)>,
+    /// Disk spool for QoS>=1 messages (`spool: true`), attached once the upstream owns it.
+    spool: std::sync::OnceLock<Arc<Spool>>,
 }
 
 impl UpstreamQueue {
@@ -143,7 +181,32 @@ impl UpstreamQueue {
             notify: Notify::new(),
             depth: AtomicUsize::new(0),
             gauges,
+            spool: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Attaches a disk spool: `recovered` (already spooled) goes in front of what is queued,
+    /// and every QoS>=1 message pushed from now on is spooled too. Messages queued before
+    /// this point and still queued are spooled now, behind the recovered ones.
+    pub fn attach_spool(&self, spool: Arc<Spool>, recovered: Vec<Queued>) {
+        let Ok(mut q) = self.inner.lock() else { return };
+        for item in q.items.iter_mut() {
+            if item.qos > 0 && item.done.spool.is_none() {
+                item.done.spool = spool.append(&item.msg);
+            }
+        }
+        let n = recovered.len() as i64;
+        let mut bytes = 0;
+        for item in recovered.into_iter().rev() {
+            bytes += item.msg.weight();
+            q.items.push_front(item);
+        }
+        q.bytes += bytes;
+        self.account(n, bytes as i64);
+        self.depth.store(q.items.len(), Ordering::Relaxed);
+        let _ = self.spool.set(spool);
+        drop(q);
+        self.notify.notify_one();
     }
 
     fn account(&self, messages: i64, bytes: i64) {
@@ -161,7 +224,7 @@ impl UpstreamQueue {
 
     /// Adds a message, applying the overflow policy. Evicted or rejected messages are
     /// finished (their ack trackers resolved) by the caller's count, not silently.
-    pub fn push(&self, item: Queued) -> Pushed {
+    pub fn push(&self, mut item: Queued) -> Pushed {
         let limits = self.limits.lock().map(|l| *l).unwrap_or_default();
         let weight = item.msg.weight();
         let mut evicted = Vec::new();
@@ -181,6 +244,11 @@ impl UpstreamQueue {
                 drop(q);
                 item.finish();
                 return Pushed::Rejected;
+            }
+            if item.qos > 0 && item.done.spool.is_none() {
+                if let Some(sp) = self.spool.get() {
+                    item.done.spool = sp.append(&item.msg);
+                }
             }
             while full(&q) {
                 match q.items.pop_front() {
@@ -272,11 +340,7 @@ mod tests {
     use super::*;
 
     fn item(n: u8) -> Queued {
-        Queued {
-            msg: Message::new("t", vec![n], 1, false),
-            qos: 1,
-            ack: None,
-        }
+        Queued::new(Message::new("t", vec![n], 1, false), 1, None)
     }
 
     fn payloads(q: &UpstreamQueue) -> Vec<u8> {
@@ -362,7 +426,7 @@ mod tests {
             ..Default::default()
         });
         let mut first = item(0);
-        first.ack = Some(AckTracker::new(1, 1, sink.clone()));
+        first.done.ack = Some(AckTracker::new(1, 1, sink.clone()));
         q.push(first);
         q.push(item(1));
         let mut out = Vec::new();

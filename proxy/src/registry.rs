@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -29,12 +28,17 @@ pub struct Claim {
     id: u64,
     /// Becomes `true` when another connection takes the client id over.
     pub kicked: watch::Receiver<bool>,
+    /// Becomes `true` when the previous holder of the id has finished.
+    pub previous: Option<watch::Receiver<bool>>,
     done: watch::Sender<bool>,
 }
 
 impl Registry {
-    /// Claims `client_id`, closing and waiting (up to `wait`) for a previous holder.
-    pub async fn claim(self: &Arc<Self>, client_id: &str, wait: Duration) -> Claim {
+    /// Claims `client_id` and tells a previous holder to close. Its end is signalled through
+    /// [`Claim::previous`]: upstreams wait for it before connecting (so the old session
+    /// drains first and brokers never see two sessions with one id), while the device gets
+    /// its CONNACK at once.
+    pub fn claim(self: &Arc<Self>, client_id: &str) -> Claim {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (kick_tx, kick_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
@@ -48,12 +52,12 @@ impl Registry {
                 },
             )
         });
-        if let Some(prev) = previous {
+        let previous = previous.map(|prev| {
             let _ = prev.kick.send(true);
-            let mut done = prev.done;
-            let _ = tokio::time::timeout(wait, done.wait_for(|d| *d)).await;
-        }
+            prev.done
+        });
         Claim {
+            previous,
             registry: self.clone(),
             client_id: client_id.to_string(),
             id,
@@ -85,17 +89,23 @@ impl Drop for Claim {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn second_claim_kicks_the_first_and_waits_for_it() {
         let r = Arc::new(Registry::default());
-        let first = r.claim("dev", Duration::from_secs(5)).await;
+        let first = r.claim("dev");
         let mut kicked = first.kicked.clone();
         let holder = tokio::spawn(async move {
             kicked.wait_for(|k| *k).await.expect("kick");
             drop(first);
         });
-        let second = r.claim("dev", Duration::from_secs(5)).await;
+        let mut second = r.claim("dev");
+        let mut prev = second.previous.take().expect("a previous holder");
+        tokio::time::timeout(Duration::from_secs(5), prev.wait_for(|d| *d))
+            .await
+            .expect("in time")
+            .expect("signalled");
         holder.await.expect("first finished");
         assert_eq!(r.len(), 1);
         drop(second);

@@ -136,14 +136,16 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
         connect.client_id = format!("mqtt-proxy-{:016x}", rand::random::<u64>());
     }
-    let claim = shared
-        .registry
-        .claim(&connect.client_id, shared.opts.drain_timeout * 2)
-        .await;
+    let claim = shared.registry.claim(&connect.client_id);
     METRICS.device_connections.inc();
     METRICS.devices_connected.inc();
     info!(%peer, client_id = %connect.client_id, ?proto, keep_alive = connect.keep_alive, clean = connect.clean_session, "device connected");
-    let mut s = Session::new(connect, shared.clone(), claim.kicked.clone());
+    let mut s = Session::new(
+        connect,
+        shared.clone(),
+        claim.kicked.clone(),
+        claim.previous.clone(),
+    );
     let end = s.serve(stream, rbuf).await;
     let with_will = matches!(end, End::Lost(_));
     info!(client_id = %s.connect.client_id, ?end, "device disconnected");
@@ -188,6 +190,8 @@ struct Session {
     shared: Arc<Shared>,
     brokers: watch::Receiver<Arc<BrokerSet>>,
     kicked: watch::Receiver<bool>,
+    /// The previous session with this client id, still draining: upstreams start after it.
+    previous: Option<watch::Receiver<bool>>,
     upstreams: Vec<UpstreamHandle>,
     from_brokers_tx: mpsc::Sender<FromBroker>,
     from_brokers: mpsc::Receiver<FromBroker>,
@@ -201,7 +205,12 @@ struct Session {
 }
 
 impl Session {
-    fn new(connect: Connect, shared: Arc<Shared>, kicked: watch::Receiver<bool>) -> Self {
+    fn new(
+        connect: Connect,
+        shared: Arc<Shared>,
+        kicked: watch::Receiver<bool>,
+        previous: Option<watch::Receiver<bool>>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(256);
         let mut brokers = shared.brokers.clone();
         brokers.mark_unchanged();
@@ -217,6 +226,7 @@ impl Session {
             shared,
             brokers,
             kicked,
+            previous,
             upstreams: Vec::new(),
             from_brokers_tx: tx,
             from_brokers: rx,
@@ -244,6 +254,11 @@ impl Session {
             session_expiry: self.connect.session_expiry,
             max_packet_size: self.shared.opts.max_packet_size,
             to_session: self.from_brokers_tx.clone(),
+            spool_dir: self.shared.opts.spool_dir.clone(),
+            start_after: self
+                .previous
+                .clone()
+                .map(|p| (p, self.shared.opts.drain_timeout + Duration::from_secs(1))),
         })
     }
 
@@ -447,11 +462,7 @@ impl Session {
             .iter()
             .filter(|u| u.broker.rule.accepts(topic))
         {
-            let item = Queued {
-                msg: msg.clone(),
-                qos: u.broker.rule.qos(msg.qos),
-                ack: tracker.clone(),
-            };
+            let item = Queued::new(msg.clone(), u.broker.rule.qos(msg.qos), tracker.clone());
             let dropped = match u.queue.push(item) {
                 Pushed::Accepted => 0,
                 Pushed::Evicted(n) => n,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
@@ -21,7 +21,7 @@ use crate::brokerset::{now_ms, Broker};
 use crate::codec::{self, Connect, Message, Packet, Protocol, SubFilter, Will};
 use crate::metrics::RateLimit;
 use crate::qos::{Inbound, Outbound, Resend};
-use crate::queue::{AckTracker, Queued, UpstreamQueue};
+use crate::queue::{Completion, Queued, UpstreamQueue};
 
 /// Messages written per batch (one `write` syscall for many packets).
 const BATCH: usize = 512;
@@ -66,6 +66,10 @@ pub struct UpstreamParams {
     pub session_expiry: Option<u32>,
     pub max_packet_size: usize,
     pub to_session: mpsc::Sender<FromBroker>,
+    /// Data directory holding `spool/` (for brokers with `spool: true`).
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// Wait (at most the given time) for the previous session with this client id to end.
+    pub start_after: Option<(watch::Receiver<bool>, Duration)>,
 }
 
 /// The session's side of an upstream task.
@@ -112,6 +116,24 @@ impl UpstreamHandle {
         let _ = self.ctl.send(Control::Unsubscribe { filters }).await;
     }
 
+    /// Delivers everything it holds with no deadline (spool recovery), unless `stop` turns
+    /// true first (the device came back): then it stops at once and the spool keeps the rest.
+    pub async fn deliver_all(self, mut stop: watch::Receiver<bool>) {
+        let _ = self.ctl.send(Control::Close { with_will: false }).await;
+        let mut task = self.task;
+        tokio::select! {
+            _ = &mut task => {}
+            _ = crate::session::wait_true(&mut stop) => {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        self.queue
+            .close()
+            .into_iter()
+            .for_each(|q| q.done.abandon());
+    }
+
     /// Ends the upstream: drains within `deadline`, then aborts. Whatever could not be
     /// delivered is counted as dropped (`reason="shutdown"`).
     pub async fn close(self, with_will: bool, deadline: Duration) {
@@ -122,6 +144,15 @@ impl UpstreamHandle {
             let _ = task.await;
         }
         let left = self.queue.close();
+        let (spooled, left): (Vec<_>, Vec<_>) = left.into_iter().partition(|q| q.done.is_spooled());
+        if !spooled.is_empty() {
+            info!(
+                broker = self.broker.label(),
+                spooled = spooled.len(),
+                "upstream closed; undelivered messages stay in the spool"
+            );
+            spooled.into_iter().for_each(|q| q.done.abandon());
+        }
         if !left.is_empty() {
             let n = left.len() as u64;
             self.broker.metrics.dropped_shutdown.inc_by(n);
@@ -140,7 +171,7 @@ struct Upstream {
     p: UpstreamParams,
     queue: Arc<UpstreamQueue>,
     ctl: mpsc::Receiver<Control>,
-    out: Outbound<Option<Arc<AckTracker>>>,
+    out: Outbound<Completion>,
     inbound: Inbound,
     subs: Vec<SubFilter>,
     pending_subacks: Vec<(u16, oneshot::Sender<Vec<u8>>)>,
@@ -189,7 +220,42 @@ impl Upstream {
         self.closing.is_some() && self.queue.is_empty() && self.out.is_empty()
     }
 
+    /// Opens the spool (after the previous holder of the file is gone) and puts what it
+    /// still holds in front of anything queued meanwhile.
+    fn open_spool(&mut self) {
+        let broker = self.p.broker.clone();
+        let (true, Some(dir)) = (broker.config.spool, &self.p.spool_dir) else {
+            return;
+        };
+        let client_id = self.client_id();
+        let path = crate::spool::path_for(dir, broker.id(), &client_id);
+        match crate::spool::Spool::open(&path, broker.limits.max_bytes as u64) {
+            Ok((spool, pending)) => {
+                if !pending.is_empty() {
+                    info!(broker = broker.label(), %client_id, messages = pending.len(), "resuming spooled messages");
+                }
+                let recovered = pending
+                    .into_iter()
+                    .map(|(r, msg)| {
+                        let qos = broker.rule.qos(msg.qos);
+                        let mut q = Queued::new(msg, qos, None);
+                        q.done.spool = Some(r);
+                        q
+                    })
+                    .collect();
+                self.queue.attach_spool(spool, recovered);
+            }
+            Err(e) => {
+                warn!(broker = broker.label(), file = %path.display(), error = %e, "cannot open spool; queueing in memory only")
+            }
+        }
+    }
+
     async fn run(mut self) {
+        if let Some((mut prev, bound)) = self.p.start_after.take() {
+            let _ = timeout(bound, crate::session::wait_true(&mut prev)).await;
+        }
+        self.open_spool();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         let mut first = true;
         loop {
@@ -254,8 +320,8 @@ impl Upstream {
     /// The session is gone without a Close: count what is left.
     fn abandon(mut self) {
         let tags = self.out.drain_tags();
-        let n = tags.len() as u64;
-        tags.into_iter().for_each(|t| resolve(Some(t)));
+        let n = tags.iter().filter(|t| !t.is_spooled()).count() as u64;
+        tags.into_iter().for_each(Completion::abandon);
         if n > 0 {
             self.broker().metrics.dropped_shutdown.inc_by(n);
             self.broker().stats.dropped.fetch_add(n, Ordering::Relaxed);
@@ -546,13 +612,11 @@ impl Upstream {
             if batch.is_empty() {
                 break;
             }
-            for Queued { msg, qos, ack } in batch.drain(..) {
+            for Queued { msg, qos, done } in batch.drain(..) {
                 written += 1;
                 if qos == 0 {
                     codec::encode_publish(self.proto, 0, false, &msg, prefix, 0, wbuf);
-                    if let Some(a) = ack {
-                        a.resolve();
-                    }
+                    done.complete();
                 } else {
                     codec::encode_publish(
                         self.proto,
@@ -563,7 +627,7 @@ impl Upstream {
                         qos,
                         wbuf,
                     );
-                    self.out.publish(msg, qos, ack);
+                    self.out.publish(msg, qos, done);
                 }
             }
         }
@@ -663,9 +727,9 @@ impl Upstream {
     }
 }
 
-fn resolve(tag: Option<Option<Arc<AckTracker>>>) {
-    if let Some(Some(a)) = tag {
-        a.resolve();
+fn resolve(tag: Option<Completion>) {
+    if let Some(c) = tag {
+        c.complete();
     }
 }
 
