@@ -34,5 +34,6 @@ pub mod spool;
 pub mod store;
 pub mod tls;
 pub mod upstream;
+pub mod web;
 
 pub use proxy::ProxyHandle;

@@ -3,8 +3,11 @@
 
 use anyhow::Context;
 use clap::Parser;
-use mqtt_proxy::broker::BrokerConfig;
+use std::sync::Arc;
+
 use mqtt_proxy::config::{Cli, Command, Config, LogFormat};
+use mqtt_proxy::store::BrokerStore;
+use mqtt_proxy::web::{self, AppState};
 use mqtt_proxy::ProxyHandle;
 use tracing::{info, warn};
 
@@ -42,26 +45,41 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(config))
 }
 
-fn load_brokers(config: &Config) -> anyhow::Result<Vec<BrokerConfig>> {
-    match &config.brokers_file {
-        Some(path) => mqtt_proxy::store::load_brokers_file(path)
-            .with_context(|| format!("loading brokers file {}", path.display())),
-        None => {
-            let store =
-                mqtt_proxy::store::BrokerStore::open(&config.data_dir, secret().as_deref())?;
-            Ok(store.brokers().to_vec())
-        }
-    }
-}
-
 async fn run(config: Config) -> anyhow::Result<()> {
-    let brokers = load_brokers(&config)?;
+    // Store mode: the JSON store is the source of truth and the API edits it.
+    // File mode (Kubernetes): the mounted file is, and it is hot-reloaded.
+    let (brokers, store) = match &config.brokers_file {
+        Some(path) => {
+            let brokers = mqtt_proxy::store::load_brokers_file(path)
+                .with_context(|| format!("loading brokers file {}", path.display()))?;
+            (brokers, None)
+        }
+        None => {
+            let store = BrokerStore::open(&config.data_dir, secret().as_deref())?;
+            (store.brokers().to_vec(), Some(store))
+        }
+    };
     let proxy = ProxyHandle::start(&config, &brokers).await?;
-    info!(mqtt = %proxy.mqtt_addr(), brokers = brokers.iter().filter(|b| b.enabled).count(), "mqtt-proxy ready");
     let _reload = config
         .brokers_file
         .as_ref()
         .map(|path| mqtt_proxy::reload::spawn(path.clone(), &proxy));
+    let state = Arc::new(AppState {
+        control: proxy.control(),
+        store: store.map(tokio::sync::Mutex::new),
+        admin_token: web::admin_token(&config.data_dir).context("creating the admin token")?,
+        ready: proxy.ready(),
+        devices: proxy.device_counter(),
+    });
+    let http = web::serve(config.http_listen, state, proxy.shutdown_signal())
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_listen))?;
+    info!(
+        mqtt = %proxy.mqtt_addr(),
+        http = %http,
+        brokers = brokers.iter().filter(|b| b.enabled).count(),
+        "mqtt-proxy ready"
+    );
     shutdown_signal().await;
     info!("shutdown requested: flushing sessions");
     proxy.shutdown().await;

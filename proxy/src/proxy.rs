@@ -107,6 +107,28 @@ impl ProxyHandle {
         })
     }
 
+    /// `true` while the proxy serves devices (false once shutdown begins).
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(!*self.shutdown_tx.borrow());
+        let mut shutdown = self.shutdown_tx.subscribe();
+        tokio::spawn(async move {
+            crate::session::wait_true(&mut shutdown).await;
+            let _ = tx.send(false);
+        });
+        rx
+    }
+
+    /// A signal that turns true when shutdown begins.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+
+    /// Counts connected devices (for the API), without borrowing the handle.
+    pub fn device_counter(&self) -> Arc<dyn Fn() -> usize + Send + Sync> {
+        let r = self.registry.clone();
+        Arc::new(move || r.len())
+    }
+
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
     }

@@ -97,10 +97,7 @@ pub fn client_id_of(path: &Path) -> Option<String> {
 
 impl Spool {
     /// Opens (creating) the spool and returns the unacknowledged messages in order.
-    pub fn open(
-        path: &Path,
-        max_bytes: u64,
-    ) -> std::io::Result<(Arc<Spool>, Recovered)> {
+    pub fn open(path: &Path, max_bytes: u64) -> std::io::Result<(Arc<Spool>, Recovered)> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
