@@ -25,16 +25,24 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .layer(middleware::from_fn_with_state(state, auth))
 }
 
-fn error(code: StatusCode, msg: impl Into<String>) -> Response {
-    (code, Json(json!({ "error": msg.into() }))).into_response()
+/// An error answer: status and a JSON body `{"error": …, "field"?: …}`.
+pub struct ApiError(StatusCode, serde_json::Value);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
 }
 
-fn field_error(field: &str, msg: impl Into<String>) -> Response {
-    (
+fn error(code: StatusCode, msg: impl Into<String>) -> ApiError {
+    ApiError(code, json!({ "error": msg.into() }))
+}
+
+fn field_error(field: &str, msg: impl Into<String>) -> ApiError {
+    ApiError(
         StatusCode::BAD_REQUEST,
-        Json(json!({ "error": msg.into(), "field": field })),
+        json!({ "error": msg.into(), "field": field }),
     )
-        .into_response()
 }
 
 async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -51,6 +59,7 @@ async fn auth(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Respo
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token (MQTT_PROXY_ADMIN_TOKEN or <data-dir>/admin-token)",
         )
+        .into_response()
     }
 }
 
@@ -110,12 +119,12 @@ async fn list(State(s): State<Arc<AppState>>) -> Response {
 async fn one(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match configs(&s).await.into_iter().find(|b| b.id == id) {
         Some(b) => Json(view(&s, b)).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no broker {id:?}")),
+        None => error(StatusCode::NOT_FOUND, format!("no broker {id:?}")).into_response(),
     }
 }
 
 /// Parses a body naming the offending field on error.
-fn parse(body: &[u8]) -> Result<BrokerConfig, Response> {
+fn parse(body: &[u8]) -> Result<BrokerConfig, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let b: BrokerConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
@@ -131,13 +140,13 @@ fn parse(body: &[u8]) -> Result<BrokerConfig, Response> {
     Ok(b)
 }
 
-fn managed_by_file() -> Response {
+fn managed_by_file() -> ApiError {
     error(StatusCode::CONFLICT, "managed by file: brokers come from --brokers-file; edit that file (or its Kubernetes Secret) instead")
 }
 
 /// Applies `next` to the running proxy, then persists it; the running set is restored if
 /// the store cannot be written, so the two never disagree.
-async fn commit(s: &AppState, next: Vec<BrokerConfig>) -> Result<(), Response> {
+async fn commit(s: &AppState, next: Vec<BrokerConfig>) -> Result<(), ApiError> {
     let Some(store) = &s.store else {
         return Err(managed_by_file());
     };
@@ -159,43 +168,45 @@ async fn commit(s: &AppState, next: Vec<BrokerConfig>) -> Result<(), Response> {
 
 async fn create(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
     if s.store.is_none() {
-        return managed_by_file();
+        return managed_by_file().into_response();
     }
     let b = match parse(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let mut all = configs(&s).await;
     if all.iter().any(|x| x.id == b.id) {
         return error(
             StatusCode::CONFLICT,
             format!("broker {:?} exists; use PUT /api/brokers/{}", b.id, b.id),
-        );
+        )
+        .into_response();
     }
     all.push(b.clone());
     match commit(&s, all).await {
         Ok(()) => (StatusCode::CREATED, Json(view(&s, b))).into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
 async fn replace(State(s): State<Arc<AppState>>, Path(id): Path<String>, body: Bytes) -> Response {
     if s.store.is_none() {
-        return managed_by_file();
+        return managed_by_file().into_response();
     }
     let mut b = match parse(&body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if b.id != id {
         return field_error(
             "id",
             format!("body id {:?} differs from the URL id {id:?}", b.id),
-        );
+        )
+        .into_response();
     }
     let mut all = configs(&s).await;
     let Some(slot) = all.iter_mut().find(|x| x.id == id) else {
-        return error(StatusCode::NOT_FOUND, format!("no broker {id:?}"));
+        return error(StatusCode::NOT_FOUND, format!("no broker {id:?}")).into_response();
     };
     // Omitting the password keeps the stored one (the API never returns it to send back).
     if b.password.is_none() && b.password_file.is_none() {
@@ -204,22 +215,22 @@ async fn replace(State(s): State<Arc<AppState>>, Path(id): Path<String>, body: B
     *slot = b.clone();
     match commit(&s, all).await {
         Ok(()) => Json(view(&s, b)).into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
 async fn remove(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     if s.store.is_none() {
-        return managed_by_file();
+        return managed_by_file().into_response();
     }
     let mut all = configs(&s).await;
     let before = all.len();
     all.retain(|b| b.id != id);
     if all.len() == before {
-        return error(StatusCode::NOT_FOUND, format!("no broker {id:?}"));
+        return error(StatusCode::NOT_FOUND, format!("no broker {id:?}")).into_response();
     }
     match commit(&s, all).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
