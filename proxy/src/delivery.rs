@@ -8,15 +8,14 @@
 //! it there is an echo and is suppressed; a message other clients really sent twice is
 //! delivered twice.
 
-use std::collections::VecDeque;
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tracing::warn;
 
 use crate::brokerset::Broker;
 use crate::codec::{self, Message, Packet, Protocol, SubFilter};
-use crate::loopguard::{message_hash, LoopGuard};
 use crate::metrics::{RateLimit, METRICS};
 use crate::qos::Outbound;
 use crate::router;
@@ -29,8 +28,14 @@ pub struct ToDevice {
     out: Outbound<()>,
     backlog: VecDeque<Message>,
     cap: usize,
-    pub guard: LoopGuard,
+    /// Topics whose retained message was delivered recently (per SUBSCRIBE burst).
+    retained: HashMap<String, Instant>,
 }
+
+/// How long a retained topic delivered from one broker suppresses the same topic's retained
+/// copies from the others.
+const RETAINED_WINDOW: Duration = Duration::from_secs(10);
+const RETAINED_CAP: usize = 10_000;
 
 /// The QoS a device receives `topic` at, given its subscriptions: the highest granted QoS
 /// among matching filters (MQTT §3.3.5), or `None` when nothing matches.
@@ -48,37 +53,18 @@ impl ToDevice {
             out: Outbound::new(window.max(1)),
             backlog: VecDeque::new(),
             cap: cap.max(1),
-            guard: LoopGuard::default(),
+            retained: HashMap::new(),
         }
     }
 
-    /// The device published `msg` to `brokers`: remember, for each bidirectional one that can
-    /// hand it back, that the copy it returns is an echo.
-    pub fn record_sent<'a>(
-        &mut self,
-        msg: &Message,
-        subs: &[SubFilter],
-        brokers: impl Iterator<Item = &'a Broker>,
-    ) {
-        if subs.is_empty() {
-            return;
-        }
-        let topic = msg.topic_str();
-        if granted_qos(subs, topic, false).is_none() {
-            return;
-        }
-        let mut hash = None;
-        let now = Instant::now();
-        for b in brokers {
-            // MQTT 5 upstreams subscribe with No Local: they never return our own publishes.
-            let echoes = b.config.bidirectional
-                && b.config.mqtt_version != crate::broker::MqttVersion::V5
-                && b.rule.delivers(topic);
-            if echoes {
-                let h = *hash.get_or_insert_with(|| message_hash(&msg.topic, &msg.payload));
-                self.guard.record(b.id(), h, now);
-            }
-        }
+    /// Can `broker` hand a device publish on `topic` back to this device? Only a 3.1.1
+    /// bidirectional broker serving a matching device subscription can (MQTT 5 upstreams are
+    /// subscribed with No Local).
+    pub fn expects_echo(broker: &Broker, topic: &str, subs: &[SubFilter]) -> bool {
+        broker.config.bidirectional
+            && broker.config.mqtt_version != crate::broker::MqttVersion::V5
+            && broker.rule.delivers(topic)
+            && granted_qos(subs, topic, false).is_some()
     }
 
     /// The device's own publish, delivered back to it when it is subscribed (what a single
@@ -108,10 +94,12 @@ impl ToDevice {
         if broker.rule.topic_prefix.is_some() {
             msg.topic = Bytes::copy_from_slice(topic.as_bytes());
         }
-        if self.guard.is_echo_msg(broker.id(), &msg, Instant::now()) {
+        if msg.retain && !self.first_retained(msg.topic_str()) {
+            // Each bidirectional broker holds the same retained message; a device with one
+            // broker would get it once per subscription.
             METRICS
                 .loop_suppressed
-                .with_label_values(&[broker.label(), "echo"])
+                .with_label_values(&[broker.label(), "retained_copy"])
                 .inc();
             return;
         }
@@ -122,6 +110,26 @@ impl ToDevice {
         msg.qos = msg.qos.min(qos);
         METRICS.messages_to_device.inc();
         self.send(msg, wbuf);
+    }
+
+    fn first_retained(&mut self, topic: &str) -> bool {
+        let now = Instant::now();
+        if self.retained.len() >= RETAINED_CAP {
+            self.retained
+                .retain(|_, at| now.duration_since(*at) < RETAINED_WINDOW);
+        }
+        match self.retained.get(topic) {
+            Some(at) if now.duration_since(*at) < RETAINED_WINDOW => false,
+            _ => {
+                self.retained.insert(topic.to_string(), now);
+                true
+            }
+        }
+    }
+
+    /// A new SUBSCRIBE starts a new round of retained deliveries.
+    pub fn subscribed(&mut self) {
+        self.retained.clear();
     }
 
     fn send(&mut self, msg: Message, wbuf: &mut BytesMut) {

@@ -22,7 +22,7 @@ use crate::codec::Message;
 /// Default lifetime of a record: far longer than a broker round trip on a healthy link.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
 /// Default cap on records per session and broker.
-pub const DEFAULT_CAPACITY: usize = 4096;
+pub const DEFAULT_CAPACITY: usize = 65_536;
 
 /// Hash identifying a message for echo matching (topic as the device sees it, payload).
 pub fn message_hash(topic: &[u8], payload: &[u8]) -> u64 {

@@ -121,6 +121,9 @@ pub struct Queued {
     /// QoS towards this broker (already capped by `maxQos`).
     pub qos: u8,
     pub done: Completion,
+    /// The broker can hand this message back (the device is subscribed to it there): the
+    /// upstream records it when written so the returning copy is recognised as an echo.
+    pub echo: bool,
 }
 
 impl Queued {
@@ -129,6 +132,7 @@ impl Queued {
             msg,
             qos,
             done: Completion { ack, spool: None },
+            echo: false,
         }
     }
     /// The message left the proxy's hands (acked, written at QoS 0, or dropped).

@@ -35,8 +35,19 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// The brokers' answers to one device SUBSCRIBE.
+struct SubDone {
+    pkid: u16,
+    filters: Vec<SubFilter>,
+    /// Codes decided without asking brokers (invalid filters).
+    preset: Vec<Option<u8>>,
+    /// (filter index, filters sent, codes) per broker that answered in time.
+    replies: Vec<(usize, usize, Option<Vec<u8>>)>,
+}
+
 enum Event {
     Read(std::io::Result<usize>),
+    SubAck(SubDone),
     Acks,
     FromBroker(FromBroker),
     Reload(bool),
@@ -196,6 +207,8 @@ struct Session {
     from_brokers_tx: mpsc::Sender<FromBroker>,
     from_brokers: mpsc::Receiver<FromBroker>,
     acks: Arc<AckSink>,
+    subacks_tx: mpsc::Sender<SubDone>,
+    subacks: mpsc::Receiver<SubDone>,
     /// Device packet ids whose PUBACK (QoS 1) or PUBREC (QoS 2) waits for brokers.
     deferred: HashMap<u16, u8>,
     inbound: Inbound,
@@ -212,6 +225,7 @@ impl Session {
         previous: Option<watch::Receiver<bool>>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(256);
+        let (subacks_tx, subacks) = mpsc::channel(16);
         let mut brokers = shared.brokers.clone();
         brokers.mark_unchanged();
         let proto = connect.protocol;
@@ -231,6 +245,8 @@ impl Session {
             from_brokers_tx: tx,
             from_brokers: rx,
             acks: Arc::new(AckSink::default()),
+            subacks_tx,
+            subacks,
             deferred: HashMap::new(),
             inbound: Inbound::default(),
             subs: Vec::new(),
@@ -298,6 +314,7 @@ impl Session {
                 r = rd.read_buf(&mut rbuf) => Event::Read(r),
                 _ = acks.notify.notified() => Event::Acks,
                 Some(m) = self.from_brokers.recv() => Event::FromBroker(m),
+                Some(d) = self.subacks.recv() => Event::SubAck(d),
                 r = self.brokers.changed() => Event::Reload(r.is_ok()),
                 _ = wait_true(&mut self.kicked) => Event::Kicked,
                 _ = wait_true(&mut shutdown) => Event::Shutdown,
@@ -331,6 +348,7 @@ impl Session {
                         self.to_device.offer(m, &self.subs, &mut wbuf);
                     }
                 }
+                Event::SubAck(d) => self.suback(d, &mut wbuf),
                 Event::Reload(true) => self.reconcile().await,
                 Event::Reload(false) => return End::Shutdown,
                 Event::Kicked => return End::TakenOver,
@@ -394,13 +412,6 @@ impl Session {
                     return Ok(());
                 }
                 self.to_device.loopback(&msg, &self.subs, wbuf);
-                let topic = msg.topic_str();
-                let targets = self
-                    .upstreams
-                    .iter()
-                    .filter(|u| u.broker.rule.accepts(topic))
-                    .map(|u| &*u.broker);
-                self.to_device.record_sent(&msg, &self.subs, targets);
                 let deferred = self.fan_out(pkid, msg);
                 match (qos, deferred) {
                     (1, false) => codec::write(self.proto, &Packet::PubAck { pkid, code: 0 }, wbuf),
@@ -416,10 +427,7 @@ impl Session {
             Packet::PubAck { pkid, .. } => self.to_device.on_puback(pkid, wbuf),
             Packet::PubRec { pkid, .. } => self.to_device.on_pubrec(pkid, wbuf),
             Packet::PubComp { pkid } => self.to_device.on_pubcomp(pkid, wbuf),
-            Packet::Subscribe { pkid, filters } => {
-                let codes = self.subscribe(filters).await;
-                let _ = codec::write(self.proto, &Packet::SubAck { pkid, codes }, wbuf);
-            }
+            Packet::Subscribe { pkid, filters } => self.subscribe(pkid, filters).await,
             Packet::Unsubscribe { pkid, filters } => {
                 self.unsubscribe(filters).await;
                 let _ = codec::write(self.proto, &Packet::UnsubAck { pkid }, wbuf);
@@ -462,7 +470,9 @@ impl Session {
             .iter()
             .filter(|u| u.broker.rule.accepts(topic))
         {
-            let item = Queued::new(msg.clone(), u.broker.rule.qos(msg.qos), tracker.clone());
+            let mut item = Queued::new(msg.clone(), u.broker.rule.qos(msg.qos), tracker.clone());
+            item.echo =
+                !self.subs.is_empty() && ToDevice::expects_echo(&u.broker, topic, &self.subs);
             let dropped = match u.queue.push(item) {
                 Pushed::Accepted => 0,
                 Pushed::Evicted(n) => n,
@@ -493,19 +503,29 @@ impl Session {
         }
     }
 
-    async fn subscribe(&mut self, filters: Vec<SubFilter>) -> Vec<u8> {
-        let mut codes: Vec<Option<u8>> = vec![None; filters.len()];
+    /// Forwards a SUBSCRIBE to the bidirectional brokers without waiting for them: the
+    /// SUBACK is written when their answers are in (all of them, or 2 s after the first, or
+    /// 5 s at most), so one hung broker never stalls the device's other traffic. The filters
+    /// take effect at once, so messages racing the SUBACK are delivered.
+    async fn subscribe(&mut self, pkid: u16, filters: Vec<SubFilter>) {
+        let mut preset: Vec<Option<u8>> = vec![None; filters.len()];
         let mut waits = Vec::new();
+        self.to_device.subscribed();
         for (i, f) in filters.iter().enumerate() {
             if !router::valid_filter(&f.filter) {
-                codes[i] = Some(SUBACK_FAILURE);
+                preset[i] = Some(SUBACK_FAILURE);
                 continue;
+            }
+            match self.subs.iter_mut().find(|s| s.filter == f.filter) {
+                Some(s) => *s = f.clone(),
+                None => self.subs.push(f.clone()),
             }
             for u in self
                 .upstreams
                 .iter()
                 .filter(|u| u.broker.config.bidirectional)
             {
+                let no_local = self.upstream_no_local(u);
                 let up: Vec<SubFilter> = u
                     .broker
                     .rule
@@ -513,7 +533,7 @@ impl Session {
                     .into_iter()
                     .map(|uf| SubFilter {
                         filter: uf,
-                        no_local: self.upstream_no_local(u),
+                        no_local,
                         ..f.clone()
                     })
                     .collect();
@@ -522,13 +542,50 @@ impl Session {
                 }
             }
         }
-        // SUBACK reflects the brokers: the lowest granted QoS, failure only if all failed.
-        let mut granted: Vec<Option<u8>> = vec![None; filters.len()];
-        let mut failed = vec![false; filters.len()];
-        for (i, n, rx) in waits {
-            match timeout(Duration::from_secs(10), rx).await {
-                Ok(Ok(c)) if c.len() == n => {
-                    for code in c {
+        let done = self.subacks_tx.clone();
+        tokio::spawn(async move {
+            let (rtx, mut rrx) = mpsc::channel(waits.len().max(1));
+            for (i, n, rx) in waits {
+                let rtx = rtx.clone();
+                tokio::spawn(async move {
+                    let _ = rtx.send((i, n, rx.await.ok())).await;
+                });
+            }
+            drop(rtx);
+            let hard = Instant::now() + Duration::from_secs(5);
+            let mut soft: Option<Instant> = None;
+            let mut replies = Vec::new();
+            loop {
+                let deadline = soft.map_or(hard, |s| s.min(hard));
+                match tokio::time::timeout_at(deadline, rrx.recv()).await {
+                    Ok(Some(r)) => {
+                        replies.push(r);
+                        soft.get_or_insert_with(|| Instant::now() + Duration::from_secs(2));
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let _ = done
+                .send(SubDone {
+                    pkid,
+                    filters,
+                    preset,
+                    replies,
+                })
+                .await;
+        });
+    }
+
+    /// Writes the SUBACK: per filter the lowest QoS the brokers granted; failure only when
+    /// every broker that answered refused; the requested QoS when none answered in time.
+    fn suback(&mut self, d: SubDone, wbuf: &mut BytesMut) {
+        let n = d.filters.len();
+        let mut granted: Vec<Option<u8>> = vec![None; n];
+        let mut failed = vec![false; n];
+        for (i, expected, reply) in d.replies {
+            match reply {
+                Some(codes) if codes.len() == expected => {
+                    for code in codes {
                         if code <= 2 {
                             granted[i] = Some(granted[i].map_or(code, |g: u8| g.min(code)));
                         } else {
@@ -539,23 +596,30 @@ impl Session {
                 _ => {}
             }
         }
-        let mut out = Vec::with_capacity(filters.len());
-        for (i, f) in filters.into_iter().enumerate() {
-            let code =
-                codes[i]
-                    .or(granted[i])
-                    .unwrap_or(if failed[i] { SUBACK_FAILURE } else { f.qos });
-            if code <= 2 {
-                let mut f = f;
-                f.qos = code;
-                match self.subs.iter_mut().find(|s| s.filter == f.filter) {
-                    Some(s) => *s = f,
-                    None => self.subs.push(f),
+        let mut codes = Vec::with_capacity(n);
+        for (i, f) in d.filters.into_iter().enumerate() {
+            let code = d.preset[i].or(granted[i]).unwrap_or(if failed[i] {
+                SUBACK_FAILURE
+            } else {
+                f.qos
+            });
+            match self.subs.iter().position(|s| s.filter == f.filter) {
+                Some(at) if code > 2 => {
+                    self.subs.remove(at);
                 }
+                Some(at) => self.subs[at].qos = code,
+                None => {}
             }
-            out.push(code);
+            codes.push(code);
         }
-        out
+        let _ = codec::write(
+            self.proto,
+            &Packet::SubAck {
+                pkid: d.pkid,
+                codes,
+            },
+            wbuf,
+        );
     }
 
     /// MQTT 5 upstreams subscribe with No Local: the broker then never returns the proxy's
@@ -564,6 +628,8 @@ impl Session {
         u.broker.config.mqtt_version == crate::broker::MqttVersion::V5
     }
 
+    /// Removes device filters; an upstream filter is unsubscribed only when no remaining
+    /// device filter still maps to it on that broker.
     async fn unsubscribe(&mut self, filters: Vec<String>) {
         self.subs.retain(|s| !filters.contains(&s.filter));
         for u in self
@@ -571,10 +637,17 @@ impl Session {
             .iter()
             .filter(|u| u.broker.config.bidirectional)
         {
-            let up: Vec<String> = filters
+            let still: Vec<String> = self
+                .subs
+                .iter()
+                .flat_map(|s| u.broker.rule.upstream_filters(&s.filter))
+                .collect();
+            let mut up: Vec<String> = filters
                 .iter()
                 .flat_map(|f| u.broker.rule.upstream_filters(f))
+                .filter(|f| !still.contains(f))
                 .collect();
+            up.dedup();
             if !up.is_empty() {
                 u.unsubscribe(up).await;
             }

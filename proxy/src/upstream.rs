@@ -19,7 +19,8 @@ use tracing::{debug, info, warn};
 
 use crate::brokerset::{now_ms, Broker};
 use crate::codec::{self, Connect, Message, Packet, Protocol, SubFilter, Will};
-use crate::metrics::RateLimit;
+use crate::loopguard::{message_hash, LoopGuard};
+use crate::metrics::{RateLimit, METRICS};
 use crate::qos::{Inbound, Outbound, Resend};
 use crate::queue::{Completion, Queued, UpstreamQueue};
 
@@ -176,6 +177,8 @@ struct Upstream {
     subs: Vec<SubFilter>,
     pending_subacks: Vec<(u16, oneshot::Sender<Vec<u8>>)>,
     closing: Option<bool>,
+    /// Records of messages written that this broker may hand back (see `loopguard`).
+    echoes: LoopGuard,
     proto: Protocol,
     log_limit: RateLimit,
 }
@@ -199,6 +202,7 @@ impl Upstream {
             subs: Vec::new(),
             pending_subacks: Vec::new(),
             closing: None,
+            echoes: LoopGuard::default(),
             proto,
             log_limit: RateLimit::new(),
         }
@@ -612,8 +616,22 @@ impl Upstream {
             if batch.is_empty() {
                 break;
             }
-            for Queued { msg, qos, done } in batch.drain(..) {
+            for Queued {
+                msg,
+                qos,
+                done,
+                echo,
+            } in batch.drain(..)
+            {
                 written += 1;
+                if echo {
+                    // Recorded when written, not when queued: an outage does not age it.
+                    self.echoes.record(
+                        "",
+                        message_hash(&msg.topic, &msg.payload),
+                        Instant::now().into_std(),
+                    );
+                }
                 if qos == 0 {
                     codec::encode_publish(self.proto, 0, false, &msg, prefix, 0, wbuf);
                     done.complete();
@@ -672,7 +690,12 @@ impl Upstream {
             Packet::Publish { pkid, msg, .. } => {
                 let qos = msg.qos;
                 let fresh = qos < 2 || self.inbound.on_publish_qos2(pkid);
-                if fresh {
+                if fresh && self.is_echo(&msg) {
+                    METRICS
+                        .loop_suppressed
+                        .with_label_values(&[self.broker().label(), "echo"])
+                        .inc();
+                } else if fresh {
                     let m = FromBroker {
                         broker: self.p.broker.clone(),
                         msg,
@@ -710,6 +733,19 @@ impl Upstream {
             other => return Err(format!("unexpected packet from broker: {other:?}")),
         }
         Ok(())
+    }
+
+    /// Is `msg` (as received, with this broker's prefix) the echo of a device publish this
+    /// upstream wrote? Each record absorbs one copy; others' identical messages pass.
+    fn is_echo(&mut self, msg: &Message) -> bool {
+        if self.echoes.len("") == 0 {
+            return false;
+        }
+        let Some(topic) = self.p.broker.rule.inbound_topic(msg.topic_str()) else {
+            return false;
+        };
+        let h = message_hash(topic.as_bytes(), &msg.payload);
+        self.echoes.is_echo("", h, Instant::now().into_std())
     }
 
     fn rejected(&self, code: u8) {
