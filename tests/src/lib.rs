@@ -15,6 +15,7 @@
 //! `wait_acked`, broker readiness): a test fails with a message, it never hangs
 //! and never sleeps hoping something happened.
 
+pub mod bidi;
 mod cli;
 mod mosquitto;
 mod publisher;
