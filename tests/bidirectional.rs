@@ -351,8 +351,6 @@ async fn no_local_device_never_sees_its_own_publish() {
 /// A retained message the device published earlier is stored by every broker;
 /// a later subscription must still deliver it once, as one broker would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy bug: on SUBSCRIBE every bidirectional broker hands back its copy of the \
-            same retained message and the proxy delivers all of them (3 brokers: 3 copies)"]
 async fn retained_message_is_delivered_once_on_subscribe() {
     let brokers = start_brokers(3).await;
     let configs: Vec<_> = brokers

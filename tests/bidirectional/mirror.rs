@@ -34,7 +34,6 @@ fn plain_broker(name: &str, broker: &Mosquitto, version: MqttVersion) -> BrokerC
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "mirror: pending implementation"]
 async fn mirror_forwards_to_the_other_brokers_once_with_or_without_a_device() {
     let brokers = start_brokers(3).await;
     let (a, b, c) = (&brokers[0], &brokers[1], &brokers[2]);
@@ -207,7 +206,6 @@ async fn ring(version: MqttVersion) -> (usize, usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "mirror: pending implementation"]
 async fn ring_of_two_proxies_is_bounded_with_v5_hop_marker() {
     let (x, y) = ring(MqttVersion::V5).await;
     assert!(
@@ -221,7 +219,6 @@ async fn ring_of_two_proxies_is_bounded_with_v5_hop_marker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "mirror: pending implementation"]
 async fn ring_of_two_proxies_stops_with_v311() {
     let (x, y) = ring(MqttVersion::V311).await;
     assert!(

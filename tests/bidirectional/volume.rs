@@ -76,9 +76,6 @@ async fn twenty_thousand_distinct_messages_loop_back_exactly_once() {
 /// must still be absorbed, however deep the backlog was (up to the queue's
 /// 10,000 messages).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy bug: the echo table keeps 4,096 records per broker (loopguard \
-            DEFAULT_CAPACITY) but an upstream queue holds 10,000 messages, so echoes of a \
-            deeper backlog reach the device as duplicates"]
 async fn echoes_of_a_backlog_flushed_after_an_outage_are_suppressed() {
     const N: usize = 5_000;
     let mut brokers = start_brokers(1).await;
