@@ -826,21 +826,21 @@ pub fn encode_publish(
 ) {
     let prefix = prefix.unwrap_or("").as_bytes();
     let topic_len = prefix.len() + msg.topic.len();
+    // MQTT 5 properties: one zero length byte when there are none (no allocation on the
+    // hot path). PublishProperties::write only fails for values that can't be encoded,
+    // which never come out of the reader; fall back to no properties rather than panic.
     let mut props = BytesMut::new();
-    if proto == Protocol::V5 {
-        match &msg.props {
-            // PublishProperties::write only fails for values that can't be encoded, which
-            // never come out of the reader; fall back to no properties rather than panic.
-            Some(p) => {
-                if p.write(&mut props).is_err() {
-                    props.clear();
-                    props.put_u8(0);
-                }
-            }
-            None => props.put_u8(0),
+    if let (Protocol::V5, Some(p)) = (proto, &msg.props) {
+        if p.write(&mut props).is_err() {
+            props.clear();
         }
     }
-    let remaining = 2 + topic_len + if qos > 0 { 2 } else { 0 } + props.len() + msg.payload.len();
+    let props_len = match proto {
+        Protocol::V4 => 0,
+        Protocol::V5 if props.is_empty() => 1,
+        Protocol::V5 => props.len(),
+    };
+    let remaining = 2 + topic_len + if qos > 0 { 2 } else { 0 } + props_len + msg.payload.len();
     buf.reserve(5 + remaining);
     buf.put_u8(0x30 | (u8::from(dup && qos > 0) << 3) | (qos << 1) | u8::from(msg.retain));
     let mut len = remaining;
@@ -860,6 +860,9 @@ pub fn encode_publish(
     buf.extend_from_slice(&msg.topic);
     if qos > 0 {
         buf.put_u16(pkid);
+    }
+    if proto == Protocol::V5 && props.is_empty() {
+        buf.put_u8(0);
     }
     buf.extend_from_slice(&props);
     buf.extend_from_slice(&msg.payload);

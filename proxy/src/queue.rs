@@ -271,17 +271,22 @@ impl UpstreamQueue {
             q.bytes += weight;
             q.items.push_back(item);
             self.depth.store(q.items.len(), Ordering::Relaxed);
+            // Wake the upstream only on the empty → non-empty edge: it drains everything
+            // it finds, so one wakeup serves a whole burst.
+            let wake = q.items.len() == 1;
             if evicted.is_empty() {
-                Pushed::Accepted
+                (Pushed::Accepted, wake)
             } else {
-                Pushed::Evicted(evicted.len())
+                (Pushed::Evicted(evicted.len()), wake)
             }
         };
         for e in evicted {
             e.finish();
         }
-        self.notify.notify_one();
-        result
+        if result.1 {
+            self.notify.notify_one();
+        }
+        result.0
     }
 
     /// Moves up to `max` messages into `out`, oldest first.
