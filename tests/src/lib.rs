@@ -2,12 +2,12 @@
 //! in temp dirs on free ports, so tests run in parallel without sharing state.
 //!
 //! It owns the moving parts every proxy integration test needs, and nothing
-//! proxy-specific, so the harness can be proven on its own (`tests/harness.rs`)
-//! before the proxy relies on it:
+//! proxy-specific outside [`proxy`], so the harness can be proven on its own
+//! (`tests/harness.rs`) before the proxy tests rely on it:
 //!
 //! ```text
 //!   Publisher / mosquitto_pub ──▶ [ device side ] ──▶ Mosquitto #1 ──▶ Subscriber
-//!                                  (the proxy, later) ─▶ Mosquitto #2 ──▶ Subscriber
+//!                                  (the proxy)       ─▶ Mosquitto #2 ──▶ Subscriber
 //!                                                    └─▶ Mosquitto #N ──▶ Subscriber
 //! ```
 //!
@@ -18,7 +18,10 @@
 pub mod bidi;
 mod cli;
 mod mosquitto;
+pub mod proxy;
 mod publisher;
+mod publisher_v5;
+pub mod sequence;
 mod subscriber;
 
 use std::future::Future;
@@ -31,7 +34,9 @@ use rumqttc::QoS;
 
 pub use cli::mosquitto_pub;
 pub use mosquitto::{Mosquitto, MosquittoBuilder};
+pub use proxy::{ProxyRig, TestProxy};
 pub use publisher::{Publisher, PublisherBuilder};
+pub use publisher_v5::PublisherV5;
 pub use subscriber::{Received, Subscriber, SubscriberV5};
 
 /// How often bounded waits re-check their condition.
