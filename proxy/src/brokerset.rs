@@ -3,7 +3,7 @@
 //! through a `watch` channel, so a reload is one atomic swap that sessions diff against.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,6 +27,8 @@ pub struct BrokerStats {
     pub dropped: AtomicU64,
     pub last_publish_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    pub queue_messages: AtomicI64,
+    pub queue_bytes: AtomicI64,
 }
 
 pub fn now_ms() -> u64 {
@@ -111,8 +113,8 @@ impl Broker {
             last_error,
             connects: s.connects.load(Ordering::Relaxed),
             reconnects: s.reconnects.load(Ordering::Relaxed),
-            queue_messages: self.metrics.queue_messages.get(),
-            queue_bytes: self.metrics.queue_bytes.get(),
+            queue_messages: s.queue_messages.load(Ordering::Relaxed),
+            queue_bytes: s.queue_bytes.load(Ordering::Relaxed),
             forwarded: s.forwarded.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
             last_publish_ms: (last > 0).then_some(last),

@@ -141,6 +141,14 @@ impl Queued {
     }
 }
 
+/// Where a queue reports its size: the broker's metric gauges (labelled by name) and its
+/// live stats (per broker instance, for the status API).
+pub struct QueueCounters {
+    pub messages: IntGauge,
+    pub bytes: IntGauge,
+    pub stats: Arc<crate::brokerset::BrokerStats>,
+}
+
 /// Result of [`UpstreamQueue::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
@@ -162,8 +170,8 @@ pub struct UpstreamQueue {
     limits: Mutex<QueueLimits>,
     pub notify: Notify,
     depth: AtomicUsize,
-    /// Per-broker totals across all device sessions (the metrics gauges).
-    gauges: Option<(IntGauge, IntGauge)>,
+    /// Per-broker totals across all device sessions (metrics gauges and live stats).
+    gauges: Option<QueueCounters>,
     /// Disk spool for QoS>=1 messages (`spool: true`), attached once the upstream owns it.
     spool: std::sync::OnceLock<Arc<Spool>>,
 }
@@ -173,8 +181,8 @@ impl UpstreamQueue {
         Self::with_gauges(limits, None)
     }
 
-    /// A queue that keeps the broker's `queue_messages`/`queue_bytes` gauges up to date.
-    pub fn with_gauges(limits: QueueLimits, gauges: Option<(IntGauge, IntGauge)>) -> Self {
+    /// A queue that keeps the broker's `queue_messages`/`queue_bytes` totals up to date.
+    pub fn with_gauges(limits: QueueLimits, gauges: Option<QueueCounters>) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
@@ -214,9 +222,13 @@ impl UpstreamQueue {
     }
 
     fn account(&self, messages: i64, bytes: i64) {
-        if let Some((m, b)) = &self.gauges {
-            m.add(messages);
-            b.add(bytes);
+        if let Some(c) = &self.gauges {
+            c.messages.add(messages);
+            c.bytes.add(bytes);
+            c.stats
+                .queue_messages
+                .fetch_add(messages, Ordering::Relaxed);
+            c.stats.queue_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
     }
 

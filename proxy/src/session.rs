@@ -81,12 +81,13 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let mut rbuf = BytesMut::with_capacity(4096);
     let max = shared.opts.max_packet_size;
-    let connect = match timeout(
-        shared.opts.connect_timeout,
-        read_connect(&mut stream, &mut rbuf, max),
-    )
-    .await
-    {
+    // A connection that has not sent CONNECT yet must not hold up a shutdown.
+    let mut stop = shared.shutdown.clone();
+    let first = tokio::select! {
+        r = timeout(shared.opts.connect_timeout, read_connect(&mut stream, &mut rbuf, max)) => r,
+        _ = wait_true(&mut stop) => return,
+    };
+    let connect = match first {
         Ok(Ok(c)) => c,
         Ok(Err(ConnectError::Unsupported(level))) => {
             // MQTT 3.1.1 §3.1.2.2: answer an unknown level with return code 1, then close.

@@ -84,10 +84,11 @@ pub struct UpstreamHandle {
 impl UpstreamHandle {
     pub fn spawn(p: UpstreamParams) -> Self {
         let broker = p.broker.clone();
-        let gauges = Some((
-            broker.metrics.queue_messages.clone(),
-            broker.metrics.queue_bytes.clone(),
-        ));
+        let gauges = Some(crate::queue::QueueCounters {
+            messages: broker.metrics.queue_messages.clone(),
+            bytes: broker.metrics.queue_bytes.clone(),
+            stats: broker.stats.clone(),
+        });
         let queue = Arc::new(UpstreamQueue::with_gauges(broker.limits, gauges));
         let (ctl_tx, ctl_rx) = mpsc::channel(64);
         broker.stats.sessions.fetch_add(1, Ordering::Relaxed);
