@@ -20,6 +20,8 @@ mod mosquitto;
 mod publisher;
 mod subscriber;
 
+pub mod outage;
+
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
