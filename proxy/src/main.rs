@@ -71,7 +71,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ready: proxy.ready(),
         devices: proxy.device_counter(),
     });
-    let http = web::serve(config.http_listen, state, proxy.shutdown_signal())
+    // HTTP outlives the MQTT drain, so /readyz answers 503 (and /metrics stays readable)
+    // while sessions flush.
+    let (http_stop, http_stop_rx) = tokio::sync::watch::channel(false);
+    let http = web::serve(config.http_listen, state, http_stop_rx)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_listen))?;
     info!(
@@ -83,6 +86,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     shutdown_signal().await;
     info!("shutdown requested: flushing sessions");
     proxy.shutdown().await;
+    let _ = http_stop.send(true);
     info!("bye");
     Ok(())
 }

@@ -24,10 +24,22 @@ pub struct BrokerControl {
 impl BrokerControl {
     /// Replaces the broker set. Invalid input leaves the running set untouched.
     pub fn set_brokers(&self, brokers: &[BrokerConfig]) -> Result<(), BuildError> {
-        let current = self.tx.borrow().clone();
-        let next = BrokerSet::build(brokers, self.defaults, Some(&current))?;
-        self.tx.send_replace(Arc::new(next));
+        let next = self.prepare(brokers)?;
+        self.apply(next);
         Ok(())
+    }
+
+    /// Builds (and so validates, TLS files included) the set that `brokers` would be,
+    /// without touching the running one. Building has no side effects: nothing connects.
+    pub fn prepare(&self, brokers: &[BrokerConfig]) -> Result<BrokerSet, BuildError> {
+        let current = self.tx.borrow().clone();
+        BrokerSet::build(brokers, self.defaults, Some(&current))
+    }
+
+    /// Puts a prepared set in force. Build it from the current set just before (the API
+    /// holds the store lock between the two, so nothing else changes the set meanwhile).
+    pub fn apply(&self, next: BrokerSet) {
+        self.tx.send_replace(Arc::new(next));
     }
 
     /// The broker set in force.

@@ -24,6 +24,8 @@ mod publisher_v5;
 pub mod sequence;
 mod subscriber;
 
+pub mod outage;
+
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};

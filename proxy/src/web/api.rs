@@ -127,13 +127,19 @@ async fn one(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Response
 fn parse(body: &[u8]) -> Result<BrokerConfig, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let b: BrokerConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        let inner = e.into_inner();
-        // serde names an unknown or missing field in the message, not the path.
-        field_error(
-            if field == "." { "body" } else { &field },
-            inner.to_string(),
-        )
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        // serde names a missing field in the message, not in the path.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+            .map(str::to_string);
+        let field = missing.unwrap_or(if path == "." { "body".into() } else { path });
+        // Never echo a password back, even a malformed one.
+        if field.ends_with("password") {
+            return field_error(&field, "password must be a string");
+        }
+        field_error(&field, message)
     })?;
     b.validate()
         .map_err(|e| field_error(e.field, e.to_string()))?;
@@ -151,18 +157,20 @@ async fn commit(s: &AppState, next: Vec<BrokerConfig>) -> Result<(), ApiError> {
         return Err(managed_by_file());
     };
     let mut store = store.lock().await;
-    let previous = store.brokers().to_vec();
-    s.control
-        .set_brokers(&next)
+    // Validate everything (TLS files, password files) first, persist second, apply last:
+    // a refused change never touches the running connections.
+    let prepared = s
+        .control
+        .prepare(&next)
         .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
     if let Err(e) = store.replace_all(next) {
-        let _ = s.control.set_brokers(&previous);
         let code = match e {
             crate::store::StoreError::SecretRequired { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         return Err(error(code, e.to_string()));
     }
+    s.control.apply(prepared);
     Ok(())
 }
 
