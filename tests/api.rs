@@ -383,8 +383,6 @@ async fn readyz_answers_503_during_the_drain_as_the_binary_wires_it() -> Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy bug: web::api::parse reports a missing required field as field \"body\", \
-            not the field's name (README: 400 with the field named)"]
 async fn missing_required_field_is_named() -> Result<()> {
     let data = tempfile::tempdir()?;
     let proxy = ProxyHandle::start(&proxy_config(), &[]).await?;
