@@ -5,14 +5,15 @@
 # markdown table on stdout (progress goes to stderr).
 #
 # Scenarios: (a) idle, no brokers; (b) idle with 1, 10, 100 brokers configured; (c) 1, 100,
-# 1000 devices each fanned out to 3 brokers; (d) a 20,000-message QoS 0 burst while one
-# broker is paused (SIGSTOP) and queues are capped at 5,000 messages, twice, to show RSS
-# stays bounded.
+# 1000 devices each fanned out to 3 brokers; (d) 20,000-message QoS 0 bursts while one
+# broker is paused (SIGSTOP) and queues are capped at 5,000 messages, repeated to show
+# that RSS levels off instead of growing with the traffic.
 #
 # Usage: benches/memory.sh            (builds target/release/mqtt-proxy if it is missing)
 # Env:   MQTT_PROXY_BIN   proxy binary [target/release/mqtt-proxy]
 #        BURST_MESSAGES   messages per burst in (d) [20000]
 #        BURST_PAYLOAD    payload bytes per burst message [1024]
+#        BURSTS           bursts in (d), measured after each [4]
 #        DEVICE_COUNTS    device counts for (c) ["1 100 1000"]
 #
 # Every wait has a deadline; every process started here is stopped on exit (trap EXIT).
@@ -23,9 +24,11 @@ PROXY=${MQTT_PROXY_BIN:-$ROOT/target/release/mqtt-proxy}
 DEVICES_PY=$ROOT/benches/memory/devices.py
 BURST_MESSAGES=${BURST_MESSAGES:-20000}
 BURST_PAYLOAD=${BURST_PAYLOAD:-1024}
+BURSTS=${BURSTS:-4}
 DEVICE_COUNTS=${DEVICE_COUNTS:-1 100 1000}
 QUEUE_CAP=5000
 # Generous: 1000 devices mean 1000 + 3000 sockets in the proxy and 1000 per mosquitto.
+# Raised as far as the hard limit allows when it can't be raised further.
 FD_LIMIT=65536
 
 log() { echo "memory.sh: $*" >&2; }
@@ -222,6 +225,7 @@ stop_devices() {
 # --- setup -------------------------------------------------------------------------------
 
 ulimit -n "$FD_LIMIT" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+log "open-file limit $(ulimit -n) (proxy, mosquittos and devices inherit it)"
 for tool in mosquitto python3 ss; do
 	command -v "$tool" >/dev/null || die "$tool is required"
 done
@@ -256,14 +260,14 @@ done
 # --- (d) burst into a paused broker ---------------------------------------------------------
 
 start_proxy 3 --queue-max-messages "$QUEUE_CAP"
-start_devices 1 --client-prefix mem-d- --bursts 2 \
+start_devices 1 --client-prefix mem-d- --bursts "$BURSTS" \
 	--burst-messages "$BURST_MESSAGES" --payload-size "$BURST_PAYLOAD"
 wait_for 30 "device CONNACK" devices_said "ready 1"
 wait_for 30 "3 upstream connections" upstreams_are 3
 record "(d) 1 device, before burst" "$PROXY_PID"
 kill -STOP "${BROKER_PIDS[0]}"
 log "mosquitto #1 paused (SIGSTOP)"
-for burst in 1 2; do
+for ((burst = 1; burst <= BURSTS; burst++)); do
 	echo go >&7
 	wait_for 120 "burst $burst acknowledged" devices_said "burst $burst"
 	record "(d) after burst $burst: $BURST_MESSAGES × ${BURST_PAYLOAD} B QoS 0, 1 broker paused, queue cap $QUEUE_CAP" "$PROXY_PID"
