@@ -33,12 +33,16 @@ pub fn message_hash(topic: &[u8], payload: &[u8]) -> u64 {
     h.digest()
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Table {
     /// hash -> records still unconsumed
     counts: HashMap<u64, u32>,
     /// insertion order with expiry, for the window and the cap
     order: VecDeque<(Instant, u64)>,
+    /// hash -> order entries whose record an echo already consumed (removed lazily, so a
+    /// hit costs O(1) instead of a scan of the order queue)
+    consumed: HashMap<u64, u32>,
+    tombstones: usize,
 }
 
 /// Per-session echo records, keyed by broker id.
@@ -71,20 +75,17 @@ impl LoopGuard {
     pub fn record(&mut self, broker: &str, hash: u64, now: Instant) {
         let t = match self.tables.get_mut(broker) {
             Some(t) => t,
-            None => self
-                .tables
-                .entry(broker.to_string())
-                .or_insert_with(|| Table {
-                    counts: HashMap::new(),
-                    order: VecDeque::new(),
-                }),
+            None => self.tables.entry(broker.to_string()).or_default(),
         };
         Self::expire(t, now, self.window);
-        while t.order.len() >= self.capacity {
-            if let Some((_, old)) = t.order.pop_front() {
-                if Self::consume(t, old) {
-                    self.evicted += 1;
+        while t.order.len() - t.tombstones >= self.capacity {
+            match t.order.pop_front() {
+                Some((_, old)) => {
+                    if !Self::bury(t, old) && Self::consume(t, old) {
+                        self.evicted += 1;
+                    }
                 }
+                None => break,
             }
         }
         *t.counts.entry(hash).or_insert(0) += 1;
@@ -100,10 +101,9 @@ impl LoopGuard {
         Self::expire(t, now, self.window);
         let hit = Self::consume(t, hash);
         if hit {
-            // Remove one order entry for this hash so the cap counts live records only.
-            if let Some(i) = t.order.iter().position(|(_, h)| *h == hash) {
-                t.order.remove(i);
-            }
+            // Its order entry goes when it reaches the front.
+            *t.consumed.entry(hash).or_insert(0) += 1;
+            t.tombstones += 1;
         }
         hit
     }
@@ -114,7 +114,9 @@ impl LoopGuard {
 
     /// Records currently held for `broker`.
     pub fn len(&self, broker: &str) -> usize {
-        self.tables.get(broker).map_or(0, |t| t.order.len())
+        self.tables
+            .get(broker)
+            .map_or(0, |t| t.order.len() - t.tombstones)
     }
 
     fn consume(t: &mut Table, hash: u64) -> bool {
@@ -131,13 +133,30 @@ impl LoopGuard {
         }
     }
 
+    /// An order entry leaves: `true` if it was a tombstone (its record already consumed).
+    fn bury(t: &mut Table, hash: u64) -> bool {
+        match t.consumed.get_mut(&hash) {
+            Some(n) => {
+                *n -= 1;
+                if *n == 0 {
+                    t.consumed.remove(&hash);
+                }
+                t.tombstones -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
     fn expire(t: &mut Table, now: Instant, window: Duration) {
         while let Some(&(at, h)) = t.order.front() {
             if now.duration_since(at) < window {
                 break;
             }
             t.order.pop_front();
-            Self::consume(t, h);
+            if !Self::bury(t, h) {
+                Self::consume(t, h);
+            }
         }
     }
 }
@@ -201,6 +220,24 @@ mod tests {
             1000,
             "the hash map shrinks with the order queue"
         );
+    }
+
+    #[test]
+    fn consumed_records_are_removed_lazily_without_touching_live_ones() {
+        let mut g = LoopGuard::new(Duration::from_secs(10), 100);
+        let t0 = Instant::now();
+        let h = message_hash(b"t", b"x");
+        g.record("a", h, t0);
+        assert!(g.is_echo("a", h, t0));
+        assert_eq!(g.len("a"), 0);
+        // A second record of the same content, later; the first one's entry expires first.
+        g.record("a", h, t0 + Duration::from_secs(5));
+        assert!(!g.is_echo("a", message_hash(b"t", b"y"), t0 + Duration::from_secs(11)));
+        assert!(
+            g.is_echo("a", h, t0 + Duration::from_secs(12)),
+            "the live record survived"
+        );
+        assert!(!g.is_echo("a", h, t0 + Duration::from_secs(12)));
     }
 
     #[test]

@@ -58,9 +58,11 @@ impl<T> Outbound<T> {
         Self {
             next_pkid: 0,
             max_inflight,
-            inflight: HashMap::with_capacity(max_inflight.min(1024)),
+            // Grows on demand: most connections never fill their window, and thousands of
+            // idle upstreams must not each reserve it up front.
+            inflight: HashMap::new(),
             reserved: HashSet::new(),
-            order: VecDeque::with_capacity(max_inflight.min(1024)),
+            order: VecDeque::new(),
         }
     }
 

@@ -500,7 +500,7 @@ impl Upstream {
         let keep_alive = Duration::from_secs(u64::from(self.p.keep_alive));
         let mut last_write = Instant::now();
         let mut ping_sent: Option<Instant> = None;
-        let mut batch: Vec<Queued> = Vec::with_capacity(BATCH);
+        let mut batch: Vec<Queued> = Vec::new();
         loop {
             self.fill(&mut batch, &mut wbuf);
             if !wbuf.is_empty() {
