@@ -325,11 +325,7 @@ fn bench_fanout(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("push_and_drain", n), |b| {
             b.iter(|| {
                 for q in &queues {
-                    q.push(Queued {
-                        msg: msg.clone(),
-                        qos: 1,
-                        ack: None,
-                    });
+                    q.push(Queued::new(msg.clone(), 1, None));
                 }
                 pushed += 1;
                 if pushed == UPSTREAM_BATCH {
@@ -351,11 +347,7 @@ fn bench_fanout(c: &mut Criterion) {
                     ..Default::default()
                 });
                 for _ in 0..1024 {
-                    q.push(Queued {
-                        msg: msg.clone(),
-                        qos: 0,
-                        ack: None,
-                    });
+                    q.push(Queued::new(msg.clone(), 0, None));
                 }
                 q
             })
@@ -363,11 +355,7 @@ fn bench_fanout(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("push_full_drop_oldest", n), |b| {
             b.iter(|| {
                 for q in &full {
-                    q.push(Queued {
-                        msg: msg.clone(),
-                        qos: 0,
-                        ack: None,
-                    });
+                    q.push(Queued::new(msg.clone(), 0, None));
                 }
             })
         });
@@ -382,11 +370,7 @@ fn bench_fanout(c: &mut Criterion) {
         b.iter_batched(
             || {
                 for _ in 0..UPSTREAM_BATCH {
-                    q.push(Queued {
-                        msg: msg.clone(),
-                        qos: 1,
-                        ack: None,
-                    });
+                    q.push(Queued::new(msg.clone(), 1, None));
                 }
             },
             |()| {
