@@ -64,10 +64,24 @@ pub async fn compare(cfg: &CompareConfig) -> CompareReport {
     for s in &skipped {
         eprintln!("{s}");
     }
+    let loadavg_start = loadavg();
+    if let Some(l) = &loadavg_start {
+        eprintln!("load average before: {l}");
+    }
     for rep in 1..=cfg.reps {
         for &case in &cases {
             eprintln!("rep {rep}/{}: {}", cfg.reps, case.describe(cfg.brokers));
             match run_case(cfg, case, rep).await {
+                // Without readiness the path never carried a probe: its numbers measure
+                // a broken setup, not throughput, and would drag every ratio to 0.
+                Ok(run) if !run.report.ready => {
+                    let msg = format!(
+                        "rep {rep} case {case:?}: path not ready ({}); excluded",
+                        run.report.warnings.join("; ")
+                    );
+                    eprintln!("{msg}");
+                    failures.push(msg);
+                }
                 Ok(run) => runs.push(run),
                 Err(e) => {
                     let msg = format!("rep {rep} case {case:?}: {e:#}");
@@ -86,12 +100,26 @@ pub async fn compare(cfg: &CompareConfig) -> CompareReport {
         rate: w.rate,
         brokers: cfg.brokers,
         reps: cfg.reps,
+        loadavg_start,
+        loadavg_end: loadavg(),
         runs,
         failures,
         skipped,
         cases: summaries,
         ratios,
     }
+}
+
+/// `/proc/loadavg`'s 1/5/15-minute averages: other work on the box skews every case,
+/// so the report says how busy it was.
+fn loadavg() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 async fn start_brokers(n: usize, limits: BrokerLimits) -> anyhow::Result<Vec<Mosquitto>> {

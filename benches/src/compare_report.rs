@@ -52,6 +52,9 @@ pub struct CompareReport {
     pub rate: u64,
     pub brokers: usize,
     pub reps: usize,
+    /// 1/5/15-minute load averages before and after (Linux).
+    pub loadavg_start: Option<String>,
+    pub loadavg_end: Option<String>,
     pub runs: Vec<CaseRun>,
     pub failures: Vec<String>,
     pub skipped: Vec<String>,
@@ -176,6 +179,9 @@ impl CompareReport {
         for r in &self.ratios {
             let _ = writeln!(s, "  {:<5} {}", r.name, fmt_spread(r.spread, 3));
         }
+        if let (Some(a), Some(b)) = (&self.loadavg_start, &self.loadavg_end) {
+            let _ = writeln!(s, "load average before: {a} | after: {b}");
+        }
         for line in self.skipped.iter().chain(&self.failures) {
             let _ = writeln!(s, "note: {line}");
         }
@@ -204,6 +210,7 @@ mod tests {
             count_per_device: 100,
             rate_per_device: 0,
             devices: 1,
+            ready: true,
             wall_s: 1.0,
             ready_s: 0.1,
             timed_out: false,

@@ -1,12 +1,15 @@
-//! What `mqtt-load run` reports, as serde types (the `--json` output) and as a table.
+//! What `mqtt-load run` reports: built from what publishers and subscribers counted,
+//! as serde types (the `--json` output) and as a table.
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::publisher::PubStats;
-use crate::summary::LatencyMs;
-use crate::workload::ClientKind;
+use crate::subscriber::Tally;
+use crate::summary::{rate_per_sec, LatencyMs};
+use crate::workload::{ClientKind, Topology, Workload};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
@@ -19,7 +22,10 @@ pub struct RunReport {
     pub devices: usize,
     /// Connect to end of drain.
     pub wall_s: f64,
-    /// Connect until every subscriber had seen a readiness probe.
+    /// Every subscriber saw a readiness probe from every device it expects before the
+    /// measured publish began; when false the numbers include the path's start-up.
+    pub ready: bool,
+    /// Connect until readiness (or until giving up on it).
     pub ready_s: f64,
     pub timed_out: bool,
     pub publish: PublishReport,
@@ -84,7 +90,11 @@ impl RunReport {
             rate,
             self.ready_s,
             self.wall_s,
-            if self.timed_out { " | TIMED OUT" } else { "" }
+            match (self.ready, self.timed_out) {
+                (_, true) => " | TIMED OUT",
+                (false, false) => " | PATH NOT READY",
+                (true, false) => "",
+            }
         );
         let p = &self.publish;
         let _ = write!(
@@ -141,5 +151,110 @@ impl RunReport {
             let _ = writeln!(s, "warning: {w}");
         }
         s
+    }
+}
+
+/// How the run went, apart from what publishers and sinks counted.
+pub struct RunMeta<'a> {
+    pub label: &'a str,
+    pub started: Instant,
+    pub ready: bool,
+    pub ready_s: f64,
+    pub timed_out: bool,
+    pub warnings: Vec<String>,
+}
+
+/// Reduces what publishers and subscribers counted to the report.
+pub fn build_report(
+    w: &Workload,
+    topo: &Topology,
+    meta: RunMeta<'_>,
+    pubs: &[PubStats],
+    tallies: &[Tally],
+) -> RunReport {
+    let RunMeta {
+        label,
+        started,
+        ready,
+        ready_s,
+        timed_out,
+        mut warnings,
+    } = meta;
+    let sent: u64 = pubs.iter().map(|p| p.sent).sum();
+    let first_send = pubs
+        .iter()
+        .map(|p| p.first_send_ns)
+        .filter(|&t| t > 0)
+        .min()
+        .unwrap_or(0);
+    let last_send = pubs.iter().map(|p| p.last_send_ns).max().unwrap_or(0);
+    let all_acked = w.qos > 0 && pubs.iter().all(|p| p.last_ack_ns.is_some());
+    let last_ack = pubs.iter().filter_map(|p| p.last_ack_ns).max();
+    let publish = PublishReport {
+        client: w.client,
+        sent,
+        acked: pubs.iter().map(|p| p.acked).sum(),
+        send_s: last_send.saturating_sub(first_send) as f64 / 1e9,
+        send_rate: rate_per_sec(sent, first_send, last_send),
+        last_ack_s: last_ack
+            .filter(|_| all_acked)
+            .map(|t| t.saturating_sub(first_send) as f64 / 1e9),
+    };
+    for p in pubs {
+        if let Some(e) = &p.error {
+            warnings.push(format!("device {}: {e}", p.device));
+        }
+    }
+    let brokers = topo
+        .sinks
+        .iter()
+        .zip(tallies)
+        .map(|(sink, t)| {
+            let expected: u64 = sink.expects.iter().map(|&d| pubs[d].sent).sum();
+            let first = sink
+                .expects
+                .iter()
+                .map(|&d| pubs[d].first_send_ns)
+                .filter(|&t| t > 0)
+                .min()
+                .unwrap_or(0);
+            let window_s = t.last_recv_ns.saturating_sub(first) as f64 / 1e9;
+            if let Some(e) = &t.error {
+                warnings.push(format!("{}: {e}", sink.name));
+            }
+            BrokerReport {
+                name: sink.name.clone(),
+                addr: sink.addr.clone(),
+                sent: expected,
+                received: t.unique,
+                lost: expected.saturating_sub(t.unique),
+                duplicates: t.duplicates,
+                unexpected: t.unexpected,
+                window_s,
+                throughput_msgs: rate_per_sec(t.unique, first, t.last_recv_ns),
+                throughput_mb_s: if window_s > 0.0 {
+                    t.unique_bytes as f64 / 1e6 / window_s
+                } else {
+                    0.0
+                },
+                latency: LatencyMs::from_histogram(&t.latency),
+            }
+        })
+        .collect();
+    RunReport {
+        label: label.to_string(),
+        qos: w.qos,
+        payload_size: w.payload_size,
+        count_per_device: w.count,
+        rate_per_device: w.rate,
+        devices: topo.devices.len(),
+        ready,
+        wall_s: started.elapsed().as_secs_f64(),
+        ready_s,
+        timed_out,
+        publish,
+        publishers: pubs.to_vec(),
+        brokers,
+        warnings,
     }
 }

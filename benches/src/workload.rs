@@ -18,9 +18,8 @@ use tokio::time::Instant;
 use crate::payload::TopicScheme;
 use crate::publisher::{self, Clock, PubShared, PubStats, PublisherConfig};
 use crate::publisher_rumqttc;
-use crate::report::{BrokerReport, PublishReport, RunReport};
+use crate::report::{build_report, RunMeta, RunReport};
 use crate::subscriber::{self, SinkShared, SubscriberConfig, Tally};
-use crate::summary::{rate_per_sec, LatencyMs};
 
 /// Which client implementation the publishers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -194,8 +193,9 @@ pub async fn run(w: &Workload, topo: &Topology, label: &str) -> anyhow::Result<R
             for (sink, s) in topo.sinks.iter().zip(&sink_shared) {
                 if !ready(s, sink) {
                     warnings.push(format!(
-                        "{}: no readiness probe arrived within {:?}; measuring anyway",
-                        sink.name, PROBE_TIMEOUT
+                        "{}: no readiness probe from every expected device within {:.1}s; measuring anyway",
+                        sink.name,
+                        started.elapsed().as_secs_f64()
                     ));
                 }
             }
@@ -203,6 +203,7 @@ pub async fn run(w: &Workload, topo: &Topology, label: &str) -> anyhow::Result<R
         }
         tokio::time::sleep(POLL).await;
     }
+    let ready = warnings.is_empty();
     let ready_s = started.elapsed().as_secs_f64();
     go_tx.send_replace(true);
 
@@ -277,6 +278,7 @@ pub async fn run(w: &Workload, topo: &Topology, label: &str) -> anyhow::Result<R
     let meta = RunMeta {
         label,
         started,
+        ready,
         ready_s,
         timed_out,
         warnings,
@@ -316,105 +318,4 @@ fn progress_line(
         ));
     }
     line
-}
-
-/// How the run went, apart from what publishers and sinks counted.
-struct RunMeta<'a> {
-    label: &'a str,
-    started: Instant,
-    ready_s: f64,
-    timed_out: bool,
-    warnings: Vec<String>,
-}
-
-fn build_report(
-    w: &Workload,
-    topo: &Topology,
-    meta: RunMeta<'_>,
-    pubs: &[PubStats],
-    tallies: &[Tally],
-) -> RunReport {
-    let RunMeta {
-        label,
-        started,
-        ready_s,
-        timed_out,
-        mut warnings,
-    } = meta;
-    let sent: u64 = pubs.iter().map(|p| p.sent).sum();
-    let first_send = pubs
-        .iter()
-        .map(|p| p.first_send_ns)
-        .filter(|&t| t > 0)
-        .min()
-        .unwrap_or(0);
-    let last_send = pubs.iter().map(|p| p.last_send_ns).max().unwrap_or(0);
-    let all_acked = w.qos > 0 && pubs.iter().all(|p| p.last_ack_ns.is_some());
-    let last_ack = pubs.iter().filter_map(|p| p.last_ack_ns).max();
-    let publish = PublishReport {
-        client: w.client,
-        sent,
-        acked: pubs.iter().map(|p| p.acked).sum(),
-        send_s: last_send.saturating_sub(first_send) as f64 / 1e9,
-        send_rate: rate_per_sec(sent, first_send, last_send),
-        last_ack_s: last_ack
-            .filter(|_| all_acked)
-            .map(|t| t.saturating_sub(first_send) as f64 / 1e9),
-    };
-    for p in pubs {
-        if let Some(e) = &p.error {
-            warnings.push(format!("device {}: {e}", p.device));
-        }
-    }
-    let brokers = topo
-        .sinks
-        .iter()
-        .zip(tallies)
-        .map(|(sink, t)| {
-            let expected: u64 = sink.expects.iter().map(|&d| pubs[d].sent).sum();
-            let first = sink
-                .expects
-                .iter()
-                .map(|&d| pubs[d].first_send_ns)
-                .filter(|&t| t > 0)
-                .min()
-                .unwrap_or(0);
-            let window_s = t.last_recv_ns.saturating_sub(first) as f64 / 1e9;
-            if let Some(e) = &t.error {
-                warnings.push(format!("{}: {e}", sink.name));
-            }
-            BrokerReport {
-                name: sink.name.clone(),
-                addr: sink.addr.clone(),
-                sent: expected,
-                received: t.unique,
-                lost: expected.saturating_sub(t.unique),
-                duplicates: t.duplicates,
-                unexpected: t.unexpected,
-                window_s,
-                throughput_msgs: rate_per_sec(t.unique, first, t.last_recv_ns),
-                throughput_mb_s: if window_s > 0.0 {
-                    t.unique_bytes as f64 / 1e6 / window_s
-                } else {
-                    0.0
-                },
-                latency: LatencyMs::from_histogram(&t.latency),
-            }
-        })
-        .collect();
-    RunReport {
-        label: label.to_string(),
-        qos: w.qos,
-        payload_size: w.payload_size,
-        count_per_device: w.count,
-        rate_per_device: w.rate,
-        devices: topo.devices.len(),
-        wall_s: started.elapsed().as_secs_f64(),
-        ready_s,
-        timed_out,
-        publish,
-        publishers: pubs.to_vec(),
-        brokers,
-        warnings,
-    }
 }

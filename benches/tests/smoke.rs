@@ -146,3 +146,30 @@ async fn compare_runs_direct_ceiling_and_bridge_cases_and_skips_missing_proxy() 
         .find(|x| x.name == "c/a")
         .is_some_and(|x| x.spread.is_none()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_the_target_never_reaches_is_reported_not_ready_within_the_timeout() {
+    let (b1, b2) = (broker("b1").await, broker("b2").await);
+    // Devices publish to b1; b2 is not downstream of it, so readiness never comes.
+    let topo = Topology::fan_out(
+        &b1.addr(),
+        1,
+        &[("b1".into(), b1.addr()), ("b2".into(), b2.addr())],
+    );
+    let mut w = workload(0, 50);
+    w.timeout = Duration::from_secs(2);
+    w.drain_silence = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let r = workload::run(&w, &topo, "smoke").await.expect("run").report;
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(!r.ready);
+    assert!(
+        r.warnings.iter().any(|w| w.starts_with("b2:")),
+        "{:?}",
+        r.warnings
+    );
+    assert_eq!((r.brokers[0].received, r.brokers[0].lost), (50, 0));
+    assert_eq!((r.brokers[1].received, r.brokers[1].lost), (0, 50));
+    b1.stop().await;
+    b2.stop().await;
+}
