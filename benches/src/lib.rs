@@ -11,6 +11,13 @@
 //! ```
 //!
 //! Everything runs on 127.0.0.1 and is bounded by a message count and a timeout.
+//!
+//! ```text
+//! cargo build --release -p mqtt-proxy -p mqtt-proxy-benches
+//! target/release/mqtt-load run --target 127.0.0.1:1883 --sub 127.0.0.1:1884 --sub 127.0.0.1:1885 \
+//!     --qos 1 --count 20000 --rate 2000 --json run.json
+//! target/release/mqtt-load compare --qos 0 --count 50000 --brokers 3 --reps 3 --json cmp.json
+//! ```
 
 pub mod compare;
 pub mod compare_report;

@@ -57,11 +57,20 @@ impl TopicScheme {
 
     /// The topic a device publishes message `seq` on (probes use `probe` as the last level).
     pub fn topic(&self, device: usize, seq: u64) -> String {
-        match (self.fixed, seq == PROBE_SEQ) {
-            (true, _) => format!("{}/d{device}", self.root),
-            (false, true) => format!("{}/d{device}/probe", self.root),
-            (false, false) => format!("{}/d{device}/{seq}", self.root),
-        }
+        let mut s = String::new();
+        self.write_topic(&mut s, device, seq);
+        s
+    }
+
+    /// [`Self::topic`] into a reused buffer: the publisher's hot path allocates nothing.
+    pub fn write_topic(&self, out: &mut String, device: usize, seq: u64) {
+        use std::fmt::Write as _;
+        out.clear();
+        let _ = match (self.fixed, seq == PROBE_SEQ) {
+            (true, _) => write!(out, "{}/d{device}", self.root),
+            (false, true) => write!(out, "{}/d{device}/probe", self.root),
+            (false, false) => write!(out, "{}/d{device}/{seq}", self.root),
+        };
     }
 
     /// The device index a topic belongs to, parsed without allocating.

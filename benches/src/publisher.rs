@@ -120,6 +120,7 @@ pub async fn spawn(
         rel_rx,
         wr,
         out: BytesMut::with_capacity(2 * BATCH_BYTES),
+        topic: String::with_capacity(64),
         pkid: 0,
     };
     Ok(tokio::spawn(writer.run(go, deadline, reader)))
@@ -175,6 +176,7 @@ struct Writer {
     rel_rx: mpsc::Receiver<u16>,
     wr: tokio::net::tcp::OwnedWriteHalf,
     out: BytesMut,
+    topic: String,
     pkid: u16,
 }
 
@@ -201,14 +203,16 @@ impl Writer {
         } else {
             0
         };
-        let topic = self.cfg.scheme.topic(self.cfg.device, seq);
+        self.cfg
+            .scheme
+            .write_topic(&mut self.topic, self.cfg.device, seq);
         let header = Header {
             seq,
             sent_ns: self.clock.now_ns(),
         };
         wire::encode_publish(
             &mut self.out,
-            &topic,
+            &self.topic,
             self.cfg.qos,
             pkid,
             header,
@@ -276,8 +280,11 @@ impl Writer {
                 }
             }
             if !self.out.is_empty() {
-                if let Err(e) = self.wr.write_all(&self.out).await {
-                    break Err(format!("publisher write: {e}"));
+                // A broker that stops reading must not hold the run past its deadline.
+                match tokio::time::timeout_at(deadline, self.wr.write_all(&self.out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break Err(format!("publisher write: {e}")),
+                    Err(_) => break Err("publisher: run timeout while writing".into()),
                 }
                 self.out.clear();
                 last_write = Instant::now();
@@ -315,9 +322,13 @@ impl Writer {
         if let Err(e) = result {
             stats.error = Some(e);
         }
+        self.out.clear();
         let _ = wire::encode(&mut self.out, Packet::Disconnect);
-        let _ = self.wr.write_all(&self.out).await;
-        let _ = self.wr.shutdown().await;
+        let bye = async {
+            self.wr.write_all(&self.out).await?;
+            self.wr.shutdown().await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
         reader.abort();
 
         stats.sent = seq;

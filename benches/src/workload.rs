@@ -101,7 +101,16 @@ fn unique_id(kind: &str, i: usize) -> String {
     format!("mqtt-load-{kind}-{}-{nanos:x}-{i}", std::process::id())
 }
 
+/// Runs the workload over the topology. Every wait inside is bounded; this adds a
+/// last-resort bound on top so no bug can hold a run past `timeout` by much.
 pub async fn run(w: &Workload, topo: &Topology, label: &str) -> anyhow::Result<RunOutcome> {
+    let slack = CONNECT_TIMEOUT * 2 + Duration::from_secs(5);
+    tokio::time::timeout(w.timeout + slack, run_bounded(w, topo, label))
+        .await
+        .map_err(|_| anyhow::anyhow!("{label}: run exceeded its timeout by {slack:?}"))?
+}
+
+async fn run_bounded(w: &Workload, topo: &Topology, label: &str) -> anyhow::Result<RunOutcome> {
     anyhow::ensure!(!topo.devices.is_empty(), "no devices");
     anyhow::ensure!(
         w.payload_size >= crate::payload::HEADER_LEN,

@@ -110,7 +110,8 @@ struct CompareArgs {
     /// Cases to run.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Case::ALL)]
     cases: Vec<Case>,
-    /// The proxy binary for case c (skipped with a message when missing).
+    /// The proxy binary for case c (skipped with a message when missing). Default:
+    /// `mqtt-proxy` next to this executable, else `<workspace>/target/release/mqtt-proxy`.
     #[arg(long)]
     proxy_bin: Option<PathBuf>,
     /// mosquitto `max_queued_messages` on every broker.
