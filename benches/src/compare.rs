@@ -1,0 +1,215 @@
+//! `mqtt-load compare`: the same workload as (a) one publisher → one mosquitto,
+//! (b) N publishers → N mosquittos (the box's ceiling for 1→N), (c) one publisher →
+//! proxy → N mosquittos, (d) one publisher → a mosquitto bridging to N mosquittos.
+//! Repeated and interleaved (a,b,c,d per rep) over fresh brokers, so drift on the
+//! machine hits every case alike; ratios are taken within a rep, then summarized.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::compare_report::{reduce, summarize, CaseRun, CompareReport};
+use crate::mosquitto::{Bridge, BrokerLimits, Mosquitto};
+use crate::proxy_proc::ProxyProc;
+use crate::summary::new_histogram;
+use crate::workload::{self, Sink, Topology, Workload};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Case {
+    A,
+    B,
+    C,
+    D,
+}
+
+impl Case {
+    pub const ALL: [Case; 4] = [Case::A, Case::B, Case::C, Case::D];
+
+    pub fn describe(self, n: usize) -> String {
+        match self {
+            Case::A => "a: 1 pub -> 1 mosquitto (direct)".into(),
+            Case::B => format!("b: {n} pubs -> {n} mosquittos (ceiling)"),
+            Case::C => format!("c: 1 pub -> proxy -> {n} mosquittos"),
+            Case::D => format!("d: 1 pub -> bridge mosquitto -> {n}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CompareConfig {
+    pub workload: Workload,
+    pub brokers: usize,
+    pub reps: usize,
+    pub cases: Vec<Case>,
+    pub proxy_bin: PathBuf,
+    pub limits: BrokerLimits,
+}
+
+pub async fn compare(cfg: &CompareConfig) -> CompareReport {
+    let mut runs = Vec::new();
+    let mut failures = Vec::new();
+    let mut skipped = Vec::new();
+    // Always a, b, c, d within a rep, whatever order they were asked in.
+    let mut cases = cfg.cases.clone();
+    cases.sort();
+    cases.dedup();
+    if cases.contains(&Case::C) && !cfg.proxy_bin.is_file() {
+        skipped.push(format!(
+            "case c skipped: proxy binary not found at {} (build it with `cargo build --release -p mqtt-proxy` or pass --proxy-bin)",
+            cfg.proxy_bin.display()
+        ));
+        cases.retain(|&c| c != Case::C);
+    }
+    for s in &skipped {
+        eprintln!("{s}");
+    }
+    let loadavg_start = loadavg();
+    if let Some(l) = &loadavg_start {
+        eprintln!("load average before: {l}");
+    }
+    for rep in 1..=cfg.reps {
+        for &case in &cases {
+            eprintln!("rep {rep}/{}: {}", cfg.reps, case.describe(cfg.brokers));
+            match run_case(cfg, case, rep).await {
+                // Without readiness the path never carried a probe: its numbers measure
+                // a broken setup, not throughput, and would drag every ratio to 0.
+                Ok(run) if !run.report.ready => {
+                    let msg = format!(
+                        "rep {rep} case {case:?}: path not ready ({}); excluded",
+                        run.report.warnings.join("; ")
+                    );
+                    eprintln!("{msg}");
+                    failures.push(msg);
+                }
+                Ok(run) => runs.push(run),
+                Err(e) => {
+                    let msg = format!("rep {rep} case {case:?}: {e:#}");
+                    eprintln!("{msg}");
+                    failures.push(msg);
+                }
+            }
+        }
+    }
+    let (summaries, ratios) = summarize(&runs, &cases, cfg.brokers, cfg.reps);
+    let w = &cfg.workload;
+    CompareReport {
+        qos: w.qos,
+        payload_size: w.payload_size,
+        count: w.count,
+        rate: w.rate,
+        brokers: cfg.brokers,
+        reps: cfg.reps,
+        loadavg_start,
+        loadavg_end: loadavg(),
+        runs,
+        failures,
+        skipped,
+        cases: summaries,
+        ratios,
+    }
+}
+
+/// `/proc/loadavg`'s 1/5/15-minute averages: other work on the box skews every case,
+/// so the report says how busy it was.
+fn loadavg() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+async fn start_brokers(n: usize, limits: BrokerLimits) -> anyhow::Result<Vec<Mosquitto>> {
+    let mut brokers = Vec::with_capacity(n);
+    for i in 1..=n {
+        brokers.push(Mosquitto::start(&format!("b{i}"), limits, &[]).await?);
+    }
+    Ok(brokers)
+}
+
+fn sinks(brokers: &[Mosquitto], expects: impl Fn(usize) -> Vec<usize>) -> Vec<Sink> {
+    brokers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Sink {
+            name: b.name.clone(),
+            addr: b.addr(),
+            expects: expects(i),
+        })
+        .collect()
+}
+
+async fn run_case(cfg: &CompareConfig, case: Case, rep: usize) -> anyhow::Result<CaseRun> {
+    let mut w = cfg.workload.clone();
+    w.topic_root = format!("{}/{case:?}{rep}", cfg.workload.topic_root).to_lowercase();
+    let label = format!("rep{rep} {case:?}").to_lowercase();
+    let n = if case == Case::A { 1 } else { cfg.brokers };
+    let downstream = start_brokers(n, cfg.limits).await?;
+    // Whatever fronts the downstream brokers; kept alive until the run ends.
+    let mut proxy = None;
+    let mut bridge = None;
+    let topo = match case {
+        Case::A => Topology {
+            devices: vec![downstream[0].addr()],
+            sinks: sinks(&downstream, |_| vec![0]),
+        },
+        Case::B => Topology {
+            devices: downstream.iter().map(Mosquitto::addr).collect(),
+            sinks: sinks(&downstream, |i| vec![i]),
+        },
+        Case::C => {
+            let list: Vec<(String, u16)> = downstream
+                .iter()
+                .map(|b| (b.name.clone(), b.port))
+                .collect();
+            let p = ProxyProc::start(&cfg.proxy_bin, &list).await?;
+            let topo = Topology {
+                devices: vec![p.addr()],
+                sinks: sinks(&downstream, |_| vec![0]),
+            };
+            proxy = Some(p);
+            topo
+        }
+        Case::D => {
+            let bridges: Vec<Bridge> = downstream
+                .iter()
+                .map(|b| Bridge {
+                    name: b.name.clone(),
+                    addr: b.addr(),
+                    topic: format!("{}/#", w.topic_root),
+                    qos: w.qos,
+                })
+                .collect();
+            let m = Mosquitto::start("bridge", cfg.limits, &bridges).await?;
+            let topo = Topology {
+                devices: vec![m.addr()],
+                sinks: sinks(&downstream, |_| vec![0]),
+            };
+            bridge = Some(m);
+            topo
+        }
+    };
+    let outcome = workload::run(&w, &topo, &label).await;
+    if let (Err(_), Some(p)) = (&outcome, &proxy) {
+        eprintln!("proxy log tail:\n{}", p.log_tail(20));
+    }
+    if let Some(p) = proxy {
+        p.stop().await;
+    }
+    if let Some(m) = bridge {
+        m.stop().await;
+    }
+    for b in downstream {
+        b.stop().await;
+    }
+    let outcome = outcome?;
+    let report = outcome.report;
+    let mut merged = new_histogram();
+    for h in &outcome.histograms {
+        let _ = merged.add(h);
+    }
+    Ok(reduce(case, rep, report, &merged))
+}
