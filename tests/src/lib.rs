@@ -23,6 +23,7 @@ mod publisher;
 mod publisher_v5;
 pub mod sequence;
 mod subscriber;
+pub mod tls;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
