@@ -77,6 +77,24 @@ pub struct Broker {
     pub limits: QueueLimits,
     pub metrics: BrokerMetrics,
     pub stats: Arc<BrokerStats>,
+    /// Hash of the TLS files' contents: a rotated certificate counts as a change.
+    pub tls_files: u64,
+}
+
+/// Hash of the contents of a broker's CA, certificate and key files (0 without TLS).
+pub fn tls_files_hash(c: &BrokerConfig) -> u64 {
+    if !c.use_tls {
+        return 0;
+    }
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for p in [&c.ca_cert_path, &c.client_cert_path, &c.client_key_path]
+        .into_iter()
+        .flatten()
+    {
+        h.update(p.as_os_str().as_encoded_bytes());
+        h.update(&std::fs::read(p).unwrap_or_default());
+    }
+    h.digest()
 }
 
 impl std::fmt::Debug for Broker {
@@ -180,8 +198,12 @@ impl BrokerSet {
                 )),
                 None => c.password.clone(),
             };
+            let tls_files = tls_files_hash(c);
             if let Some(old) = prev_by_id.get(c.id.as_str()) {
-                if old.config == *c && old.password == password && old.limits == limits(c, defaults)
+                if old.config == *c
+                    && old.tls_files == tls_files
+                    && old.password == password
+                    && old.limits == limits(c, defaults)
                 {
                     brokers.push(Arc::clone(old));
                     continue;
@@ -207,6 +229,7 @@ impl BrokerSet {
                 limits: limits(c, defaults),
                 metrics: BrokerMetrics::new(c.label()),
                 stats,
+                tls_files,
                 config: c.clone(),
             }));
         }

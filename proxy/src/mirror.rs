@@ -14,8 +14,9 @@
 //!    a two-proxy ring would bounce back. Records expire after the window; repeats a client
 //!    really publishes twice on the same broker are mirrored twice.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
@@ -64,20 +65,33 @@ pub enum Verdict {
 /// The pure part: decides what to do with a message from `source`.
 pub struct MirrorGuard {
     echoes: LoopGuard,
-    ring: LoopGuard,
+    recent: HashMap<u64, Instant>,
+    recent_order: VecDeque<(Instant, u64)>,
     opts: MirrorOptions,
 }
+
+/// How long mirrored content from a 3.1.1 source is not mirrored again.
+pub const RING_WINDOW: Duration = Duration::from_secs(5);
+const RING_CAPACITY: usize = 65_536;
 
 impl MirrorGuard {
     pub fn new(opts: MirrorOptions) -> Self {
         Self {
             echoes: LoopGuard::default(),
-            ring: LoopGuard::default(),
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
             opts,
         }
     }
 
-    pub fn judge(&mut self, source: &str, msg: &Message, now: Instant) -> Verdict {
+    /// `source_v311`: the source speaks MQTT 3.1.1, so copies carry no hop marker.
+    pub fn judge(
+        &mut self,
+        source: &str,
+        source_v311: bool,
+        msg: &Message,
+        now: Instant,
+    ) -> Verdict {
         let n = hops(msg, &self.opts.hop_property);
         if n >= self.opts.max_hops {
             return Verdict::HopLimit;
@@ -86,10 +100,25 @@ impl MirrorGuard {
         if self.echoes.is_echo(source, h, now) {
             return Verdict::Echo;
         }
-        if self.ring.is_echo(source, h, now) {
+        if source_v311 && self.recently_mirrored(h, now) {
             return Verdict::RingCopy;
         }
         Verdict::Forward { hops: n + 1 }
+    }
+
+    fn recently_mirrored(&mut self, h: u64, now: Instant) -> bool {
+        while let Some(&(at, old)) = self.recent_order.front() {
+            if now.duration_since(at) < RING_WINDOW && self.recent_order.len() <= RING_CAPACITY {
+                break;
+            }
+            self.recent_order.pop_front();
+            if self.recent.get(&old) == Some(&at) {
+                self.recent.remove(&old);
+            }
+        }
+        self.recent
+            .get(&h)
+            .is_some_and(|at| now.duration_since(*at) < RING_WINDOW)
     }
 
     /// Forwarded `msg` (device-visible topic) from `source` to `target`.
@@ -102,13 +131,12 @@ impl MirrorGuard {
 
     /// Content arriving from `source` was mirrored: expect one bounced copy from every other
     /// 3.1.1 mirror source (another proxy mirroring the same content back).
-    pub fn ingress(&mut self, source: &str, msg: &Message, brokers: &[Arc<Broker>], now: Instant) {
+    /// `msg` is being mirrored: for `RING_WINDOW`, the same content arriving from a 3.1.1
+    /// source is taken for a copy bounced by another proxy (3.1.1 has no hop marker).
+    pub fn ingress(&mut self, msg: &Message, now: Instant) {
         let h = message_hash(&msg.topic, &msg.payload);
-        for b in brokers {
-            if b.id() != source && b.config.mirror && b.config.mqtt_version != MqttVersion::V5 {
-                self.ring.record(b.id(), h, now);
-            }
-        }
+        self.recent.insert(h, now);
+        self.recent_order.push_back((now, h));
     }
 }
 
@@ -128,7 +156,7 @@ pub async fn run(
         reconcile(&mut upstreams, &set, &client_id, &session, &tx).await;
         loop {
             tokio::select! {
-                Some(m) = rx.recv() => forward(m, &upstreams, &set, &mut guard),
+                Some(m) = rx.recv() => forward(m, &upstreams, &mut guard),
                 r = brokers.changed() => {
                     if r.is_err() { return close_all(upstreams, &session).await; }
                     set = brokers.borrow_and_update().clone();
@@ -210,7 +238,7 @@ async fn reconcile(
     }
 }
 
-fn forward(m: FromBroker, upstreams: &[UpstreamHandle], set: &BrokerSet, guard: &mut MirrorGuard) {
+fn forward(m: FromBroker, upstreams: &[UpstreamHandle], guard: &mut MirrorGuard) {
     let FromBroker {
         broker: source,
         mut msg,
@@ -228,7 +256,8 @@ fn forward(m: FromBroker, upstreams: &[UpstreamHandle], set: &BrokerSet, guard: 
         msg.topic = bytes::Bytes::copy_from_slice(topic.as_bytes());
     }
     let now = Instant::now();
-    let hops = match guard.judge(source.id(), &msg, now) {
+    let v311 = source.config.mqtt_version != MqttVersion::V5;
+    let hops = match guard.judge(source.id(), v311, &msg, now) {
         Verdict::Forward { hops } => hops,
         other => {
             let reason = match other {
@@ -244,7 +273,7 @@ fn forward(m: FromBroker, upstreams: &[UpstreamHandle], set: &BrokerSet, guard: 
             return;
         }
     };
-    guard.ingress(source.id(), &msg, &set.brokers, now);
+    guard.ingress(&msg, now);
     let out = with_hops(&msg, &guard.opts.hop_property, hops);
     for u in upstreams
         .iter()
@@ -290,34 +319,36 @@ mod tests {
         let mut g = MirrorGuard::new(opts());
         let now = Instant::now();
         let m = Message::new("t", &b"x"[..], 1, false);
-        assert_eq!(g.judge("a", &m, now), Verdict::Forward { hops: 1 });
+        assert_eq!(g.judge("a", false, &m, now), Verdict::Forward { hops: 1 });
         assert_eq!(
-            g.judge("a", &with_hops(&m, "hop", 1), now),
+            g.judge("a", false, &with_hops(&m, "hop", 1), now),
             Verdict::HopLimit
         );
     }
 
     #[test]
-    fn v311_two_proxy_ring_absorbs_one_echo_and_one_bounce() {
-        let mut x = BrokerConfig::new("x", "127.0.0.1", 1);
+    fn v311_two_proxy_ring_absorbs_echoes_and_bounces_in_any_order() {
         let mut y = BrokerConfig::new("y", "127.0.0.1", 2);
-        for b in [&mut x, &mut y] {
-            b.bidirectional = true;
-            b.mirror = true;
-            b.subscription_topics = vec!["#".into()];
-        }
-        let set = BrokerSet::build(&[x, y], Defaults::default(), None).expect("valid");
+        y.bidirectional = true;
+        y.mirror = true;
+        y.subscription_topics = vec!["#".into()];
+        let set = BrokerSet::build(&[y], Defaults::default(), None).expect("valid");
         let mut g = MirrorGuard::new(opts());
         let now = Instant::now();
         let m = Message::new("t", &b"x"[..], 0, false);
         // The original arrives from X and is mirrored to Y.
-        assert_eq!(g.judge("x", &m, now), Verdict::Forward { hops: 1 });
-        g.ingress("x", &m, &set.brokers, now);
-        g.sent(&set.brokers[1], &m, now);
+        assert_eq!(g.judge("x", true, &m, now), Verdict::Forward { hops: 1 });
+        g.ingress(&m, now);
+        g.sent(&set.brokers[0], &m, now);
         // From Y come our own echo and the other proxy's copy: both absorbed.
-        assert_eq!(g.judge("y", &m, now), Verdict::Echo);
-        assert_eq!(g.judge("y", &m, now), Verdict::RingCopy);
-        // A client really publishing the same payload again on Y is mirrored.
-        assert_eq!(g.judge("y", &m, now), Verdict::Forward { hops: 1 });
+        assert_eq!(g.judge("y", true, &m, now), Verdict::Echo);
+        assert_eq!(g.judge("y", true, &m, now), Verdict::RingCopy);
+        // The other proxy's copy may even come back before the original: still absorbed.
+        assert_eq!(g.judge("x", true, &m, now), Verdict::RingCopy);
+        // After the window the same content is mirrored again.
+        let later = now + RING_WINDOW + Duration::from_millis(1);
+        assert_eq!(g.judge("y", true, &m, later), Verdict::Forward { hops: 1 });
+        // MQTT 5 sources rely on the hop marker, not on the window.
+        assert_eq!(g.judge("v5", false, &m, now), Verdict::Forward { hops: 1 });
     }
 }

@@ -3,7 +3,7 @@
 //! Why polling and not inotify: the kubelet updates a mounted Secret by swapping a `..data`
 //! symlink to a new timestamped directory, editors write-and-rename, and some tools write in
 //! place. Watching inode events misses one or the other; re-reading a small file (and the
-//! `passwordFile`s it names) twice a second and comparing a hash sees all three, and costs
+//! `passwordFile`s and TLS files it names) twice a second and comparing a hash sees all three, and costs
 //! next to nothing. Only a change in content triggers a reload, and the session-side diff
 //! keeps every unchanged broker's connection and queue.
 
@@ -25,6 +25,7 @@ fn fingerprint(path: &Path, brokers: &[BrokerConfig]) -> Option<u64> {
     let mut h = Xxh3::new();
     h.update(&std::fs::read(path).ok()?);
     for b in brokers {
+        h.update(&crate::brokerset::tls_files_hash(b).to_le_bytes());
         if let Some(p) = &b.password_file {
             h.update(p.as_os_str().as_encoded_bytes());
             h.update(&std::fs::read(p).unwrap_or_default());

@@ -91,7 +91,6 @@ impl UpstreamHandle {
         });
         let queue = Arc::new(UpstreamQueue::with_gauges(broker.limits, gauges));
         let (ctl_tx, ctl_rx) = mpsc::channel(64);
-        broker.stats.sessions.fetch_add(1, Ordering::Relaxed);
         let task = Upstream::new(p, queue.clone(), ctl_rx);
         let task = tokio::spawn(task.run());
         Self {
@@ -169,7 +168,43 @@ impl UpstreamHandle {
     }
 }
 
+/// Counts one upstream session of a broker for as long as it lives — including when its
+/// task is aborted at a drain deadline, which skips any code after the `.await`.
+struct SessionCount(Arc<Broker>);
+
+impl SessionCount {
+    fn new(b: Arc<Broker>) -> Self {
+        b.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        Self(b)
+    }
+}
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a connection as connected from its CONNACK until it ends (or is aborted).
+struct ConnectedCount(Arc<Broker>);
+
+impl ConnectedCount {
+    fn new(b: Arc<Broker>) -> Self {
+        b.stats.connected.fetch_add(1, Ordering::Relaxed);
+        b.metrics.connected.inc();
+        Self(b)
+    }
+}
+
+impl Drop for ConnectedCount {
+    fn drop(&mut self) {
+        self.0.stats.connected.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.connected.dec();
+    }
+}
+
 struct Upstream {
+    _counted: SessionCount,
     p: UpstreamParams,
     queue: Arc<UpstreamQueue>,
     ctl: mpsc::Receiver<Control>,
@@ -195,6 +230,7 @@ impl Upstream {
     fn new(p: UpstreamParams, queue: Arc<UpstreamQueue>, ctl: mpsc::Receiver<Control>) -> Self {
         let proto = Protocol::from(p.broker.config.mqtt_version);
         Self {
+            _counted: SessionCount::new(p.broker.clone()),
             p,
             queue,
             ctl,
@@ -278,18 +314,7 @@ impl Upstream {
             let exit = match self.connect().await {
                 Ok(stream) => {
                     backoff.reset();
-                    self.broker()
-                        .stats
-                        .connected
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.broker().metrics.connected.inc();
-                    let exit = self.connected(stream).await;
-                    self.broker()
-                        .stats
-                        .connected
-                        .fetch_sub(1, Ordering::Relaxed);
-                    self.broker().metrics.connected.dec();
-                    exit
+                    self.connected(stream).await
                 }
                 Err(e) => Exit::Failed(e),
             };
@@ -319,7 +344,6 @@ impl Upstream {
                 }
             }
         }
-        self.broker().stats.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// The session is gone without a Close: count what is left.
@@ -331,7 +355,6 @@ impl Upstream {
             self.broker().metrics.dropped_shutdown.inc_by(n);
             self.broker().stats.dropped.fetch_add(n, Ordering::Relaxed);
         }
-        self.broker().stats.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn control_offline(&mut self, c: Control) {
@@ -467,6 +490,7 @@ impl Upstream {
             Err(_) => return Exit::Failed("no CONNACK within 10 s".into()),
         };
         self.broker().stats.connects.fetch_add(1, Ordering::Relaxed);
+        let _connected = ConnectedCount::new(self.p.broker.clone());
         if let Ok(mut l) = self.broker().stats.last_error.lock() {
             *l = None;
         }

@@ -23,6 +23,7 @@ mod publisher;
 mod publisher_v5;
 pub mod sequence;
 mod subscriber;
+pub mod tls;
 
 pub mod outage;
 
