@@ -8,6 +8,8 @@ RUN cargo build --release --locked -p mqtt-proxy \
 
 # Run: small Debian base with CA roots (upstream TLS uses the system store), non-root.
 FROM debian:bookworm-slim
+# ca-certificates is deliberately unpinned: it must follow Debian's security updates.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \

@@ -209,6 +209,16 @@ impl BrokerSet {
                     continue;
                 }
             }
+            if !c.use_tls
+                && (c.ca_cert_path.is_some()
+                    || c.client_cert_path.is_some()
+                    || c.insecure_skip_verify)
+            {
+                tracing::warn!(
+                    broker = c.label(),
+                    "TLS settings are given but useTls is false: connecting without TLS"
+                );
+            }
             let tls = if c.use_tls {
                 Some(
                     crate::tls::client_config(c).map_err(|source| BuildError::Tls {
