@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::broker::{validate_set, BrokerConfig, BrokerError, Secret};
 use crate::metrics::BrokerMetrics;
-use crate::queue::QueueLimits;
+use crate::queue::{Budget, QueueLimits};
 use crate::router::RouteRule;
 
 /// Live counters of one broker, summed over every device session's upstream to it.
@@ -77,6 +77,7 @@ pub struct Broker {
     pub limits: QueueLimits,
     pub metrics: BrokerMetrics,
     pub stats: Arc<BrokerStats>,
+    pub budget: Arc<Budget>,
     /// Hash of the TLS files' contents: a rotated certificate counts as a change.
     pub tls_files: u64,
 }
@@ -140,10 +141,21 @@ impl Broker {
     }
 }
 
-/// Proxy-wide queue defaults a broker's `queue` block overrides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Proxy-wide queue defaults a broker's `queue` block overrides, and the byte budget all
+/// queues share.
+#[derive(Debug, Clone)]
 pub struct Defaults {
     pub queue: QueueLimits,
+    pub budget: Arc<Budget>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            queue: QueueLimits::default(),
+            budget: Arc::new(Budget::new(usize::MAX)),
+        }
+    }
 }
 
 /// The enabled brokers of one configuration version.
@@ -203,7 +215,7 @@ impl BrokerSet {
                 if old.config == *c
                     && old.tls_files == tls_files
                     && old.password == password
-                    && old.limits == limits(c, defaults)
+                    && old.limits == limits(c, &defaults)
                 {
                     brokers.push(Arc::clone(old));
                     continue;
@@ -236,9 +248,10 @@ impl BrokerSet {
                 rule: RouteRule::from_broker(c),
                 tls,
                 password,
-                limits: limits(c, defaults),
+                limits: limits(c, &defaults),
                 metrics: BrokerMetrics::new(c.label()),
                 stats,
+                budget: defaults.budget.clone(),
                 tls_files,
                 config: c.clone(),
             }));
@@ -258,7 +271,7 @@ impl BrokerSet {
     }
 }
 
-fn limits(c: &BrokerConfig, d: Defaults) -> QueueLimits {
+fn limits(c: &BrokerConfig, d: &Defaults) -> QueueLimits {
     let q = c.queue.clone().unwrap_or_default();
     QueueLimits {
         max_messages: q.max_messages.unwrap_or(d.queue.max_messages),

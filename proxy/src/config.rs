@@ -86,6 +86,8 @@ pub struct Config {
     pub max_connections: usize,
     pub session: SessionOptions,
     pub queue: QueueLimits,
+    /// Cap on the bytes all queues of the process hold together.
+    pub queue_total_max_bytes: usize,
     pub mirror: MirrorOptions,
 }
 
@@ -108,6 +110,7 @@ impl Default for Config {
                 spool_dir: None,
             },
             queue: QueueLimits::default(),
+            queue_total_max_bytes: 512 << 20,
             mirror: MirrorOptions::default(),
         }
     }
@@ -130,6 +133,7 @@ pub struct FileConfig {
     pub queue_max_messages: Option<usize>,
     pub queue_max_bytes: Option<usize>,
     pub queue_overflow: Option<OverflowPolicy>,
+    pub queue_total_max_bytes: Option<usize>,
     pub instance_id: Option<String>,
     pub hop_property: Option<String>,
     pub max_hops: Option<u32>,
@@ -192,6 +196,9 @@ pub struct RunArgs {
     /// Per-broker queue cap in bytes [default: 67108864]
     #[arg(long, env = "MQTT_PROXY_QUEUE_MAX_BYTES")]
     pub queue_max_bytes: Option<usize>,
+    /// Cap on the bytes all queues together hold [default: 536870912]
+    #[arg(long, env = "MQTT_PROXY_QUEUE_TOTAL_MAX_BYTES")]
+    pub queue_total_max_bytes: Option<usize>,
     /// Seconds a closing upstream may spend delivering what it holds [default: 5]
     #[arg(long, env = "MQTT_PROXY_DRAIN_TIMEOUT_SECS")]
     pub drain_timeout_secs: Option<u64>,
@@ -250,6 +257,7 @@ impl Config {
         if let Some(s) = file.connect_timeout_secs {
             c.session.connect_timeout = Duration::from_secs(s);
         }
+        layer!(c.queue_total_max_bytes, queue_total_max_bytes);
         layer!(c.mirror.instance_id, instance_id);
         layer!(c.mirror.hop_property, hop_property);
         layer!(c.mirror.max_hops, max_hops);

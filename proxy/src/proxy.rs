@@ -33,7 +33,7 @@ impl BrokerControl {
     /// without touching the running one. Building has no side effects: nothing connects.
     pub fn prepare(&self, brokers: &[BrokerConfig]) -> Result<BrokerSet, BuildError> {
         let current = self.tx.borrow().clone();
-        BrokerSet::build(brokers, self.defaults, Some(&current))
+        BrokerSet::build(brokers, self.defaults.clone(), Some(&current))
     }
 
     /// Puts a prepared set in force. Build it from the current set just before (the API
@@ -69,8 +69,9 @@ impl ProxyHandle {
     ) -> Result<ProxyHandle, StartError> {
         let defaults = Defaults {
             queue: config.queue,
+            budget: Arc::new(crate::queue::Budget::new(config.queue_total_max_bytes)),
         };
-        let set = BrokerSet::build(brokers, defaults, None)?;
+        let set = BrokerSet::build(brokers, defaults.clone(), None)?;
         let (brokers_tx, brokers_rx) = watch::channel(Arc::new(set));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let listener = TcpListener::bind(config.mqtt_listen)

@@ -6,7 +6,7 @@
 //! pointer moves and never across an `.await`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus::IntGauge;
@@ -15,6 +15,30 @@ use tokio::sync::Notify;
 use crate::broker::OverflowPolicy;
 use crate::codec::Message;
 use crate::spool::{Spool, SpoolRef};
+
+/// The bytes all queues of one proxy may hold together (`--queue-total-max-bytes`): a queue
+/// that would push the total over it applies its own overflow policy.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicI64,
+    limit: usize,
+}
+
+impl Budget {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            used: AtomicI64::new(0),
+            limit,
+        }
+    }
+    /// Bytes currently held by all queues.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed).max(0) as usize
+    }
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
 
 /// Limits of one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +171,7 @@ pub struct QueueCounters {
     pub messages: IntGauge,
     pub bytes: IntGauge,
     pub stats: Arc<crate::brokerset::BrokerStats>,
+    pub budget: Arc<Budget>,
 }
 
 /// Result of [`UpstreamQueue::push`].
@@ -223,6 +248,7 @@ impl UpstreamQueue {
 
     fn account(&self, messages: i64, bytes: i64) {
         if let Some(c) = &self.gauges {
+            c.budget.used.fetch_add(bytes, Ordering::Relaxed);
             c.messages.add(messages);
             c.bytes.add(bytes);
             c.stats
@@ -253,10 +279,23 @@ impl UpstreamQueue {
                 item.finish();
                 return Pushed::Rejected;
             }
-            let full = |q: &Inner| {
-                q.items.len() >= limits.max_messages || q.bytes + weight > limits.max_bytes
+            // The proxy-wide budget: every queue of every session together.
+            let (total, budget) = match &self.gauges {
+                Some(c) => (c.budget.used(), c.budget.limit),
+                None => (0, usize::MAX),
             };
-            if full(&q) && limits.overflow == OverflowPolicy::DropNewest {
+            if total + weight > budget.saturating_add(q.bytes) {
+                // Even emptying this queue would not make room: refuse rather than evict.
+                drop(q);
+                item.finish();
+                return Pushed::Rejected;
+            }
+            let full = |q: &Inner, freed: usize| {
+                q.items.len() >= limits.max_messages
+                    || q.bytes + weight > limits.max_bytes
+                    || total.saturating_sub(freed) + weight > budget
+            };
+            if full(&q, 0) && limits.overflow == OverflowPolicy::DropNewest {
                 drop(q);
                 item.finish();
                 return Pushed::Rejected;
@@ -266,10 +305,12 @@ impl UpstreamQueue {
                     item.done.spool = sp.append(&item.msg);
                 }
             }
-            while full(&q) {
+            let mut freed = 0;
+            while full(&q, freed) {
                 match q.items.pop_front() {
                     Some(old) => {
                         q.bytes -= old.msg.weight();
+                        freed += old.msg.weight();
                         evicted.push(old);
                     }
                     None => break,
@@ -411,6 +452,34 @@ mod tests {
         assert!(q.bytes() <= w * 2);
         assert_eq!(payloads(&q), vec![3, 4]);
         assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn the_shared_budget_caps_all_queues_together() {
+        let w = item(0).msg.weight();
+        let budget = Arc::new(Budget::new(w * 3));
+        let counters = || {
+            Some(QueueCounters {
+                messages: IntGauge::new("m", "m").expect("gauge"),
+                bytes: IntGauge::new("b", "b").expect("gauge"),
+                stats: Arc::default(),
+                budget: budget.clone(),
+            })
+        };
+        let a = UpstreamQueue::with_gauges(QueueLimits::default(), counters());
+        let b = UpstreamQueue::with_gauges(QueueLimits::default(), counters());
+        a.push(item(0));
+        a.push(item(1));
+        b.push(item(2));
+        assert_eq!(budget.used(), w * 3);
+        // B is over the shared budget: it evicts its own oldest, never A's messages.
+        assert_eq!(b.push(item(3)), Pushed::Evicted(1));
+        assert_eq!(a.len(), 2);
+        // A queue holding nothing cannot make room: it refuses.
+        let c = UpstreamQueue::with_gauges(QueueLimits::default(), counters());
+        assert_eq!(c.push(item(4)), Pushed::Rejected);
+        assert_eq!(payloads(&b), vec![3]);
+        assert_eq!(budget.used(), w * 2);
     }
 
     #[test]

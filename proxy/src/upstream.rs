@@ -88,6 +88,7 @@ impl UpstreamHandle {
             messages: broker.metrics.queue_messages.clone(),
             bytes: broker.metrics.queue_bytes.clone(),
             stats: broker.stats.clone(),
+            budget: broker.budget.clone(),
         });
         let queue = Arc::new(UpstreamQueue::with_gauges(broker.limits, gauges));
         let (ctl_tx, ctl_rx) = mpsc::channel(64);
