@@ -25,6 +25,7 @@ mod volume;
 use std::time::Duration;
 
 use mqtt_proxy::broker::{BrokerConfig, MqttVersion};
+use mqtt_proxy::ProxyHandle;
 use mqtt_proxy_tests::bidi::{bidi_broker, loop_suppressed, start_proxy, Device, Proto};
 use mqtt_proxy_tests::{mosquitto_pub, wait_until, Mosquitto, Subscriber};
 
@@ -46,6 +47,29 @@ async fn start_brokers(n: usize) -> Vec<Mosquitto> {
     }
     brokers.sort_by_key(|(i, _)| *i);
     brokers.into_iter().map(|(_, b)| b).collect()
+}
+
+/// `n` brokers, each configured as bidirectional broker `name` of `version`,
+/// behind a freshly started proxy.
+async fn start_bidi(
+    n: usize,
+    name: &str,
+    version: MqttVersion,
+) -> (Vec<Mosquitto>, Vec<BrokerConfig>, ProxyHandle) {
+    let brokers = start_brokers(n).await;
+    let configs: Vec<_> = brokers
+        .iter()
+        .map(|b| bidi_broker(name, b, version))
+        .collect();
+    let proxy = start_proxy(&configs).await.expect("proxy");
+    (brokers, configs, proxy)
+}
+
+/// A device of `proto` connected to the proxy.
+async fn connect_device(proxy: &ProxyHandle, proto: Proto) -> Device {
+    Device::connect(proxy.mqtt_addr(), proto)
+        .await
+        .expect("device")
 }
 
 /// `mosquitto_pub` off the runtime's worker threads (the proxy runs on them).
@@ -104,9 +128,7 @@ async fn own_publish_comes_back_once_per_publish(versions: [MqttVersion; 3], pro
         .map(|(b, v)| bidi_broker("own", b, v))
         .collect();
     let proxy = start_proxy(&configs).await.expect("proxy");
-    let device = Device::connect(proxy.mqtt_addr(), proto)
-        .await
-        .expect("device");
+    let device = connect_device(&proxy, proto).await;
     assert_eq!(device.subscribe("t", 1).await.expect("SUBACK"), 1);
 
     for _ in 0..3 {
@@ -214,9 +236,7 @@ async fn broker_message_reaches_device_once(version: MqttVersion) {
         .map(|b| bidi_broker("inbound", b, version))
         .collect();
     let proxy = start_proxy(&configs).await.expect("proxy");
-    let device = Device::connect(proxy.mqtt_addr(), Proto::V4)
-        .await
-        .expect("device");
+    let device = connect_device(&proxy, Proto::V4).await;
     assert_eq!(device.subscribe("cmd/#", 1).await.expect("SUBACK"), 1);
 
     let b = &brokers[1];
@@ -262,15 +282,8 @@ async fn broker_message_reaches_device_once_v5() {
 /// A and once on B, and another client's copy of what the device itself sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legitimate_repeats_are_delivered() {
-    let brokers = start_brokers(3).await;
-    let configs: Vec<_> = brokers
-        .iter()
-        .map(|b| bidi_broker("repeat", b, MqttVersion::V311))
-        .collect();
-    let proxy = start_proxy(&configs).await.expect("proxy");
-    let device = Device::connect(proxy.mqtt_addr(), Proto::V4)
-        .await
-        .expect("device");
+    let (brokers, _, proxy) = start_bidi(3, "repeat", MqttVersion::V311).await;
+    let device = connect_device(&proxy, Proto::V4).await;
     assert_eq!(device.subscribe("cmd/#", 1).await.expect("SUBACK"), 1);
     let (a, b) = (brokers[0].port(), brokers[1].port());
 
@@ -318,9 +331,7 @@ async fn no_local_device_never_sees_its_own_publish() {
         .map(|(b, v)| bidi_broker("nolocal", b, v))
         .collect();
     let proxy = start_proxy(&configs).await.expect("proxy");
-    let device = Device::connect(proxy.mqtt_addr(), Proto::V5)
-        .await
-        .expect("device");
+    let device = connect_device(&proxy, Proto::V5).await;
     assert_eq!(device.subscribe_no_local("t", 1).await.expect("SUBACK"), 1);
     device.publish("t", "mine", 1).await.expect("publish");
     device.publish("t", "mine", 1).await.expect("publish");
@@ -352,15 +363,8 @@ async fn no_local_device_never_sees_its_own_publish() {
 /// a later subscription must still deliver it once, as one broker would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_message_is_delivered_once_on_subscribe() {
-    let brokers = start_brokers(3).await;
-    let configs: Vec<_> = brokers
-        .iter()
-        .map(|b| bidi_broker("retained", b, MqttVersion::V311))
-        .collect();
-    let proxy = start_proxy(&configs).await.expect("proxy");
-    let publisher = Device::connect(proxy.mqtt_addr(), Proto::V4)
-        .await
-        .expect("device");
+    let (brokers, _, proxy) = start_bidi(3, "retained", MqttVersion::V311).await;
+    let publisher = connect_device(&proxy, Proto::V4).await;
     publisher
         .publish_with("status/d", "online", 1, true)
         .await
@@ -378,9 +382,7 @@ async fn retained_message_is_delivered_once_on_subscribe() {
         );
     }
 
-    let device = Device::connect(proxy.mqtt_addr(), Proto::V4)
-        .await
-        .expect("device");
+    let device = connect_device(&proxy, Proto::V4).await;
     assert_eq!(device.subscribe("status/#", 1).await.expect("SUBACK"), 1);
     for (i, b) in brokers.iter().enumerate() {
         cli_pub(b.port(), "status/control", &format!("control-{i}"), 1).await;

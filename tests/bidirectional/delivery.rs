@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use mqtt_proxy::broker::MqttVersion;
-use mqtt_proxy_tests::bidi::{bidi_broker, start_proxy, wait_subscribed, Device, Proto};
+use mqtt_proxy_tests::bidi::{bidi_broker, start_proxy, wait_subscribed, Proto};
 use mqtt_proxy_tests::{wait_until, Publisher, Subscriber};
 
-use super::{cli_pub, start_brokers, QUIET, WAIT};
+use super::{cli_pub, connect_device, start_brokers, QUIET, WAIT};
 
 // ---------------------------------------------------------------------------
 // 4. QoS handshakes towards the device
@@ -21,14 +21,10 @@ async fn qos_1_and_2_reach_the_device(proto: Proto, version: MqttVersion) {
         .map(|b| bidi_broker("qos", b, version))
         .collect();
     let proxy = start_proxy(&configs).await.expect("proxy");
-    let device = Device::connect(proxy.mqtt_addr(), proto)
-        .await
-        .expect("device");
+    let device = connect_device(&proxy, proto).await;
     assert_eq!(device.subscribe("cmd/#", 2).await.expect("SUBACK"), 2);
     // A second device subscribed at QoS 1 gets QoS 2 messages at QoS 1.
-    let capped = Device::connect(proxy.mqtt_addr(), proto)
-        .await
-        .expect("device");
+    let capped = connect_device(&proxy, proto).await;
     assert_eq!(capped.subscribe("cmd/#", 1).await.expect("SUBACK"), 1);
 
     let publisher = Publisher::connect(brokers[1].port())
@@ -120,9 +116,7 @@ async fn topic_prefix_is_added_upstream_and_stripped_for_the_device() {
     prefixed.topic_prefix = Some("site1/".into());
     let configs = [bidi_broker("prefix-a", a, MqttVersion::V311), prefixed];
     let proxy = start_proxy(&configs).await.expect("proxy");
-    let device = Device::connect(proxy.mqtt_addr(), Proto::V4)
-        .await
-        .expect("device");
+    let device = connect_device(&proxy, Proto::V4).await;
     assert_eq!(device.subscribe("cmd/#", 1).await.expect("SUBACK"), 1);
     wait_subscribed(b, "site1/cmd/#", 1, WAIT)
         .await
@@ -201,9 +195,7 @@ async fn subscription_topics_limit_what_a_broker_serves() {
     let proxy = start_proxy(&[config]).await.expect("proxy");
 
     // `#` contains `cmd/#`: the proxy subscribes to `cmd/#` only.
-    let everything = Device::connect(proxy.mqtt_addr(), Proto::V4)
-        .await
-        .expect("device");
+    let everything = connect_device(&proxy, Proto::V4).await;
     assert_eq!(everything.subscribe("#", 1).await.expect("SUBACK"), 1);
     wait_subscribed(b, "cmd/#", 1, WAIT)
         .await
@@ -214,9 +206,7 @@ async fn subscription_topics_limit_what_a_broker_serves() {
         "never subscribed to # upstream"
     );
     // `+/x` only overlaps `cmd/#`: the proxy subscribes to `+/x` and filters.
-    let overlapping = Device::connect(proxy.mqtt_addr(), Proto::V4)
-        .await
-        .expect("device");
+    let overlapping = connect_device(&proxy, Proto::V4).await;
     assert_eq!(overlapping.subscribe("+/x", 1).await.expect("SUBACK"), 1);
 
     let publisher = Publisher::connect(b.port()).await.expect("publisher");

@@ -15,7 +15,7 @@ use mqtt_proxy_tests::bidi::{
 };
 use mqtt_proxy_tests::{Mosquitto, Subscriber};
 
-use super::{cli_pub, payloads, start_brokers, QUIET, WAIT};
+use super::{cli_pub, connect_device, payloads, start_brokers, QUIET, WAIT};
 
 /// mosquitto's line when a second connection takes over a client id.
 const TAKEOVER: &str = "already connected, closing old connection";
@@ -85,9 +85,7 @@ async fn mirror_forwards_to_the_other_brokers_once_with_or_without_a_device() {
 
     // A device subscribed to the same topics: it gets the message once, and
     // A and C still get one copy (per proxy, not per device).
-    let device = Device::connect(proxy.mqtt_addr(), Proto::V4)
-        .await
-        .expect("device");
+    let device = connect_device(&proxy, Proto::V4).await;
     assert_eq!(device.subscribe("cmd/#", 1).await.expect("SUBACK"), 1);
     cli_pub(b.port(), "cmd/y", "with-device", 1).await;
     cli_pub(b.port(), "cmd/control", "control-2", 1).await;

@@ -8,7 +8,10 @@ use mqtt_proxy::broker::MqttVersion;
 use mqtt_proxy_tests::bidi::{bidi_broker, start_proxy, wait_subscribed, Device, Proto};
 use mqtt_proxy_tests::{wait_until, Publisher};
 
-use super::{cli_pub, sessions_connected, start_brokers, wait_upstreams_connected, QUIET, WAIT};
+use super::{
+    cli_pub, connect_device, sessions_connected, start_bidi, start_brokers,
+    wait_upstreams_connected, QUIET, WAIT,
+};
 
 // ---------------------------------------------------------------------------
 // 7. SUBACK with a broker down
@@ -16,15 +19,8 @@ use super::{cli_pub, sessions_connected, start_brokers, wait_upstreams_connected
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suback_arrives_with_a_killed_broker_and_the_subscription_follows_its_restart() {
-    let mut brokers = start_brokers(2).await;
-    let configs: Vec<_> = brokers
-        .iter()
-        .map(|b| bidi_broker("killed", b, MqttVersion::V311))
-        .collect();
-    let proxy = start_proxy(&configs).await.expect("proxy");
-    let device = Device::connect(proxy.mqtt_addr(), Proto::V4)
-        .await
-        .expect("device");
+    let (mut brokers, configs, proxy) = start_bidi(2, "killed", MqttVersion::V311).await;
+    let device = connect_device(&proxy, Proto::V4).await;
     wait_upstreams_connected(&proxy, 2).await;
 
     brokers[1].kill().expect("kill B");
@@ -60,15 +56,8 @@ async fn suback_arrives_with_a_killed_broker_and_the_subscription_follows_its_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suback_arrives_with_a_paused_broker() {
-    let brokers = start_brokers(2).await;
-    let configs: Vec<_> = brokers
-        .iter()
-        .map(|b| bidi_broker("paused", b, MqttVersion::V311))
-        .collect();
-    let proxy = start_proxy(&configs).await.expect("proxy");
-    let device = Device::connect(proxy.mqtt_addr(), Proto::V4)
-        .await
-        .expect("device");
+    let (brokers, _, proxy) = start_bidi(2, "paused", MqttVersion::V311).await;
+    let device = connect_device(&proxy, Proto::V4).await;
     wait_upstreams_connected(&proxy, 2).await;
 
     brokers[1].pause().expect("pause B");
@@ -92,15 +81,8 @@ async fn suback_arrives_with_a_paused_broker() {
 /// from the healthy broker keep flowing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_suback_does_not_stall_the_device() {
-    let brokers = start_brokers(2).await;
-    let configs: Vec<_> = brokers
-        .iter()
-        .map(|b| bidi_broker("stall", b, MqttVersion::V311))
-        .collect();
-    let proxy = start_proxy(&configs).await.expect("proxy");
-    let device = Device::connect(proxy.mqtt_addr(), Proto::V4)
-        .await
-        .expect("device");
+    let (brokers, _, proxy) = start_bidi(2, "stall", MqttVersion::V311).await;
+    let device = connect_device(&proxy, Proto::V4).await;
     assert_eq!(device.subscribe("cmd/#", 1).await.expect("SUBACK"), 1);
 
     brokers[1].pause().expect("pause B");
@@ -135,9 +117,7 @@ async fn after_unsubscribe_nothing_more_arrives() {
         bidi_broker("unsub-b", &brokers[1], MqttVersion::V5),
     ];
     let proxy = start_proxy(&configs).await.expect("proxy");
-    let device = Device::connect(proxy.mqtt_addr(), Proto::V4)
-        .await
-        .expect("device");
+    let device = connect_device(&proxy, Proto::V4).await;
     assert_eq!(device.subscribe("cmd/#", 1).await.expect("SUBACK"), 1);
     assert_eq!(device.subscribe("ctl/#", 1).await.expect("SUBACK"), 1);
     for (i, b) in brokers.iter().enumerate() {
@@ -187,9 +167,7 @@ async fn unsubscribe_keeps_an_upstream_filter_another_subscription_needs() {
     let mut config = bidi_broker("shared-filter", b, MqttVersion::V311);
     config.subscription_topics = vec!["cmd/#".into()];
     let proxy = start_proxy(&[config]).await.expect("proxy");
-    let device = Device::connect(proxy.mqtt_addr(), Proto::V4)
-        .await
-        .expect("device");
+    let device = connect_device(&proxy, Proto::V4).await;
     assert_eq!(device.subscribe("#", 1).await.expect("SUBACK"), 1);
     assert_eq!(device.subscribe("cmd/#", 1).await.expect("SUBACK"), 1);
     device.unsubscribe("#").await.expect("UNSUBACK");
@@ -207,12 +185,7 @@ async fn unsubscribe_keeps_an_upstream_filter_another_subscription_needs() {
 /// PINGREQ while its SUBACK waits for a hung broker, and must get PINGRESP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_suback_does_not_cost_a_short_keepalive_device_its_connection() {
-    let brokers = start_brokers(2).await;
-    let configs: Vec<_> = brokers
-        .iter()
-        .map(|b| bidi_broker("stall-ka", b, MqttVersion::V311))
-        .collect();
-    let proxy = start_proxy(&configs).await.expect("proxy");
+    let (brokers, _, proxy) = start_bidi(2, "stall-ka", MqttVersion::V311).await;
     let device =
         Device::connect_with_keep_alive(proxy.mqtt_addr(), Proto::V4, Duration::from_secs(3))
             .await

@@ -4,10 +4,13 @@
 use std::time::{Duration, Instant};
 
 use mqtt_proxy::broker::MqttVersion;
-use mqtt_proxy_tests::bidi::{bidi_broker, loop_suppressed, start_proxy, Device, Proto};
+use mqtt_proxy_tests::bidi::{bidi_broker, loop_suppressed, start_proxy, Proto};
 use mqtt_proxy_tests::{wait_until, Subscriber};
 
-use super::{cli_pub, sessions_connected, start_brokers, wait_upstreams_connected, QUIET, WAIT};
+use super::{
+    cli_pub, connect_device, sessions_connected, start_brokers, wait_upstreams_connected, QUIET,
+    WAIT,
+};
 
 // ---------------------------------------------------------------------------
 // 10. A long run through the echo table
@@ -29,9 +32,7 @@ async fn twenty_thousand_distinct_messages_loop_back_exactly_once() {
     let proxy = start_proxy(std::slice::from_ref(&config))
         .await
         .expect("proxy");
-    let device = Device::connect(proxy.mqtt_addr(), Proto::V4)
-        .await
-        .expect("device");
+    let device = connect_device(&proxy, Proto::V4).await;
     assert_eq!(device.subscribe("load/#", 0).await.expect("SUBACK"), 0);
 
     let started = Instant::now();
@@ -83,9 +84,7 @@ async fn echoes_of_a_backlog_flushed_after_an_outage_are_suppressed() {
     let proxy = start_proxy(std::slice::from_ref(&config))
         .await
         .expect("proxy");
-    let device = Device::connect(proxy.mqtt_addr(), Proto::V4)
-        .await
-        .expect("device");
+    let device = connect_device(&proxy, Proto::V4).await;
     assert_eq!(device.subscribe("load/#", 0).await.expect("SUBACK"), 0);
     wait_upstreams_connected(&proxy, 1).await;
 

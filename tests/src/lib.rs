@@ -17,6 +17,7 @@
 
 pub mod bidi;
 mod cli;
+pub mod client_core;
 mod mosquitto;
 pub mod proxy;
 mod publisher;
@@ -38,9 +39,9 @@ use rumqttc::QoS;
 pub use cli::mosquitto_pub;
 pub use mosquitto::{Mosquitto, MosquittoBuilder};
 pub use proxy::{ProxyRig, TestProxy};
-pub use publisher::{Publisher, PublisherBuilder};
+pub use publisher::{MqttPublisher, Publisher, PublisherBuilder};
 pub use publisher_v5::PublisherV5;
-pub use subscriber::{Received, Subscriber, SubscriberV5};
+pub use subscriber::{MqttSubscriber, Received, Subscriber, SubscriberV5};
 
 /// How often bounded waits re-check their condition.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);

@@ -6,21 +6,21 @@
 //! the event loop: every QoS 1/2 publish expects one PUBACK or PUBCOMP, and
 //! [`Publisher::wait_acked`] waits until the two counts meet.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet};
-use tokio::sync::oneshot;
+use rumqttc::{AsyncClient, LastWill, MqttOptions};
 use tokio::task::JoinHandle;
 
+use crate::client_core::{
+    disconnect_and_join, spawn_event_loop, AckCounter, LastError, Step, Version, V4,
+};
 use crate::subscriber::MAX_PACKET_SIZE;
-use crate::{to_qos, unique_client_id, wait_until, within, CONNECT_TIMEOUT};
+use crate::{to_qos, unique_client_id, CONNECT_TIMEOUT};
 
-const RECONNECT_DELAY: Duration = Duration::from_millis(50);
-const REQUEST_CAPACITY: usize = 1024;
+pub(crate) const REQUEST_CAPACITY: usize = 1024;
 
 /// Options for a [`Publisher`]; defaults: unique client id, clean session,
 /// 60 s keepalive, no will, anonymous.
@@ -89,77 +89,123 @@ impl PublisherBuilder {
             options.set_credentials(username, password);
         }
 
-        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-        let state = Arc::new(AckState::default());
-        let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
-        let task = tokio::spawn({
-            let state = Arc::clone(&state);
-            async move {
-                let mut ready_tx = Some(ready_tx);
-                loop {
-                    match eventloop.poll().await {
-                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                            if let Some(tx) = ready_tx.take() {
-                                let _ = tx.send(Ok(()));
-                            }
-                        }
-                        Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => {
-                            state.acked.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
-                        Ok(_) => {}
-                        Err(e) => {
-                            *state
-                                .last_error
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
-                            if let Some(tx) = ready_tx.take() {
-                                let _ = tx.send(Err(anyhow!("connecting publisher: {e}")));
-                                return;
-                            }
-                            tokio::time::sleep(RECONNECT_DELAY).await;
-                        }
-                    }
-                }
-            }
-        });
+        let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+        Publisher::start(client, eventloop, client_id).await
+    }
+}
 
-        let ready = within(CONNECT_TIMEOUT, "publisher CONNACK", async {
-            ready_rx
-                .await
-                .map_err(|_| anyhow!("publisher task ended"))?
+/// What the event loop task shares with the publisher.
+#[derive(Debug, Default)]
+struct PubState {
+    acks: AckCounter,
+    last_error: LastError,
+}
+
+/// A connected publisher of MQTT [`Version`] `V` (see [`Publisher`] and
+/// [`crate::PublisherV5`]); its event loop task is aborted when dropped.
+pub struct MqttPublisher<V: Version> {
+    client: V::Client,
+    client_id: String,
+    state: Arc<PubState>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// A connected MQTT 3.1.1 publisher.
+pub type Publisher = MqttPublisher<V4>;
+
+impl<V: Version> MqttPublisher<V> {
+    /// Drives `eventloop` and returns after its first CONNACK.
+    pub(crate) async fn start(
+        client: V::Client,
+        eventloop: V::EventLoop,
+        client_id: String,
+    ) -> Result<Self> {
+        let state = Arc::new(PubState::default());
+        let task = spawn_event_loop::<V>(
+            eventloop,
+            "publisher",
+            "CONNACK",
+            {
+                let state = Arc::clone(&state);
+                move |e| state.last_error.set(e)
+            },
+            {
+                let state = Arc::clone(&state);
+                move |step, first| match step {
+                    Step::ConnAck => first.send(Ok(())),
+                    Step::Acked => state.acks.ack(),
+                    _ => {}
+                }
+            },
+        )
+        .await?;
+        Ok(Self {
+            client,
+            client_id,
+            state,
+            task: Some(task),
         })
-        .await;
-        match ready {
-            Ok(()) => Ok(Publisher {
-                client,
-                client_id,
-                state,
-                task: Some(task),
-            }),
-            Err(e) => {
-                task.abort();
-                Err(e)
-            }
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// Queues a publish; QoS 1/2 completion is observed by [`Self::wait_acked`].
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: u8,
+        retain: bool,
+    ) -> Result<()> {
+        let what = format!("queueing {}publish", V::TAG);
+        self.state
+            .acks
+            .queue(qos, &what, async {
+                V::publish(&self.client, topic, qos, retain, payload.into())
+                    .await
+                    .with_context(|| format!("{}publisher event loop is gone", V::TAG))
+            })
+            .await
+    }
+
+    /// QoS 1/2 publishes not yet acknowledged by the broker.
+    pub fn unacked(&self) -> usize {
+        self.state.acks.unacked()
+    }
+
+    /// Waits until every QoS 1/2 publish so far got its PUBACK/PUBCOMP.
+    pub async fn wait_acked(&self, timeout: Duration) -> Result<()> {
+        self.state
+            .acks
+            .wait_acked(timeout, || self.state.last_error.get())
+            .await
+    }
+
+    /// Sends DISCONNECT (the broker discards the will) and stops the loop.
+    pub async fn disconnect(mut self) -> Result<()> {
+        disconnect_and_join::<V>(&self.client, self.task.take(), "publisher").await
+    }
+
+    /// Closes the TCP socket without DISCONNECT, like a device losing power
+    /// or network: the broker then publishes the will. Returns once the
+    /// event loop (and with it the socket) is dropped.
+    pub async fn drop_abruptly(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            // Awaiting a cancelled task returns after its future was dropped.
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, task).await;
         }
     }
 }
 
-#[derive(Debug, Default)]
-struct AckState {
-    /// QoS 1/2 publishes handed to the event loop.
-    expected: AtomicUsize,
-    /// PUBACKs + PUBCOMPs received.
-    acked: AtomicUsize,
-    last_error: Mutex<Option<String>>,
-}
-
-/// A connected publisher; its event loop task is aborted when dropped.
-pub struct Publisher {
-    client: AsyncClient,
-    client_id: String,
-    state: Arc<AckState>,
-    task: Option<JoinHandle<()>>,
+impl<V: Version> Drop for MqttPublisher<V> {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
 }
 
 impl Publisher {
@@ -177,96 +223,5 @@ impl Publisher {
     /// Default options (see [`PublisherBuilder`]).
     pub async fn connect(port: u16) -> Result<Self> {
         Self::builder(port).connect().await
-    }
-
-    pub fn client_id(&self) -> &str {
-        &self.client_id
-    }
-
-    /// Queues a publish; QoS 1/2 completion is observed by [`Self::wait_acked`].
-    pub async fn publish(
-        &self,
-        topic: &str,
-        payload: impl Into<Bytes>,
-        qos: u8,
-        retain: bool,
-    ) -> Result<()> {
-        let qos_level = to_qos(qos)?;
-        if qos > 0 {
-            self.state.expected.fetch_add(1, Ordering::SeqCst);
-        }
-        let queued = within(CONNECT_TIMEOUT, "queueing publish", async {
-            self.client
-                .publish_bytes(topic, qos_level, retain, payload.into())
-                .await
-                .context("publisher event loop is gone")
-        })
-        .await;
-        if queued.is_err() && qos > 0 {
-            self.state.expected.fetch_sub(1, Ordering::SeqCst);
-        }
-        queued
-    }
-
-    /// QoS 1/2 publishes not yet acknowledged by the broker.
-    pub fn unacked(&self) -> usize {
-        let expected = self.state.expected.load(Ordering::SeqCst);
-        expected.saturating_sub(self.state.acked.load(Ordering::SeqCst))
-    }
-
-    /// Waits until every QoS 1/2 publish so far got its PUBACK/PUBCOMP.
-    pub async fn wait_acked(&self, timeout: Duration) -> Result<()> {
-        if wait_until(timeout, || self.unacked() == 0).await {
-            return Ok(());
-        }
-        let last_error = self
-            .state
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        bail!(
-            "{} of {} QoS 1/2 publishes unacked after {timeout:?}; last error: {last_error:?}",
-            self.unacked(),
-            self.state.expected.load(Ordering::SeqCst)
-        )
-    }
-
-    /// Sends DISCONNECT (the broker discards the will) and stops the loop.
-    pub async fn disconnect(mut self) -> Result<()> {
-        within(CONNECT_TIMEOUT, "queueing DISCONNECT", async {
-            self.client
-                .disconnect()
-                .await
-                .context("publisher event loop is gone")
-        })
-        .await?;
-        let task = self
-            .task
-            .take()
-            .ok_or_else(|| anyhow!("publisher already stopped"))?;
-        within(CONNECT_TIMEOUT, "flushing DISCONNECT", async {
-            task.await.context("publisher task")
-        })
-        .await
-    }
-
-    /// Closes the TCP socket without DISCONNECT, like a device losing power
-    /// or network: the broker then publishes the will. Returns once the
-    /// event loop (and with it the socket) is dropped.
-    pub async fn drop_abruptly(mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            // Awaiting a cancelled task returns after its future was dropped.
-            let _ = tokio::time::timeout(CONNECT_TIMEOUT, task).await;
-        }
-    }
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
     }
 }

@@ -18,6 +18,7 @@ use rumqttc::{Event, MqttOptions, Outgoing, Packet, SubscribeReasonCode};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::client_core::{from_qos5, to_qos5, AckCounter, Version, V4, V5};
 use crate::subscriber::MAX_PACKET_SIZE;
 use crate::{from_qos, to_qos, unique_client_id, wait_until, within, CONNECT_TIMEOUT};
 
@@ -60,8 +61,7 @@ struct DeviceState {
     /// PUBACK/PUBREC/PUBCOMP the device sent for deliveries.
     acks_sent: AtomicUsize,
     /// QoS 1/2 publishes handed to the event loop, and their PUBACK/PUBCOMPs.
-    publishes_expected: AtomicUsize,
-    publishes_acked: AtomicUsize,
+    publishes: AckCounter,
     error: Mutex<Option<String>>,
 }
 
@@ -175,7 +175,7 @@ impl Device {
         let Client::V5(c) = &self.client else {
             bail!("No Local is an MQTT 5 option");
         };
-        let mut f = rumqttc::v5::mqttbytes::v5::Filter::new(filter, to_qos5(to_qos(qos)?));
+        let mut f = rumqttc::v5::mqttbytes::v5::Filter::new(filter, to_qos5(qos)?);
         f.nolocal = true;
         let before = self.subacks().len();
         c.subscribe_many([f]).await?;
@@ -191,10 +191,9 @@ impl Device {
 
     /// Sends SUBSCRIBE without waiting for the SUBACK (see [`Self::subacks`]).
     pub async fn send_subscribe(&self, filter: &str, qos: u8) -> Result<()> {
-        let qos = to_qos(qos)?;
         match &self.client {
-            Client::V4(c) => c.subscribe(filter, qos).await?,
-            Client::V5(c) => c.subscribe(filter, to_qos5(qos)).await?,
+            Client::V4(c) => c.subscribe(filter, to_qos(qos)?).await?,
+            Client::V5(c) => c.subscribe(filter, to_qos5(qos)?).await?,
         }
         Ok(())
     }
@@ -250,44 +249,24 @@ impl Device {
         qos: u8,
         retain: bool,
     ) -> Result<()> {
-        let level = to_qos(qos)?;
         let payload = payload.into();
-        if qos > 0 {
-            self.state.publishes_expected.fetch_add(1, Ordering::SeqCst);
-        }
-        let queued = within(CONNECT_TIMEOUT, "queueing device publish", async {
-            match &self.client {
-                Client::V4(c) => c.publish_bytes(topic, level, retain, payload).await?,
-                Client::V5(c) => {
-                    c.publish_bytes(topic, to_qos5(level), retain, payload)
-                        .await?
+        self.state
+            .publishes
+            .queue(qos, "queueing device publish", async {
+                match &self.client {
+                    Client::V4(c) => V4::publish(c, topic, qos, retain, payload).await,
+                    Client::V5(c) => V5::publish(c, topic, qos, retain, payload).await,
                 }
-            }
-            Ok(())
-        })
-        .await;
-        if queued.is_err() && qos > 0 {
-            self.state.publishes_expected.fetch_sub(1, Ordering::SeqCst);
-        }
-        queued
+            })
+            .await
     }
 
     /// Waits until every QoS 1/2 publish of the device was acknowledged.
     pub async fn wait_acked(&self, timeout: Duration) -> Result<()> {
-        let unacked = || {
-            self.state
-                .publishes_expected
-                .load(Ordering::SeqCst)
-                .saturating_sub(self.state.publishes_acked.load(Ordering::SeqCst))
-        };
-        if wait_until(timeout, || unacked() == 0).await {
-            return Ok(());
-        }
-        bail!(
-            "{} device publishes unacked after {timeout:?}; device error: {:?}",
-            unacked(),
-            self.error()
-        )
+        self.state
+            .publishes
+            .wait_acked(timeout, || self.error())
+            .await
     }
 
     /// Everything received so far, in arrival order.
@@ -374,24 +353,6 @@ impl Drop for Device {
     }
 }
 
-fn to_qos5(qos: rumqttc::QoS) -> rumqttc::v5::mqttbytes::QoS {
-    use rumqttc::v5::mqttbytes::QoS as Q5;
-    match qos {
-        rumqttc::QoS::AtMostOnce => Q5::AtMostOnce,
-        rumqttc::QoS::AtLeastOnce => Q5::AtLeastOnce,
-        rumqttc::QoS::ExactlyOnce => Q5::ExactlyOnce,
-    }
-}
-
-fn from_qos5(qos: rumqttc::v5::mqttbytes::QoS) -> u8 {
-    use rumqttc::v5::mqttbytes::QoS as Q5;
-    match qos {
-        Q5::AtMostOnce => 0,
-        Q5::AtLeastOnce => 1,
-        Q5::ExactlyOnce => 2,
-    }
-}
-
 /// Counts the device's own acks for deliveries; `true` when the loop must stop.
 fn on_outgoing(state: &DeviceState, outgoing: &Outgoing) -> bool {
     match outgoing {
@@ -443,7 +404,7 @@ async fn drive_v4(
                     state.unsubacks.fetch_add(1, Ordering::SeqCst);
                 }
                 Packet::PubAck(_) | Packet::PubComp(_) => {
-                    state.publishes_acked.fetch_add(1, Ordering::SeqCst);
+                    state.publishes.ack();
                 }
                 Packet::PubRel(_) => {
                     state.pubrels.fetch_add(1, Ordering::SeqCst);
@@ -511,7 +472,7 @@ async fn drive_v5(
                     state.unsubacks.fetch_add(1, Ordering::SeqCst);
                 }
                 P5::PubAck(_) | P5::PubComp(_) => {
-                    state.publishes_acked.fetch_add(1, Ordering::SeqCst);
+                    state.publishes.ack();
                 }
                 P5::PubRel(_) => {
                     state.pubrels.fetch_add(1, Ordering::SeqCst);
