@@ -363,6 +363,13 @@ async fn readyz_answers_503_during_the_drain_as_the_binary_wires_it() -> Result<
     wait_upstreams(|| proxy.status(), &["drain-a"], 1, WAIT).await?;
     a.pause()?;
     device.publish("d/x", "1", 1, false).await?;
+    // The message must be in flight to the paused broker before the drain starts, or
+    // there is nothing to drain and shutdown is instant.
+    assert!(
+        mqtt_proxy_tests::wait_until(WAIT, || proxy.status().iter().any(|b| b.forwarded >= 1))
+            .await,
+        "the message never reached the upstream"
+    );
     let stopping = tokio::spawn(proxy.shutdown());
     let mut answers = Vec::new();
     while !stopping.is_finished() {
