@@ -27,7 +27,7 @@ use crate::codec::{Message, SubFilter};
 use crate::config::{MirrorOptions, SessionOptions};
 use crate::loopguard::{message_hash, LoopGuard};
 use crate::metrics::METRICS;
-use crate::queue::{Pushed, Queued};
+use crate::queue::Queued;
 use crate::session::wait_true;
 use crate::upstream::{FromBroker, UpstreamHandle, UpstreamParams};
 
@@ -281,9 +281,7 @@ fn forward(m: FromBroker, upstreams: &[UpstreamHandle], guard: &mut MirrorGuard)
     {
         guard.sent(&u.broker, &out, now);
         let item = Queued::new(out.clone(), u.broker.rule.qos(out.qos), None);
-        if !matches!(u.queue.push(item), Pushed::Accepted) {
-            u.broker.metrics.dropped_overflow.inc();
-        }
+        u.enqueue(item);
     }
 }
 

@@ -192,7 +192,7 @@ struct Inner {
 
 pub struct UpstreamQueue {
     inner: Mutex<Inner>,
-    limits: Mutex<QueueLimits>,
+    limits: QueueLimits,
     pub notify: Notify,
     depth: AtomicUsize,
     /// Per-broker totals across all device sessions (metrics gauges and live stats).
@@ -214,7 +214,7 @@ impl UpstreamQueue {
                 bytes: 0,
                 closed: false,
             }),
-            limits: Mutex::new(limits),
+            limits,
             notify: Notify::new(),
             depth: AtomicUsize::new(0),
             gauges,
@@ -258,16 +258,10 @@ impl UpstreamQueue {
         }
     }
 
-    pub fn set_limits(&self, limits: QueueLimits) {
-        if let Ok(mut l) = self.limits.lock() {
-            *l = limits;
-        }
-    }
-
     /// Adds a message, applying the overflow policy. Evicted or rejected messages are
     /// finished (their ack trackers resolved) by the caller's count, not silently.
     pub fn push(&self, mut item: Queued) -> Pushed {
-        let limits = self.limits.lock().map(|l| *l).unwrap_or_default();
+        let limits = self.limits;
         let weight = item.msg.weight();
         let mut evicted = Vec::new();
         let result = {
@@ -355,20 +349,6 @@ impl UpstreamQueue {
         }
         q.bytes -= bytes;
         self.account(-(n as i64), -(bytes as i64));
-        self.depth.store(q.items.len(), Ordering::Relaxed);
-    }
-
-    /// Puts messages back at the front, keeping their order (a write failed mid-batch).
-    pub fn unpop(&self, items: Vec<Queued>) {
-        let Ok(mut q) = self.inner.lock() else { return };
-        let n = items.len() as i64;
-        let mut bytes = 0;
-        for item in items.into_iter().rev() {
-            bytes += item.msg.weight();
-            q.items.push_front(item);
-        }
-        q.bytes += bytes;
-        self.account(n, bytes as i64);
         self.depth.store(q.items.len(), Ordering::Relaxed);
     }
 
@@ -480,18 +460,6 @@ mod tests {
         assert_eq!(c.push(item(4)), Pushed::Rejected);
         assert_eq!(payloads(&b), vec![3]);
         assert_eq!(budget.used(), w * 2);
-    }
-
-    #[test]
-    fn unpop_restores_order() {
-        let q = UpstreamQueue::new(QueueLimits::default());
-        for n in 0..4 {
-            q.push(item(n));
-        }
-        let mut batch = Vec::new();
-        q.pop_batch(2, &mut batch);
-        q.unpop(batch);
-        assert_eq!(payloads(&q), vec![0, 1, 2, 3]);
     }
 
     #[test]

@@ -20,9 +20,9 @@ use crate::brokerset::BrokerSet;
 use crate::codec::{self, CodecError, Connect, Packet, Protocol, SubFilter, SUBACK_FAILURE};
 use crate::config::{AckPolicy, SessionOptions};
 use crate::delivery::ToDevice;
-use crate::metrics::{RateLimit, METRICS};
+use crate::metrics::METRICS;
 use crate::qos::Inbound;
-use crate::queue::{AckSink, AckTracker, Pushed, Queued};
+use crate::queue::{AckSink, AckTracker, Queued};
 use crate::registry::Registry;
 use crate::router;
 use crate::upstream::{FromBroker, UpstreamHandle, UpstreamParams};
@@ -73,8 +73,6 @@ enum End {
     /// The proxy is shutting down: flush, no will.
     Shutdown,
 }
-
-static DROP_LOG: RateLimit = RateLimit::new();
 
 /// Serves one device connection to the end.
 pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -456,44 +454,19 @@ impl Session {
     /// acknowledgement is deferred until brokers confirm (ack policies `any` and `all`).
     fn fan_out(&mut self, pkid: u16, msg: codec::Message) -> bool {
         let topic = msg.topic_str();
-        let targets = self
-            .upstreams
-            .iter()
-            .filter(|u| u.broker.rule.accepts(topic))
-            .count();
-        let tracker = match (msg.qos, self.shared.opts.ack_policy, targets) {
-            (0, _, _) | (_, AckPolicy::Queued, _) | (_, _, 0) => None,
-            (_, AckPolicy::Any, _) => Some(AckTracker::new(pkid, 1, self.acks.clone())),
-            (_, AckPolicy::All, n) => Some(AckTracker::new(pkid, n, self.acks.clone())),
+        let accepts = |u: &&UpstreamHandle| u.broker.rule.accepts(topic);
+        // Routing runs once per target; counting targets is only needed for `all`.
+        let needed = match (msg.qos, self.shared.opts.ack_policy) {
+            (0, _) | (_, AckPolicy::Queued) => 0,
+            (_, AckPolicy::Any) => usize::from(self.upstreams.iter().any(|u| accepts(&u))),
+            (_, AckPolicy::All) => self.upstreams.iter().filter(accepts).count(),
         };
-        for u in self
-            .upstreams
-            .iter()
-            .filter(|u| u.broker.rule.accepts(topic))
-        {
+        let tracker = (needed > 0).then(|| AckTracker::new(pkid, needed, self.acks.clone()));
+        for u in self.upstreams.iter().filter(accepts) {
             let mut item = Queued::new(msg.clone(), u.broker.rule.qos(msg.qos), tracker.clone());
             item.echo =
                 !self.subs.is_empty() && ToDevice::expects_echo(&u.broker, topic, &self.subs);
-            let dropped = match u.queue.push(item) {
-                Pushed::Accepted => 0,
-                Pushed::Evicted(n) => n,
-                Pushed::Rejected => 1,
-            };
-            if dropped > 0 {
-                u.broker.metrics.dropped_overflow.inc_by(dropped as u64);
-                u.broker
-                    .stats
-                    .dropped
-                    .fetch_add(dropped as u64, std::sync::atomic::Ordering::Relaxed);
-                if let Some(held) = DROP_LOG.allow(10) {
-                    warn!(
-                        broker = u.broker.label(),
-                        queued = u.queue.len(),
-                        suppressed = held,
-                        "queue full: message dropped (mqtt_proxy_messages_dropped_total)"
-                    );
-                }
-            }
+            u.enqueue(item);
         }
         match tracker {
             Some(_) => {

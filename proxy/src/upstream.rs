@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -22,13 +23,15 @@ use crate::codec::{self, Connect, Message, Packet, Protocol, SubFilter, Will};
 use crate::loopguard::{message_hash, LoopGuard};
 use crate::metrics::{RateLimit, METRICS};
 use crate::qos::{Inbound, Outbound, Resend};
-use crate::queue::{Completion, Queued, UpstreamQueue};
+use crate::queue::{Completion, Pushed, Queued, UpstreamQueue};
 
 /// Messages written per batch (one `write` syscall for many packets).
 const BATCH: usize = 512;
 /// In-flight QoS 1/2 window towards a broker unless it announces a smaller one.
 const DEFAULT_INFLIGHT: u16 = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+static DROP_LOG: RateLimit = RateLimit::new();
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -116,6 +119,27 @@ impl UpstreamHandle {
 
     pub async fn unsubscribe(&self, filters: Vec<String>) {
         let _ = self.ctl.send(Control::Unsubscribe { filters }).await;
+    }
+
+    /// Queues a message for this broker; what the queue's overflow policy drops is counted
+    /// (`mqtt_proxy_messages_dropped_total{reason="queue_full"}`) and logged, rate-limited.
+    pub fn enqueue(&self, item: Queued) {
+        let dropped = match self.queue.push(item) {
+            Pushed::Accepted => return,
+            Pushed::Evicted(n) => n as u64,
+            Pushed::Rejected => 1,
+        };
+        let b = &self.broker;
+        b.metrics.dropped_overflow.inc_by(dropped);
+        b.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+        if let Some(held) = DROP_LOG.allow(10) {
+            warn!(
+                broker = b.label(),
+                queued = self.queue.len(),
+                suppressed = held,
+                "queue full: message dropped (mqtt_proxy_messages_dropped_total)"
+            );
+        }
     }
 
     /// Delivers everything it holds with no deadline (spool recovery), unless `stop` turns
@@ -556,7 +580,7 @@ impl Upstream {
             if room && !self.queue.is_empty() {
                 // More is queued than one write took: poll the socket without waiting (acks,
                 // PINGRESP), then write the next batch.
-                match futures_now(rd.read_buf(&mut rbuf)) {
+                match rd.read_buf(&mut rbuf).now_or_never() {
                     None => continue,
                     Some(Ok(0)) => return Exit::Failed("broker closed the connection".into()),
                     Some(Err(e)) => return Exit::Failed(format!("read: {e}")),
@@ -792,18 +816,6 @@ impl Upstream {
 fn resolve(tag: Option<Completion>) {
     if let Some(c) = tag {
         c.complete();
-    }
-}
-
-/// Polls a future once: `Some(output)` if it is ready now, `None` otherwise. Used for
-/// cancel-safe reads (`read_buf`) that must not wait.
-fn futures_now<F: std::future::Future>(f: F) -> Option<F::Output> {
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    let mut f = std::pin::pin!(f);
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(v) => Some(v),
-        std::task::Poll::Pending => None,
     }
 }
 
