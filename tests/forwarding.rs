@@ -143,16 +143,11 @@ async fn retained_publish_reaches_late_subscribers_on_every_broker() {
 async fn will_reaches_every_broker_on_abrupt_drop_but_not_on_clean_disconnect() {
     let rig = ProxyRig::start("will/#", 2, |_, _| {}).await.expect("rig");
 
-    let polite = Publisher::builder(rig.port())
-        .last_will("will/polite", "must not appear", 1, false)
-        .connect()
+    let polite = rig
+        .device_with_will("will/polite", "must not appear", 1)
         .await
         .expect("polite device");
     let polite_id = polite.client_id().to_owned();
-    rig.proxy
-        .wait_upstreams_connected(1, WAIT)
-        .await
-        .expect("upstreams carry the will");
     polite.disconnect().await.expect("clean disconnect");
     for broker in &rig.brokers {
         let needle = format!("Received DISCONNECT from {polite_id}");
@@ -164,15 +159,10 @@ async fn will_reaches_every_broker_on_abrupt_drop_but_not_on_clean_disconnect() 
     }
 
     // Also the positive control for the polite device: sent after it left.
-    let crashing = Publisher::builder(rig.port())
-        .last_will("will/crashing", "gone", 1, false)
-        .connect()
+    let crashing = rig
+        .device_with_will("will/crashing", "gone", 1)
         .await
         .expect("crashing device");
-    rig.proxy
-        .wait_upstreams_connected(1, WAIT)
-        .await
-        .expect("upstreams carry the will");
     crashing.drop_abruptly().await;
 
     for sub in &rig.subs {
@@ -231,15 +221,10 @@ async fn will_follows_each_brokers_topic_rules() {
     })
     .await
     .expect("rig");
-    let device = Publisher::builder(rig.port())
-        .last_will("cmd/offline", "gone", 2, false)
-        .connect()
+    let device = rig
+        .device_with_will("cmd/offline", "gone", 2)
         .await
         .expect("device");
-    rig.proxy
-        .wait_upstreams_connected(1, WAIT)
-        .await
-        .expect("upstreams carry the will");
     device.drop_abruptly().await;
 
     // B and C get it (the positive control for A's quiet window).

@@ -306,15 +306,10 @@ async fn graceful_shutdown_flushes_what_devices_had_acked() {
     })
     .await
     .expect("rig");
-    let device = Publisher::builder(rig.port())
-        .last_will("bye/will", "device lost", 1, false)
-        .connect()
+    let device = rig
+        .device_with_will("bye/will", "device lost", 1)
         .await
         .expect("device");
-    rig.proxy
-        .wait_upstreams_connected(1, WAIT)
-        .await
-        .expect("upstreams");
 
     for broker in &rig.brokers {
         broker.pause().expect("SIGSTOP");

@@ -23,7 +23,7 @@ use mqtt_proxy::config::Config;
 use mqtt_proxy::proxy::BrokerControl;
 use mqtt_proxy::ProxyHandle;
 
-use crate::{wait_until, Mosquitto, Received, Subscriber};
+use crate::{wait_until, Mosquitto, Publisher, Received, Subscriber};
 
 /// Drain timeout the tests run with: long enough to flush a few thousand
 /// messages on localhost, short enough that a stuck shutdown fails fast.
@@ -167,6 +167,19 @@ impl ProxyRig {
     /// The port devices connect to.
     pub fn port(&self) -> u16 {
         self.proxy.port()
+    }
+
+    /// A device with a last will, returned once every broker's upstream carries the will.
+    pub async fn device_with_will(&self, topic: &str, payload: &str, qos: u8) -> Result<Publisher> {
+        let device = Publisher::builder(self.port())
+            .last_will(topic, payload.to_owned(), qos, false)
+            .connect()
+            .await?;
+        self.proxy
+            .wait_upstreams_connected(1, crate::CONNECT_TIMEOUT)
+            .await
+            .context("upstreams carry the will")?;
+        Ok(device)
     }
 }
 
