@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::codec::Message;
-
 /// Default lifetime of a record: far longer than a broker round trip on a healthy link.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
 /// Default cap on records per session and broker.
@@ -106,10 +104,6 @@ impl LoopGuard {
             t.tombstones += 1;
         }
         hit
-    }
-
-    pub fn is_echo_msg(&mut self, broker: &str, msg: &Message, now: Instant) -> bool {
-        self.is_echo(broker, message_hash(&msg.topic, &msg.payload), now)
     }
 
     /// Records currently held for `broker`.

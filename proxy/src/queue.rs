@@ -35,9 +35,6 @@ impl Budget {
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed).max(0) as usize
     }
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
 }
 
 /// Limits of one queue.
