@@ -27,6 +27,8 @@ pub struct BrokerStats {
     pub dropped: AtomicU64,
     pub last_publish_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Why the last attempt failed, as a fixed word (`not_authorized`, `dropped`, ...).
+    pub last_error_reason: Mutex<Option<&'static str>>,
     pub queue_messages: AtomicI64,
     pub queue_bytes: AtomicI64,
 }
@@ -38,9 +40,21 @@ pub fn now_ms() -> u64 {
 }
 
 impl BrokerStats {
-    pub fn set_error(&self, e: impl Into<String>) {
+    pub fn set_error(&self, reason: &'static str, e: impl Into<String>) {
         if let Ok(mut l) = self.last_error.lock() {
             *l = Some(e.into());
+        }
+        if let Ok(mut l) = self.last_error_reason.lock() {
+            *l = Some(reason);
+        }
+    }
+
+    pub fn clear_error(&self) {
+        if let Ok(mut l) = self.last_error.lock() {
+            *l = None;
+        }
+        if let Ok(mut l) = self.last_error_reason.lock() {
+            *l = None;
         }
     }
 }
@@ -57,6 +71,9 @@ pub struct BrokerStatus {
     pub sessions: usize,
     pub sessions_connected: usize,
     pub last_error: Option<String>,
+    /// The last error as a fixed word: `unreachable`, `no_connack`, `bad_credentials`,
+    /// `not_authorized`, `server_unavailable`, `banned`, `refused` or `dropped`.
+    pub last_error_reason: Option<String>,
     pub connects: u64,
     pub reconnects: u64,
     pub queue_messages: i64,
@@ -129,6 +146,10 @@ impl Broker {
             },
             sessions,
             sessions_connected: connected,
+            last_error_reason: last_error
+                .as_ref()
+                .and_then(|_| s.last_error_reason.lock().ok().and_then(|r| *r))
+                .map(str::to_string),
             last_error,
             connects: s.connects.load(Ordering::Relaxed),
             reconnects: s.reconnects.load(Ordering::Relaxed),

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub loop_suppressed: IntCounterVec,
     pub upstream_connected: IntGaugeVec,
     pub upstream_reconnects: IntCounterVec,
+    pub upstream_connect_failures: IntCounterVec,
     pub queue_messages: IntGaugeVec,
     pub queue_bytes: IntGaugeVec,
     pub config_reloads: IntCounterVec,
@@ -112,6 +113,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "mqtt_proxy_upstream_reconnects_total",
             "Upstream connection attempts after a failure",
             &["broker"],
+        ),
+        upstream_connect_failures: counter_vec(
+            &r,
+            "mqtt_proxy_upstream_connect_failures_total",
+            "Upstream connection attempts that did not end in a stable connection, by reason",
+            &["broker", "reason"],
         ),
         queue_messages: gauge_vec(
             &r,

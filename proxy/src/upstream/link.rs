@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::info;
 
+use super::backoff::FailReason;
 use super::{ConnectedCount, Control, Exit, Io, Upstream, BATCH, CONNECT_TIMEOUT};
 use crate::brokerset::now_ms;
 use crate::codec::{self, Packet};
@@ -25,10 +26,10 @@ impl Upstream {
         let max = self.p.max_packet_size.max(1 << 20);
 
         if let Err(e) = codec::write(self.proto, &self.connect_packet(), &mut wbuf) {
-            return Exit::Failed(format!("encode CONNECT: {e}"));
+            return Exit::NoSession(FailReason::NoConnack, format!("encode CONNECT: {e}"));
         }
         if let Err(e) = wr.write_all(&wbuf).await {
-            return Exit::Failed(format!("write CONNECT: {e}"));
+            return Exit::NoSession(FailReason::NoConnack, format!("write CONNECT: {e}"));
         }
         wbuf.clear();
         let connack = timeout(CONNECT_TIMEOUT, async {
@@ -59,17 +60,28 @@ impl Upstream {
                 session_present
             }
             Ok(Ok(Packet::ConnAck { code, .. })) => {
-                return Exit::Failed(format!("broker refused CONNECT (code {code:#04x})"))
+                return Exit::NoSession(
+                    FailReason::from_connack(code),
+                    format!("broker refused CONNECT (code {code:#04x})"),
+                )
             }
-            Ok(Ok(other)) => return Exit::Failed(format!("expected CONNACK, got {other:?}")),
-            Ok(Err(e)) => return Exit::Failed(format!("reading CONNACK: {e}")),
-            Err(_) => return Exit::Failed("no CONNACK within 10 s".into()),
+            Ok(Ok(other)) => {
+                return Exit::NoSession(
+                    FailReason::NoConnack,
+                    format!("expected CONNACK, got {other:?}"),
+                )
+            }
+            Ok(Err(e)) => {
+                return Exit::NoSession(FailReason::NoConnack, format!("reading CONNACK: {e}"))
+            }
+            Err(_) => {
+                return Exit::NoSession(FailReason::NoConnack, "no CONNACK within 10 s".into())
+            }
         };
         self.broker().stats.connects.fetch_add(1, Ordering::Relaxed);
         let _connected = ConnectedCount::new(self.p.broker.clone());
-        if let Ok(mut l) = self.broker().stats.last_error.lock() {
-            *l = None;
-        }
+        self.broker().stats.clear_error();
+        self.connected_at = Some(Instant::now());
         info!(broker = self.broker().label(), client_id = %self.client_id(), session_present, "upstream connected");
 
         // Subscriptions are restored unless the broker kept the session.

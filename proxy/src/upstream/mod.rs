@@ -247,13 +247,17 @@ struct Upstream {
     echoes: LoopGuard,
     proto: Protocol,
     log_limit: RateLimit,
+    /// When the current connection got its successful CONNACK (for the stable period).
+    connected_at: Option<tokio::time::Instant>,
 }
 
 enum Exit {
     /// The upstream is finished for good.
     Done,
-    /// The connection failed; reconnect.
+    /// The connection failed after a successful CONNACK; reconnect.
     Failed(String),
+    /// No MQTT session came about (unreachable, refused, no CONNACK); reconnect.
+    NoSession(backoff::FailReason, String),
 }
 
 impl Upstream {
@@ -272,6 +276,7 @@ impl Upstream {
             echoes: LoopGuard::default(),
             proto,
             log_limit: RateLimit::new(),
+            connected_at: None,
         }
     }
 

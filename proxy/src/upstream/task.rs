@@ -7,9 +7,10 @@ use std::time::Duration;
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{info, warn};
 
-use super::backoff::Backoff;
+use super::backoff::{Backoff, FailReason, STABLE_AFTER};
 use super::{Control, Exit, Upstream};
 use crate::codec::SubFilter;
+use crate::metrics::METRICS;
 use crate::queue::{Completion, Queued};
 
 impl Upstream {
@@ -63,36 +64,43 @@ impl Upstream {
                 self.broker().metrics.reconnects.inc();
             }
             first = false;
+            self.connected_at = None;
             let exit = match self.connect().await {
-                Ok(stream) => {
-                    backoff.reset();
-                    self.connected(stream).await
-                }
-                Err(e) => Exit::Failed(e),
+                Ok(stream) => self.connected(stream).await,
+                Err(e) => Exit::NoSession(FailReason::Unreachable, e),
             };
-            match exit {
+            let (reason, error) = match exit {
                 Exit::Done => break,
-                Exit::Failed(reason) => {
-                    self.broker().stats.set_error(reason.clone());
-                    if let Some(held) = self.log_limit.allow(10) {
-                        warn!(broker = self.broker().label(), client_id = %self.client_id(), %reason,
-                              suppressed = held, "upstream connection failed; retrying with backoff");
-                    }
-                    // Reply to SUBSCRIBEs that were in flight: they are re-sent on reconnect.
-                    for (_, reply) in self.pending_subacks.drain(..) {
-                        let _ = reply.send(Vec::new());
-                    }
-                    let delay = backoff.next_delay();
-                    let wake = Instant::now() + delay;
-                    loop {
-                        tokio::select! {
-                            _ = sleep_until(wake) => break,
-                            c = self.ctl.recv() => match c {
-                                Some(c) => self.control_offline(c),
-                                None => return self.abandon(),
-                            },
-                        }
-                    }
+                Exit::NoSession(reason, error) => (reason, error),
+                Exit::Failed(error) => (FailReason::Dropped, error),
+            };
+            let up_for = self.connected_at.map(|t| t.elapsed());
+            // A connection that was stable is a new outage, not a failed attempt.
+            let stable = up_for.is_some_and(|d| d >= STABLE_AFTER);
+            if !stable {
+                METRICS
+                    .upstream_connect_failures
+                    .with_label_values(&[self.broker().label(), reason.label()])
+                    .inc();
+            }
+            self.broker().stats.set_error(reason.label(), error.clone());
+            if let Some(held) = self.log_limit.allow(10) {
+                warn!(broker = self.broker().label(), client_id = %self.client_id(), %error,
+                      reason = reason.label(), suppressed = held,
+                      "upstream connection failed; retrying with backoff");
+            }
+            // Reply to SUBSCRIBEs that were in flight: they are re-sent on reconnect.
+            for (_, reply) in self.pending_subacks.drain(..) {
+                let _ = reply.send(Vec::new());
+            }
+            let wake = Instant::now() + backoff.after_failure(reason, up_for);
+            loop {
+                tokio::select! {
+                    _ = sleep_until(wake) => break,
+                    c = self.ctl.recv() => match c {
+                        Some(c) => self.control_offline(c),
+                        None => return self.abandon(),
+                    },
                 }
             }
         }

@@ -1,0 +1,103 @@
+//! The upstream side where brokers push back: refused logins and flapping connections
+//! (backoff), size limits and poison messages, negative acknowledgements, message expiry
+//! while queued, reloads of a changed broker, and the spool. Real mosquitto brokers on
+//! free ports, real clients; every wait is bounded.
+//!
+//! Windows that *count* attempts (backoff) are fixed lengths: the assertion is an upper
+//! bound, which a slow machine only makes easier to meet.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use mqtt_proxy::broker::Secret;
+use mqtt_proxy_tests::outage::{metric_value, Gate};
+use mqtt_proxy_tests::{wait_until, Mosquitto, Publisher, TestProxy};
+
+/// Generous bound for things that normally take milliseconds.
+const WAIT: Duration = Duration::from_secs(10);
+/// The window over which connection attempts are counted.
+const WINDOW: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------
+// Backoff
+
+/// A broker that refuses our credentials (mosquitto answers CONNACK "not authorised") gets
+/// a handful of CONNECTs in 10 s, not one every 100 ms (127 in 10 s were measured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_back_off_exponentially() -> Result<()> {
+    let broker = Mosquitto::builder().user("dev", "right").start().await?;
+    let proxy = TestProxy::start(&[&broker], |_, b| {
+        b[0].username = Some("dev".into());
+        b[0].password = Some(Secret::new("wrong"));
+    })
+    .await?;
+    let _device = Publisher::builder(proxy.port())
+        .client_id("refused-dev")
+        .connect()
+        .await?;
+    let refusals = || broker.count_in_log("disconnected, not authorised");
+    ensure!(
+        wait_until(WAIT, || refusals() >= 1).await,
+        "the broker never saw a CONNECT\n{}",
+        broker.log_tail()
+    );
+    let before = broker.count_in_log("New connection from");
+    tokio::time::sleep(WINDOW).await;
+    let attempts = broker.count_in_log("New connection from") - before;
+    ensure!(
+        attempts <= 6,
+        "{attempts} CONNECT attempts in {WINDOW:?} against a refusing broker"
+    );
+    // Reported per reason: status and metric (mosquitto 2.0 answers code 5 to a bad password).
+    let status = proxy.status_of(0)?;
+    ensure!(
+        status.last_error_reason.as_deref() == Some("not_authorized")
+            && status.last_error.as_deref().is_some_and(|e| e.contains("refused")),
+        "status: {status:#?}"
+    );
+    let failures = metric_value(
+        &mqtt_proxy::metrics::render(),
+        "mqtt_proxy_upstream_connect_failures_total",
+        &[("broker", &status.name), ("reason", "not_authorized")],
+    );
+    ensure!(
+        failures.is_some_and(|n| n >= 2.0),
+        "failures metric: {failures:?}"
+    );
+    Ok(())
+}
+
+/// A broker that accepts (CONNACK success) and drops the connection at once must not reset
+/// the backoff: only a connection that stayed up for the stable period does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_then_drop_does_not_reset_backoff() -> Result<()> {
+    let broker = Mosquitto::start().await?;
+    let mut gate = Gate::new(broker.port())?;
+    gate.open_cutting(Some(4)).await?;
+    let gate_port = gate.port();
+    let proxy = TestProxy::start(&[&broker], |_, b| b[0].port = gate_port).await?;
+    let _device = Publisher::builder(proxy.port())
+        .client_id("flappy-dev")
+        .connect()
+        .await?;
+    ensure!(
+        wait_until(WAIT, || broker.client_connects("flappy-dev") >= 1).await,
+        "no CONNECT reached the broker\n{}",
+        broker.log_tail()
+    );
+    let before = broker.client_connects("flappy-dev");
+    tokio::time::sleep(WINDOW).await;
+    let connects = broker.client_connects("flappy-dev") - before;
+    ensure!(
+        connects <= 10,
+        "{connects} accepted connections in {WINDOW:?} to a broker that drops each at once"
+    );
+    // Between a CONNACK and the cut the status is briefly clean: wait for the reason.
+    let dropped = || {
+        proxy
+            .status_of(0)
+            .is_ok_and(|s| s.last_error_reason.as_deref() == Some("dropped"))
+    };
+    ensure!(wait_until(WAIT, dropped).await, "status: {:#?}", proxy.status());
+    Ok(())
+}
