@@ -9,9 +9,10 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use mqtt_proxy::broker::Secret;
+use mqtt_proxy::broker::{MqttVersion, Secret};
+use mqtt_proxy::config::AckPolicy;
 use mqtt_proxy_tests::outage::{metric_value, Gate};
-use mqtt_proxy_tests::{wait_until, Mosquitto, Publisher, TestProxy};
+use mqtt_proxy_tests::{mosquitto_pub_log, wait_until, Mosquitto, Publisher, TestProxy};
 
 /// Generous bound for things that normally take milliseconds.
 const WAIT: Duration = Duration::from_secs(10);
@@ -52,7 +53,10 @@ async fn refused_credentials_back_off_exponentially() -> Result<()> {
     let status = proxy.status_of(0)?;
     ensure!(
         status.last_error_reason.as_deref() == Some("not_authorized")
-            && status.last_error.as_deref().is_some_and(|e| e.contains("refused")),
+            && status
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("refused")),
         "status: {status:#?}"
     );
     let failures = metric_value(
@@ -98,6 +102,64 @@ async fn accept_then_drop_does_not_reset_backoff() -> Result<()> {
             .status_of(0)
             .is_ok_and(|s| s.last_error_reason.as_deref() == Some("dropped"))
     };
-    ensure!(wait_until(WAIT, dropped).await, "status: {:#?}", proxy.status());
+    ensure!(
+        wait_until(WAIT, dropped).await,
+        "status: {:#?}",
+        proxy.status()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Negative acknowledgements
+
+/// An MQTT 5 broker that refuses a publish (PUBACK 0x87 "not authorised" from mosquitto's
+/// ACL) must not look like a delivery: under `ackPolicy: all` an MQTT 5 device gets the
+/// broker's reason code, and the drop is counted `reason="rejected"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_puback_reaches_the_device() -> Result<()> {
+    let acl_dir = tempfile::tempdir()?;
+    let acl = acl_dir.path().join("acl");
+    std::fs::write(&acl, "topic readwrite ok/#\n")?;
+    let broker = Mosquitto::builder()
+        .config_line(&format!("acl_file {}", acl.display()))
+        .start()
+        .await?;
+    let proxy = TestProxy::start(&[&broker], |c, b| {
+        c.session.ack_policy = AckPolicy::All;
+        b[0].mqtt_version = MqttVersion::V5;
+    })
+    .await?;
+    let port = proxy.port();
+    let pub5 = |topic: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            mosquitto_pub_log(
+                port,
+                topic,
+                "x",
+                1,
+                &["-d", "-V", "mqttv5", "-i", "nack-dev"],
+            )
+        })
+    };
+    let ok = pub5("ok/x").await??;
+    ensure!(
+        ok.contains("received PUBACK (Mid: 1, RC:0)"),
+        "allowed topic: {ok}"
+    );
+    let denied = pub5("deny/x").await??;
+    ensure!(
+        denied.contains("received PUBACK (Mid: 1, RC:135)"),
+        "the broker's refusal must reach the device: {denied}"
+    );
+    let rejected = metric_value(
+        &mqtt_proxy::metrics::render(),
+        "mqtt_proxy_messages_dropped_total",
+        &[
+            ("broker", &proxy.status_of(0)?.name),
+            ("reason", "rejected"),
+        ],
+    );
+    ensure!(rejected == Some(1.0), "rejected: {rejected:?}");
     Ok(())
 }

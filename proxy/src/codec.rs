@@ -431,23 +431,11 @@ fn from_v5(p: v5::Packet) -> Result<Packet, CodecError> {
         }
         v5::Packet::PubAck(a) => Packet::PubAck {
             pkid: a.pkid,
-            code: if a.reason == v5::PubAckReason::Success
-                || a.reason == v5::PubAckReason::NoMatchingSubscribers
-            {
-                0
-            } else {
-                0x80
-            },
+            code: puback_code(a.reason),
         },
         v5::Packet::PubRec(a) => Packet::PubRec {
             pkid: a.pkid,
-            code: if a.reason == v5::PubRecReason::Success
-                || a.reason == v5::PubRecReason::NoMatchingSubscribers
-            {
-                0
-            } else {
-                0x80
-            },
+            code: pubrec_code(a.reason),
         },
         v5::Packet::PubRel(a) => Packet::PubRel { pkid: a.pkid },
         v5::Packet::PubComp(a) => Packet::PubComp { pkid: a.pkid },
@@ -492,6 +480,63 @@ fn from_v5(p: v5::Packet) -> Result<Packet, CodecError> {
         },
         v5::Packet::Auth(_) => Packet::Auth,
     })
+}
+
+/// PUBACK reason code; "no matching subscribers" (0x10) is a success for the proxy (0).
+fn puback_code(r: v5::PubAckReason) -> u8 {
+    use v5::PubAckReason as R;
+    match r {
+        R::Success | R::NoMatchingSubscribers => 0,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicNameInvalid => 0x90,
+        R::PacketIdentifierInUse => 0x91,
+        R::QuotaExceeded => 0x97,
+        R::PayloadFormatInvalid => 0x99,
+    }
+}
+
+fn puback_reason(code: u8) -> v5::PubAckReason {
+    use v5::PubAckReason as R;
+    match code {
+        0 => R::Success,
+        0x83 => R::ImplementationSpecificError,
+        0x87 => R::NotAuthorized,
+        0x90 => R::TopicNameInvalid,
+        0x91 => R::PacketIdentifierInUse,
+        0x97 => R::QuotaExceeded,
+        0x99 => R::PayloadFormatInvalid,
+        _ => R::UnspecifiedError,
+    }
+}
+
+fn pubrec_code(r: v5::PubRecReason) -> u8 {
+    use v5::PubRecReason as R;
+    match r {
+        R::Success | R::NoMatchingSubscribers => 0,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicNameInvalid => 0x90,
+        R::PacketIdentifierInUse => 0x91,
+        R::QuotaExceeded => 0x97,
+        R::PayloadFormatInvalid => 0x99,
+    }
+}
+
+fn pubrec_reason(code: u8) -> v5::PubRecReason {
+    use v5::PubRecReason as R;
+    match code {
+        0 => R::Success,
+        0x83 => R::ImplementationSpecificError,
+        0x87 => R::NotAuthorized,
+        0x90 => R::TopicNameInvalid,
+        0x91 => R::PacketIdentifierInUse,
+        0x97 => R::QuotaExceeded,
+        0x99 => R::PayloadFormatInvalid,
+        _ => R::UnspecifiedError,
+    }
 }
 
 fn v5_connack_code(c: v5::ConnectReturnCode) -> u8 {
@@ -704,20 +749,12 @@ fn to_v5(packet: &Packet) -> Result<v5::Packet, CodecError> {
         }
         Packet::PubAck { pkid, code } => v5::Packet::PubAck(v5::PubAck {
             pkid: *pkid,
-            reason: if *code == 0 {
-                v5::PubAckReason::Success
-            } else {
-                v5::PubAckReason::ImplementationSpecificError
-            },
+            reason: puback_reason(*code),
             properties: None,
         }),
         Packet::PubRec { pkid, code } => v5::Packet::PubRec(v5::PubRec {
             pkid: *pkid,
-            reason: if *code == 0 {
-                v5::PubRecReason::Success
-            } else {
-                v5::PubRecReason::ImplementationSpecificError
-            },
+            reason: pubrec_reason(*code),
             properties: None,
         }),
         Packet::PubRel { pkid } => v5::Packet::PubRel(v5::PubRel {

@@ -17,18 +17,18 @@ impl Upstream {
     pub(super) async fn on_packet(&mut self, p: Packet, wbuf: &mut BytesMut) -> Result<(), String> {
         match p {
             Packet::PubAck { pkid, code } => match self.out.on_puback(pkid) {
-                Ok(tag) => {
-                    if code != 0 {
-                        self.rejected(code);
-                    }
-                    resolve(tag);
+                // A negative PUBACK is not a delivery: the device hears the broker's reason.
+                Ok(tag) if code >= 0x80 => {
+                    self.rejected(code);
+                    fail(tag, code);
                 }
+                Ok(tag) => resolve(tag),
                 // After a reconnect a broker may ack a resend twice; harmless.
                 Err(e) => debug!(broker = self.broker().label(), "{e}"),
             },
-            Packet::PubRec { pkid, code } if code != 0 => {
+            Packet::PubRec { pkid, code } if code >= 0x80 => {
                 self.rejected(code);
-                resolve(self.out.on_pubrec_failed(pkid));
+                fail(self.out.on_pubrec_failed(pkid), code);
             }
             Packet::PubRec { pkid, .. } => {
                 match self.out.on_pubrec(pkid) {
@@ -115,6 +115,12 @@ impl Upstream {
                 "broker rejected a message"
             );
         }
+    }
+}
+
+fn fail(tag: Option<Completion>, code: u8) {
+    if let Some(c) = tag {
+        c.fail(code);
     }
 }
 
