@@ -70,10 +70,26 @@ impl Message {
         // Validated when the message was built from the wire; an invalid topic can't exist.
         std::str::from_utf8(&self.topic).unwrap_or("")
     }
-    /// Bytes this message occupies in a queue (topic + payload); used for byte limits.
+    /// Bytes this message occupies in a queue (topic, payload and MQTT 5 properties, plus
+    /// a fixed overhead); used for byte limits. A 1-byte payload carrying 1 MiB of user
+    /// properties weighs ~1 MiB, not ~70 bytes.
     pub fn weight(&self) -> usize {
-        self.topic.len() + self.payload.len() + 64
+        self.topic.len() + self.payload.len() + 64 + self.props.as_deref().map_or(0, props_weight)
     }
+}
+
+/// Heap bytes held by a message's properties (strings and byte fields, with a small
+/// per-field overhead for their headers and `String` bookkeeping).
+fn props_weight(p: &v5::PublishProperties) -> usize {
+    let s = |o: &Option<String>| o.as_ref().map_or(0, |s| s.len() + 24);
+    16 + s(&p.response_topic)
+        + s(&p.content_type)
+        + p.correlation_data.as_ref().map_or(0, |b| b.len() + 32)
+        + p.user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum::<usize>()
+        + p.subscription_identifiers.len() * 8
 }
 
 /// Will message from a device CONNECT.
@@ -1045,6 +1061,20 @@ mod tests {
         assert!(read(Protocol::V4, &mut junk, 1000).is_err());
         let mut not_connect = BytesMut::from(&[0xC0u8, 0x00][..]);
         assert!(read_connect(&mut not_connect, 1000).is_err());
+    }
+
+    #[test]
+    fn weight_counts_properties() {
+        let mut msg = Message::new("t", &b"x"[..], 1, false);
+        let bare = msg.weight();
+        assert!(bare < 100);
+        msg.props = Some(Arc::new(v5::PublishProperties {
+            user_properties: (0..1024)
+                .map(|i| (format!("k{i}"), "v".repeat(1024)))
+                .collect(),
+            ..Default::default()
+        }));
+        assert!(msg.weight() >= 1 << 20, "weight {}", msg.weight());
     }
 
     #[test]

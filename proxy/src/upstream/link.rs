@@ -85,8 +85,9 @@ impl Upstream {
         info!(broker = self.broker().label(), client_id = %self.client_id(), session_present, "upstream connected");
 
         // Subscriptions are restored unless the broker kept the session.
-        if !session_present && !self.subs.is_empty() {
-            let pkid = self.out.reserve();
+        if let (false, false, Some(pkid)) =
+            (session_present, self.subs.is_empty(), self.out.reserve())
+        {
             let _ = codec::write(
                 self.proto,
                 &Packet::Subscribe {
@@ -172,14 +173,19 @@ impl Upstream {
                 c = self.ctl.recv() => match c {
                     Some(Control::Subscribe { filters, reply }) => {
                         self.merge_subs(filters.clone());
-                        let pkid = self.out.reserve();
+                        let Some(pkid) = self.out.reserve() else {
+                            // Every packet id is in use: refuse rather than wait.
+                            let _ = reply.send(vec![codec::SUBACK_FAILURE; filters.len()]);
+                            continue;
+                        };
                         let _ = codec::write(self.proto, &Packet::Subscribe { pkid, filters }, &mut wbuf);
                         self.pending_subacks.push((pkid, reply));
                     }
                     Some(Control::Unsubscribe { filters }) => {
                         self.subs.retain(|s| !filters.contains(&s.filter));
-                        let pkid = self.out.reserve();
-                        let _ = codec::write(self.proto, &Packet::Unsubscribe { pkid, filters }, &mut wbuf);
+                        if let Some(pkid) = self.out.reserve() {
+                            let _ = codec::write(self.proto, &Packet::Unsubscribe { pkid, filters }, &mut wbuf);
+                        }
                     }
                     Some(Control::Close { with_will }) => self.closing = Some(with_will),
                     None => {

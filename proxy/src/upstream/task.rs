@@ -69,6 +69,8 @@ impl Upstream {
                 Ok(stream) => self.connected(stream).await,
                 Err(e) => Exit::NoSession(FailReason::Unreachable, e),
             };
+            // No SUBACK/UNSUBACK comes for ids lent out on the lost connection.
+            self.out.release_all();
             let (reason, error) = match exit {
                 Exit::Done => break,
                 Exit::NoSession(reason, error) => (reason, error),
