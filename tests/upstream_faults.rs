@@ -12,7 +12,9 @@ use anyhow::{ensure, Result};
 use mqtt_proxy::broker::{MqttVersion, Secret};
 use mqtt_proxy::config::AckPolicy;
 use mqtt_proxy_tests::outage::{metric_value, Gate};
-use mqtt_proxy_tests::{mosquitto_pub_log, wait_until, Mosquitto, Publisher, TestProxy};
+use mqtt_proxy_tests::{
+    mosquitto_pub, mosquitto_pub_log, wait_until, Mosquitto, Publisher, Subscriber, TestProxy,
+};
 
 /// Generous bound for things that normally take milliseconds.
 const WAIT: Duration = Duration::from_secs(10);
@@ -161,5 +163,96 @@ async fn negative_puback_reaches_the_device() -> Result<()> {
         ],
     );
     ensure!(rejected == Some(1.0), "rejected: {rejected:?}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Size limits and poison
+
+/// mosquitto with `max_packet_size 1000` closes a 3.1.1 connection on a larger PUBLISH
+/// and announces nothing. The oversized message is resent first after every reconnect, so
+/// without poison handling it wedges the queue forever: the messages behind it must get
+/// through, and it is set aside, counted `reason="poison"` and shown in status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_message_is_set_aside_and_the_queue_moves_on() -> Result<()> {
+    let broker = Mosquitto::builder()
+        .config_line("max_packet_size 1000")
+        .start()
+        .await?;
+    let sub = Subscriber::connect(broker.port(), "p/#", 1).await?;
+    let proxy = TestProxy::start(&[&broker], |_, _| {}).await?;
+    let device = Publisher::builder(proxy.port()).connect().await?;
+    proxy.wait_upstreams_connected(1, WAIT).await?;
+    device.publish("p/before", "0", 1, false).await?;
+    device.publish("p/big", "x".repeat(2_000), 1, false).await?;
+    for i in 1..=5 {
+        device.publish("p/after", i.to_string(), 1, false).await?;
+    }
+    let got = sub.wait_for_count(6, Duration::from_secs(30)).await;
+    let payloads: Vec<_> = got.iter().map(|r| r.payload.clone()).collect();
+    ensure!(
+        got.len() == 6 && got.iter().all(|r| r.topic != "p/big"),
+        "the queue behind the oversized message must move on: {payloads:?}\n{:#?}",
+        proxy.status()
+    );
+    let status = proxy.status_of(0)?;
+    ensure!(status.poisoned == 1, "status: {status:#?}");
+    let poison = metric_value(
+        &mqtt_proxy::metrics::render(),
+        "mqtt_proxy_messages_dropped_total",
+        &[("broker", &status.name), ("reason", "poison")],
+    );
+    ensure!(poison == Some(1.0), "poison metric: {poison:?}");
+    Ok(())
+}
+
+/// An MQTT 5 broker announces its Maximum Packet Size in CONNACK: a larger message is
+/// dropped before it is sent (`reason="too_large"`), the connection stays up, and an
+/// MQTT 5 device waiting under `ackPolicy: all` hears 0x83 instead of success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_maximum_packet_size_is_honoured() -> Result<()> {
+    let broker = Mosquitto::builder()
+        .config_line("max_packet_size 1000")
+        .start()
+        .await?;
+    let sub = Subscriber::connect(broker.port(), "s/#", 1).await?;
+    let proxy = TestProxy::start(&[&broker], |c, b| {
+        c.session.ack_policy = AckPolicy::All;
+        b[0].mqtt_version = MqttVersion::V5;
+    })
+    .await?;
+    let port = proxy.port();
+    let big = "x".repeat(2_000);
+    let out = tokio::task::spawn_blocking(move || {
+        mosquitto_pub_log(
+            port,
+            "s/big",
+            &big,
+            1,
+            &["-d", "-V", "mqttv5", "-i", "big-dev"],
+        )
+    })
+    .await??;
+    ensure!(
+        out.contains("received PUBACK (Mid: 1, RC:131)"),
+        "device must hear 0x83: {out}"
+    );
+    mosquitto_pub(port, "s/small", "ok", 1, &["-V", "mqttv5", "-i", "big-dev"])?;
+    let got = sub.wait_for_count(1, WAIT).await;
+    ensure!(
+        got.len() == 1 && got[0].topic == "s/small",
+        "small message: {got:?}"
+    );
+    let status = proxy.status_of(0)?;
+    let too_large = metric_value(
+        &mqtt_proxy::metrics::render(),
+        "mqtt_proxy_messages_dropped_total",
+        &[("broker", &status.name), ("reason", "too_large")],
+    );
+    ensure!(too_large == Some(1.0), "too_large metric: {too_large:?}");
+    ensure!(
+        status.reconnects == 0,
+        "never sent, so never disconnected: {status:#?}"
+    );
     Ok(())
 }

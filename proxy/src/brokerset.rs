@@ -25,6 +25,8 @@ pub struct BrokerStats {
     pub connects: AtomicU64,
     pub forwarded: AtomicU64,
     pub dropped: AtomicU64,
+    /// Messages set aside as poison (the broker closed the connection after each).
+    pub poisoned: AtomicU64,
     pub last_publish_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     /// Why the last attempt failed, as a fixed word (`not_authorized`, `dropped`, ...).
@@ -80,6 +82,9 @@ pub struct BrokerStatus {
     pub queue_bytes: i64,
     pub forwarded: u64,
     pub dropped: u64,
+    /// Messages set aside as poison: the broker closed the connection after each of them
+    /// several times in a row (also in `dropped`).
+    pub poisoned: u64,
     /// Unix milliseconds of the last message written to this broker.
     pub last_publish_ms: Option<u64>,
 }
@@ -157,6 +162,7 @@ impl Broker {
             queue_bytes: s.queue_bytes.load(Ordering::Relaxed),
             forwarded: s.forwarded.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
+            poisoned: s.poisoned.load(Ordering::Relaxed),
             last_publish_ms: (last > 0).then_some(last),
         }
     }

@@ -179,15 +179,26 @@ pub struct Queued {
     /// The broker can hand this message back (the device is subscribed to it there): the
     /// upstream records it when written so the returning copy is recognised as an echo.
     pub echo: bool,
+    /// When its MQTT 5 Message Expiry Interval runs out (counted from when it was queued).
+    pub expires_at: Option<std::time::Instant>,
 }
 
 impl Queued {
     pub fn new(msg: Message, qos: u8, ack: Option<Arc<AckTracker>>) -> Self {
+        // Only messages that carry an expiry pay for reading the clock.
+        let expires_at = msg
+            .props
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
+            .and_then(|s| {
+                std::time::Instant::now().checked_add(std::time::Duration::from_secs(s.into()))
+            });
         Self {
             msg,
             qos,
             done: Completion { ack, spool: None },
             echo: false,
+            expires_at,
         }
     }
     /// The message left the proxy's hands (acked, written at QoS 0, or dropped).

@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::admit::Unsendable;
 use super::{FromBroker, Upstream};
 use crate::codec::{self, Message, Packet};
 use crate::loopguard::message_hash;
@@ -101,6 +102,35 @@ impl Upstream {
         };
         let h = message_hash(topic.as_bytes(), &msg.payload);
         self.echoes.is_echo("", h, Instant::now().into_std())
+    }
+
+    /// Drops a message this broker cannot take, counted by reason; a device still waiting
+    /// for its acknowledgement hears an MQTT 5 reason code.
+    pub(super) fn unsendable(&self, why: Unsendable, msg: &Message, done: Completion) {
+        let b = self.broker();
+        let m = &b.metrics;
+        match why {
+            Unsendable::Expired => &m.dropped_expired,
+            Unsendable::TooLarge => &m.dropped_too_large,
+            Unsendable::TopicTooLong => &m.dropped_topic_too_long,
+            Unsendable::Poison => &m.dropped_poison,
+        }
+        .inc();
+        b.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        if why == Unsendable::Poison {
+            b.stats.poisoned.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(held) = self.log_limit.allow(10) {
+            warn!(
+                broker = b.label(),
+                reason = why.label(),
+                topic_bytes = msg.topic.len(),
+                payload_bytes = msg.payload.len(),
+                suppressed = held,
+                "message not sent to the broker (mqtt_proxy_messages_dropped_total)"
+            );
+        }
+        done.fail(why.device_code());
     }
 
     fn rejected(&self, code: u8) {

@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::info;
 
+use super::admit::{self, BrokerLimits, Unsendable};
 use super::backoff::FailReason;
 use super::{ConnectedCount, Control, Exit, Io, Upstream, BATCH, CONNECT_TIMEOUT};
 use crate::brokerset::now_ms;
@@ -23,7 +24,7 @@ impl Upstream {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut rbuf = BytesMut::with_capacity(8 * 1024);
         let mut wbuf = BytesMut::with_capacity(16 * 1024);
-        let max = self.p.max_packet_size.max(1 << 20);
+        let max = self.inbound_max();
 
         if let Err(e) = codec::write(self.proto, &self.connect_packet(), &mut wbuf) {
             return Exit::NoSession(FailReason::NoConnack, format!("encode CONNECT: {e}"));
@@ -52,11 +53,13 @@ impl Upstream {
                 code: 0,
                 session_present,
                 receive_maximum,
-                ..
+                maximum_qos,
+                max_packet_size,
             })) => {
                 if let Some(rm) = receive_maximum {
                     self.out.set_max_inflight(rm);
                 }
+                self.limits = BrokerLimits::from_connack(max_packet_size, maximum_qos);
                 session_present
             }
             Ok(Ok(Packet::ConnAck { code, .. })) => {
@@ -229,19 +232,43 @@ impl Upstream {
     fn fill(&mut self, batch: &mut Vec<Queued>, wbuf: &mut BytesMut) {
         let broker = self.p.broker.clone();
         let prefix = broker.rule.topic_prefix.as_deref();
+        let prefix_len = prefix.map_or(0, str::len);
         let mut written = 0u64;
         while self.out.room() > 0 && wbuf.len() < 256 * 1024 {
             self.queue.pop_batch(self.out.room().min(BATCH), batch);
             if batch.is_empty() {
                 break;
             }
+            let now = std::time::Instant::now();
             for Queued {
                 msg,
                 qos,
                 done,
                 echo,
+                expires_at,
             } in batch.drain(..)
             {
+                let (msg, qos) =
+                    match admit::admit(msg, qos, expires_at, prefix_len, &self.limits, now) {
+                        Ok(ok) => ok,
+                        Err((why, msg)) => {
+                            self.unsendable(why, &msg, done);
+                            continue;
+                        }
+                    };
+                let start = wbuf.len();
+                let pkid = if qos == 0 { 0 } else { self.out.peek_pkid() };
+                codec::encode_publish(self.proto, pkid, false, &msg, prefix, qos, wbuf);
+                if self
+                    .limits
+                    .max_packet
+                    .is_some_and(|max| wbuf.len() - start > max)
+                {
+                    // Sending it would make the broker close the connection (MQTT 5 §3.1.2.24).
+                    wbuf.truncate(start);
+                    self.unsendable(Unsendable::TooLarge, &msg, done);
+                    continue;
+                }
                 written += 1;
                 if echo {
                     // Recorded when written, not when queued: an outage does not age it.
@@ -252,18 +279,8 @@ impl Upstream {
                     );
                 }
                 if qos == 0 {
-                    codec::encode_publish(self.proto, 0, false, &msg, prefix, 0, wbuf);
                     done.complete();
                 } else {
-                    codec::encode_publish(
-                        self.proto,
-                        self.out.peek_pkid(),
-                        false,
-                        &msg,
-                        prefix,
-                        qos,
-                        wbuf,
-                    );
                     self.out.publish(msg, qos, done);
                 }
             }

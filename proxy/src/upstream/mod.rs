@@ -5,6 +5,7 @@
 //!
 //! A slow or dead broker only fills its own queue: the session never awaits this task.
 
+mod admit;
 mod backoff;
 mod connect;
 mod inflight;
@@ -249,6 +250,9 @@ struct Upstream {
     log_limit: RateLimit,
     /// When the current connection got its successful CONNACK (for the stable period).
     connected_at: Option<tokio::time::Instant>,
+    /// What the current connection's CONNACK announced.
+    limits: admit::BrokerLimits,
+    poison: admit::PoisonWatch,
 }
 
 enum Exit {
@@ -277,6 +281,8 @@ impl Upstream {
             proto,
             log_limit: RateLimit::new(),
             connected_at: None,
+            limits: admit::BrokerLimits::default(),
+            poison: admit::PoisonWatch::default(),
         }
     }
 

@@ -7,9 +7,11 @@ use std::time::Duration;
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{info, warn};
 
+use super::admit::Unsendable;
 use super::backoff::{Backoff, FailReason, STABLE_AFTER};
 use super::{Control, Exit, Upstream};
 use crate::codec::SubFilter;
+use crate::loopguard::message_hash;
 use crate::metrics::METRICS;
 use crate::queue::{Completion, Queued};
 
@@ -79,6 +81,11 @@ impl Upstream {
             let up_for = self.connected_at.map(|t| t.elapsed());
             // A connection that was stable is a new outage, not a failed attempt.
             let stable = up_for.is_some_and(|d| d >= STABLE_AFTER);
+            if stable {
+                self.poison.clear();
+            } else if reason == FailReason::Dropped {
+                self.check_poison();
+            }
             if !stable {
                 METRICS
                     .upstream_connect_failures
@@ -105,6 +112,26 @@ impl Upstream {
                     },
                 }
             }
+        }
+    }
+
+    /// The broker accepted us and closed the connection before it was stable: if it did so
+    /// [`POISON_AFTER`](super::admit::POISON_AFTER) times in a row with the same oldest
+    /// unacknowledged message, that message is what it cannot take. It is set aside so the
+    /// queue behind it moves on (a 3.1.1 broker has no other way to say "too large").
+    fn check_poison(&mut self) {
+        let head = self
+            .out
+            .oldest_unacked()
+            .map(|(pkid, m)| (pkid, message_hash(&m.topic, &m.payload)));
+        if !self.poison.on_unstable_close(head) {
+            return;
+        }
+        let Some((pkid, _)) = head else { return };
+        let msg = self.out.oldest_unacked().map(|(_, m)| m.clone());
+        let tag = self.out.remove(pkid);
+        if let Some(msg) = msg {
+            self.unsendable(Unsendable::Poison, &msg, tag.unwrap_or_default());
         }
     }
 
