@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use mqtt_proxy::broker::{MqttVersion, Secret};
 use mqtt_proxy::config::AckPolicy;
 use mqtt_proxy_tests::outage::{metric_value, Gate};
@@ -255,4 +255,105 @@ async fn broker_maximum_packet_size_is_honoured() -> Result<()> {
         "never sent, so never disconnected: {status:#?}"
     );
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Message expiry while queued
+
+/// Two MQTT 5 messages wait in the queue of an unreachable broker: one with a Message
+/// Expiry Interval of 1 s, one with 60 s. When the broker is back, the first is gone
+/// (counted `reason="expired"`) and the second arrives with the time it waited deducted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_expiry_is_honoured_while_queued() -> Result<()> {
+    let broker = Mosquitto::start().await?;
+    let mut gate = Gate::new(broker.port())?;
+    let gate_port = gate.port();
+    let proxy = TestProxy::start(&[&broker], |_, b| {
+        b[0].port = gate_port;
+        b[0].mqtt_version = MqttVersion::V5;
+    })
+    .await?;
+    // Devices that stay connected (`-l`: one message per stdin line): a device that leaves
+    // ends its upstreams, and their queues, after the drain timeout.
+    let port = proxy.port().to_string();
+    let mut devices = Vec::new();
+    for (topic, expiry) in [("e/short", "1"), ("e/long", "60")] {
+        let mut child = std::process::Command::new("mosquitto_pub")
+            .args(["-p", &port, "-V", "mqttv5", "-q", "1", "-t", topic, "-l"])
+            .args(["-D", "publish", "message-expiry-interval", expiry])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("spawning mosquitto_pub")?;
+        if let Some(stdin) = child.stdin.as_mut() {
+            use std::io::Write;
+            stdin.write_all(b"x\n")?;
+        }
+        devices.push(KillOnDrop(child));
+        // In this order: the short one is queued first.
+        let queued = devices.len() as i64;
+        ensure!(
+            wait_until(WAIT, || proxy
+                .status_of(0)
+                .is_ok_and(|s| s.queue_messages == queued))
+            .await,
+            "{topic} not queued: {:#?}",
+            proxy.status()
+        );
+    }
+    ensure!(
+        wait_until(WAIT, || proxy
+            .status_of(0)
+            .is_ok_and(|s| s.queue_messages == 2))
+        .await,
+        "both queued: {:#?}",
+        proxy.status()
+    );
+    // The short one's interval must pass while it is queued.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let bport = broker.port().to_string();
+    let sub = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("mosquitto_sub")
+            .args(["-p", &bport, "-V", "mqttv5", "-t", "e/#", "-q", "1"])
+            .args(["-F", "%t %E", "-C", "1", "-W", "30"])
+            .output()
+    });
+    ensure!(
+        wait_until(WAIT, || broker.count_in_log("Received SUBSCRIBE") >= 1).await,
+        "mosquitto_sub did not subscribe"
+    );
+    gate.open().await?;
+    let out = sub.await??;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (topic, left) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
+    let left: u32 = left.parse().unwrap_or(u32::MAX);
+    ensure!(
+        topic == "e/long" && (30..60).contains(&left),
+        "first message must be e/long with less than 60 s left: {text:?}"
+    );
+    let expired = || {
+        metric_value(
+            &mqtt_proxy::metrics::render(),
+            "mqtt_proxy_messages_dropped_total",
+            &[("broker", &proxy.brokers()[0].id), ("reason", "expired")],
+        ) == Some(1.0)
+    };
+    ensure!(
+        wait_until(WAIT, expired).await,
+        "expired not counted: {:#?}\n{}",
+        proxy.status(),
+        mqtt_proxy::metrics::render()
+    );
+    Ok(())
+}
+
+/// A child process (a device) killed at the end of the test, pass or fail.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

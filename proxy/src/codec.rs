@@ -240,6 +240,12 @@ pub fn read(proto: Protocol, buf: &mut BytesMut, max: usize) -> Result<Option<Pa
             }
             Err(e) => Err(e.into()),
         },
+        // MQTT 5 §3.14.2.1: a DISCONNECT with reason 0 and no properties may have remaining
+        // length 0 (mosquitto_pub -V 5 sends exactly that); rumqttc refuses it.
+        Protocol::V5 if buf.starts_with(&[0xE0, 0x00]) => {
+            let _ = buf.split_to(2);
+            Ok(Some(Packet::Disconnect { reason: 0 }))
+        }
         Protocol::V5 => match v5::Packet::read(buf, Some(max as u32)) {
             Ok(p) => Ok(Some(from_v5(p)?)),
             Err(m5b::Error::InsufficientBytes(_)) => Ok(None),
@@ -1061,6 +1067,19 @@ mod tests {
         assert!(read(Protocol::V4, &mut junk, 1000).is_err());
         let mut not_connect = BytesMut::from(&[0xC0u8, 0x00][..]);
         assert!(read_connect(&mut not_connect, 1000).is_err());
+    }
+
+    #[test]
+    fn v5_disconnect_without_reason_or_properties() {
+        let mut buf = BytesMut::from(&[0xE0u8, 0x00, 0xC0, 0x00][..]);
+        assert_eq!(
+            read(Protocol::V5, &mut buf, 1 << 20).expect("read"),
+            Some(Packet::Disconnect { reason: 0 })
+        );
+        assert_eq!(
+            read(Protocol::V5, &mut buf, 1 << 20).expect("read"),
+            Some(Packet::PingReq)
+        );
     }
 
     #[test]
