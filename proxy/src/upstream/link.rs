@@ -191,6 +191,15 @@ impl Upstream {
                         }
                     }
                     Some(Control::Close { with_will }) => self.closing = Some(with_will),
+                    Some(Control::Handover { broker, subs }) => {
+                        // One connection per client id: DISCONNECT (no will) before the
+                        // successor connects; what is unacked is resent there, in order.
+                        let _ = codec::write(self.proto, &Packet::Disconnect { reason: 0 }, &mut wbuf);
+                        let _ = wr.write_all(&wbuf).await;
+                        let _ = wr.shutdown().await;
+                        self.take_over(broker, subs);
+                        return Exit::Handover;
+                    }
                     None => {
                         // The session vanished without closing us: behave like a lost device.
                         self.closing = Some(true);

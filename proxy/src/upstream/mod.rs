@@ -8,6 +8,7 @@
 mod admit;
 mod backoff;
 mod connect;
+mod handover;
 mod inflight;
 mod link;
 mod task;
@@ -63,6 +64,12 @@ enum Control {
     /// publishes the device's will (`with_will == true`).
     Close {
         with_will: bool,
+    },
+    /// The broker's config changed: continue as `broker`, with the same queue, spool and
+    /// in-flight messages, after ending the current connection (see `handover`).
+    Handover {
+        broker: Arc<Broker>,
+        subs: Vec<SubFilter>,
     },
 }
 
@@ -262,6 +269,8 @@ enum Exit {
     Failed(String),
     /// No MQTT session came about (unreachable, refused, no CONNACK); reconnect.
     NoSession(backoff::FailReason, String),
+    /// The connection was ended for a changed broker config; connect with it at once.
+    Handover,
 }
 
 impl Upstream {

@@ -18,7 +18,7 @@ use crate::queue::{Completion, Queued};
 impl Upstream {
     /// Opens the spool (after the previous holder of the file is gone) and puts what it
     /// still holds in front of anything queued meanwhile.
-    fn open_spool(&mut self) {
+    pub(super) fn open_spool(&mut self) {
         let broker = self.p.broker.clone();
         let (true, Some(dir)) = (broker.config.spool, &self.p.spool_dir) else {
             return;
@@ -75,6 +75,11 @@ impl Upstream {
             self.out.release_all();
             let (reason, error) = match exit {
                 Exit::Done => break,
+                Exit::Handover => {
+                    first = true;
+                    backoff.reset();
+                    continue;
+                }
                 Exit::NoSession(reason, error) => (reason, error),
                 Exit::Failed(error) => (FailReason::Dropped, error),
             };
@@ -107,7 +112,11 @@ impl Upstream {
                 tokio::select! {
                     _ = sleep_until(wake) => break,
                     c = self.ctl.recv() => match c {
-                        Some(c) => self.control_offline(c),
+                        Some(c) => if self.control_offline(c) {
+                            // New settings (e.g. the password that was refused): try now.
+                            backoff.reset();
+                            break;
+                        },
                         None => return self.abandon(),
                     },
                 }
@@ -146,7 +155,8 @@ impl Upstream {
         }
     }
 
-    fn control_offline(&mut self, c: Control) {
+    /// A control message while the broker is down; `true` when it is worth reconnecting now.
+    fn control_offline(&mut self, c: Control) -> bool {
         match c {
             Control::Subscribe { filters, reply } => {
                 let granted = filters.iter().map(|f| f.qos).collect();
@@ -155,7 +165,12 @@ impl Upstream {
             }
             Control::Unsubscribe { filters } => self.subs.retain(|s| !filters.contains(&s.filter)),
             Control::Close { with_will } => self.closing = Some(with_will),
+            Control::Handover { broker, subs } => {
+                self.take_over(broker, subs);
+                return true;
+            }
         }
+        false
     }
 
     pub(super) fn merge_subs(&mut self, filters: Vec<SubFilter>) {
