@@ -505,3 +505,55 @@ async fn rotated_credentials_use_one_connection_at_a_time() -> Result<()> {
     watcher.abort();
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// Spool
+
+/// Two spooled brokers are both down while a device publishes, and the proxy restarts:
+/// both spools hold the device's messages, and both must resume (each resume claimed the
+/// device id on its own, so the second claim stopped the first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spooled_broker_of_a_device_resumes_after_a_restart() -> Result<()> {
+    const N: usize = 20;
+    let (mut a, mut b) = tokio::try_join!(Mosquitto::start(), Mosquitto::start())?;
+    a.kill()?;
+    b.kill()?;
+    let data = tempfile::tempdir()?;
+    let mut config = outage::proxy_config();
+    config.session.spool_dir = Some(data.path().to_owned());
+    let spooled = |id: &str, port: u16| {
+        let mut c = outage::broker(id, port);
+        c.spool = true;
+        c
+    };
+    let brokers = [spooled("spool2-a", a.port()), spooled("spool2-b", b.port())];
+    let proxy = ProxyHandle::start(&config, &brokers).await?;
+    let device = Publisher::builder(proxy.mqtt_addr().port())
+        .client_id("spool2-device")
+        .connect()
+        .await?;
+    for seq in 0..N {
+        device.publish("s2/x", seq.to_string(), 1, false).await?;
+    }
+    device.wait_acked(WAIT).await?;
+    proxy.shutdown().await;
+    drop(device);
+
+    a.restart().await?;
+    b.restart().await?;
+    let sub_a = Subscriber::connect(a.port(), "s2/#", 1).await?;
+    let sub_b = Subscriber::connect(b.port(), "s2/#", 1).await?;
+    let proxy = ProxyHandle::start(&config, &brokers).await?;
+    let (got_a, got_b) = tokio::join!(
+        sub_a.wait_for_count(N, Duration::from_secs(15)),
+        sub_b.wait_for_count(N, Duration::from_secs(15))
+    );
+    ensure!(
+        got_a.len() == N && got_b.len() == N,
+        "A got {} and B got {} of {N} from their spools",
+        got_a.len(),
+        got_b.len()
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
