@@ -72,7 +72,11 @@ async fn mosquitto_sub_c_recovers_offline_messages(version: MqttVersion) {
     let mut again = common.to_vec();
     again.extend(["-C", "3", "-W", "8"]);
     let got = sub_cli(proxy.port(), &again).await;
-    assert_eq!(got, vec!["m1", "m2", "m3"], "messages recovered through the proxy");
+    assert_eq!(
+        got,
+        vec!["m1", "m2", "m3"],
+        "messages recovered through the proxy"
+    );
     proxy.shutdown().await.expect("shutdown");
 }
 
@@ -93,17 +97,26 @@ async fn mosquitto_sub_c_recovers_offline_messages_v5_broker() {
 async fn session_present_and_subscriptions_survive_a_reconnect() {
     let (broker, mut proxy) = bidi_rig(MqttVersion::V311).await;
     let id = format!("keep-{}", std::process::id());
-    let (mut dev, ack) = Raw4::connect(proxy.port(), &id, false).await.expect("connect");
+    let (mut dev, ack) = Raw4::connect(proxy.port(), &id, false)
+        .await
+        .expect("connect");
     assert!(!ack.session_present, "first connect: no session yet");
     dev.subscribe(1, "cmd/#", 1).await.expect("suback");
-    wait_subscribed(&broker, "cmd/#", 1, WAIT).await.expect("upstream subscribed");
+    wait_subscribed(&broker, "cmd/#", 1, WAIT)
+        .await
+        .expect("upstream subscribed");
     dev.disconnect().await.expect("disconnect");
     wait_no_upstreams(&proxy).await;
     publish_on_broker(broker.port(), "cmd/a", &["k1", "k2", "k3"], 1, false).await;
 
-    let (mut dev, ack) = Raw4::connect(proxy.port(), &id, false).await.expect("reconnect");
+    let (mut dev, ack) = Raw4::connect(proxy.port(), &id, false)
+        .await
+        .expect("reconnect");
     assert!(ack.session_present, "the session was kept");
-    let got = dev.wait_publishes(3, WAIT, true).await.expect("kept messages");
+    let got = dev
+        .wait_publishes(3, WAIT, true)
+        .await
+        .expect("kept messages");
     let payloads: Vec<&[u8]> = got.iter().map(|p| &p.payload[..]).collect();
     assert_eq!(payloads, vec![&b"k1"[..], b"k2", b"k3"]);
     // No SUBSCRIBE on this connection: the kept subscription still delivers.
@@ -112,7 +125,10 @@ async fn session_present_and_subscriptions_survive_a_reconnect() {
         .await
         .expect("upstream up");
     publish_on_broker(broker.port(), "cmd/b", &["live"], 1, false).await;
-    let live = dev.wait_publishes(1, WAIT, true).await.expect("live message");
+    let live = dev
+        .wait_publishes(1, WAIT, true)
+        .await
+        .expect("live message");
     assert_eq!(&live[0].payload[..], b"live");
     dev.disconnect().await.expect("disconnect");
 
@@ -121,8 +137,13 @@ async fn session_present_and_subscriptions_survive_a_reconnect() {
     assert!(!ack.session_present, "clean session: nothing kept");
     dev.disconnect().await.expect("disconnect");
     wait_no_upstreams(&proxy).await;
-    let (dev, ack) = Raw4::connect(proxy.port(), &id, false).await.expect("again");
-    assert!(!ack.session_present, "the clean session ended the stored one");
+    let (dev, ack) = Raw4::connect(proxy.port(), &id, false)
+        .await
+        .expect("again");
+    assert!(
+        !ack.session_present,
+        "the clean session ended the stored one"
+    );
     dev.disconnect().await.expect("disconnect");
     proxy.shutdown().await.expect("shutdown");
 }
@@ -133,18 +154,30 @@ async fn session_present_and_subscriptions_survive_a_reconnect() {
 async fn unacknowledged_deliveries_are_resent_on_reconnect() {
     let (broker, mut proxy) = bidi_rig(MqttVersion::V311).await;
     let id = format!("redeliver-{}", std::process::id());
-    let (mut dev, _) = Raw4::connect(proxy.port(), &id, false).await.expect("connect");
+    let (mut dev, _) = Raw4::connect(proxy.port(), &id, false)
+        .await
+        .expect("connect");
     dev.subscribe(1, "r/#", 2).await.expect("suback");
-    wait_subscribed(&broker, "r/#", 1, WAIT).await.expect("upstream subscribed");
+    wait_subscribed(&broker, "r/#", 1, WAIT)
+        .await
+        .expect("upstream subscribed");
     publish_on_broker(broker.port(), "r/1", &["q1"], 1, false).await;
     publish_on_broker(broker.port(), "r/2", &["q2"], 2, false).await;
-    let first = dev.wait_publishes(2, WAIT, false).await.expect("delivered, not acked");
+    let first = dev
+        .wait_publishes(2, WAIT, false)
+        .await
+        .expect("delivered, not acked");
     assert_eq!(first.len(), 2);
     dev.disconnect().await.expect("disconnect");
 
-    let (mut dev, ack) = Raw4::connect(proxy.port(), &id, false).await.expect("reconnect");
+    let (mut dev, ack) = Raw4::connect(proxy.port(), &id, false)
+        .await
+        .expect("reconnect");
     assert!(ack.session_present);
-    let again = dev.wait_publishes(2, WAIT, true).await.expect("redelivered");
+    let again = dev
+        .wait_publishes(2, WAIT, true)
+        .await
+        .expect("redelivered");
     let mut payloads: Vec<Vec<u8>> = again.iter().map(|p| p.payload.to_vec()).collect();
     payloads.sort();
     assert_eq!(payloads, vec![b"q1".to_vec(), b"q2".to_vec()]);

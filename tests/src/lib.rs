@@ -22,9 +22,9 @@ mod mosquitto;
 pub mod proxy;
 mod publisher;
 mod publisher_v5;
+pub mod raw;
 pub mod sequence;
 mod subscriber;
-pub mod raw;
 pub mod tls;
 
 pub mod outage;

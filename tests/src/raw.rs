@@ -164,8 +164,14 @@ impl Raw5 {
 
     async fn ack(&mut self, p: &v5::Publish) -> Result<()> {
         match p.qos as u8 {
-            1 => self.send(v5::Packet::PubAck(v5::PubAck::new(p.pkid, None))).await,
-            2 => self.send(v5::Packet::PubRec(v5::PubRec::new(p.pkid, None))).await,
+            1 => {
+                self.send(v5::Packet::PubAck(v5::PubAck::new(p.pkid, None)))
+                    .await
+            }
+            2 => {
+                self.send(v5::Packet::PubRec(v5::PubRec::new(p.pkid, None)))
+                    .await
+            }
             _ => Ok(()),
         }
     }
@@ -300,8 +306,14 @@ impl Raw4 {
                 Ok(v4::Packet::Publish(p)) => {
                     if ack {
                         match p.qos as u8 {
-                            1 => self.send(v4::Packet::PubAck(v4::PubAck::new(p.pkid))).await?,
-                            2 => self.send(v4::Packet::PubRec(v4::PubRec::new(p.pkid))).await?,
+                            1 => {
+                                self.send(v4::Packet::PubAck(v4::PubAck::new(p.pkid)))
+                                    .await?
+                            }
+                            2 => {
+                                self.send(v4::Packet::PubRec(v4::PubRec::new(p.pkid)))
+                                    .await?
+                            }
                             _ => {}
                         }
                     }

@@ -112,7 +112,14 @@ impl Upstream {
             }
             if self.finished() {
                 if self.closing == Some(false) {
-                    let _ = codec::write(self.proto, &Packet::Disconnect { reason: 0 }, &mut wbuf);
+                    let _ = codec::write(
+                        self.proto,
+                        &Packet::Disconnect {
+                            reason: 0,
+                            session_expiry: None,
+                        },
+                        &mut wbuf,
+                    );
                     let _ = wr.write_all(&wbuf).await;
                     let _ = wr.shutdown().await;
                 }

@@ -65,6 +65,10 @@ enum Control {
     },
 }
 
+/// A SUBSCRIBE/UNSUBSCRIBE for an upstream task, not handed over yet (its control channel
+/// was full).
+pub struct Held(Control);
+
 /// Everything an upstream needs to impersonate the device towards one broker.
 pub struct UpstreamParams {
     pub broker: Arc<Broker>,
@@ -124,6 +128,30 @@ impl UpstreamHandle {
 
     pub async fn unsubscribe(&self, filters: Vec<String>) {
         let _ = self.ctl.send(Control::Unsubscribe { filters }).await;
+    }
+
+    /// A SUBSCRIBE request to hand over with [`retry`] instead of awaiting: a device
+    /// session must never await this task (it may itself be waiting for the session to
+    /// take a message). The receiver yields what [`subscribe`](Self::subscribe)'s does.
+    ///
+    /// [`retry`]: Self::retry
+    pub fn subscribe_request(filters: Vec<SubFilter>) -> (oneshot::Receiver<Vec<u8>>, Held) {
+        let (tx, rx) = oneshot::channel();
+        (rx, Held(Control::Subscribe { filters, reply: tx }))
+    }
+
+    /// An UNSUBSCRIBE request to hand over with [`retry`](Self::retry).
+    pub fn unsubscribe_request(filters: Vec<String>) -> Held {
+        Held(Control::Unsubscribe { filters })
+    }
+
+    /// Hands a held request over if the channel has room now; `Some` while it is still full.
+    /// A request for a task that has ended is dropped (its SUBACK reply then never comes).
+    pub fn retry(&self, held: Held) -> Option<Held> {
+        match self.ctl.try_send(held.0) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
+            Err(mpsc::error::TrySendError::Full(c)) => Some(Held(c)),
+        }
     }
 
     /// Queues a message for this broker; what the queue's overflow policy drops is counted
