@@ -5,5 +5,7 @@
 mod hangs;
 #[path = "sessions/persistent.rs"]
 mod persistent;
+#[path = "sessions/secrets.rs"]
+mod secrets;
 #[path = "sessions/shared.rs"]
 mod shared;
