@@ -3,6 +3,8 @@
 
 #[path = "sessions/hangs.rs"]
 mod hangs;
+#[path = "sessions/limits.rs"]
+mod limits;
 #[path = "sessions/persistent.rs"]
 mod persistent;
 #[path = "sessions/secrets.rs"]

@@ -227,7 +227,10 @@ impl ToDevice {
             return;
         }
         let weight = msg.weight();
-        if self.out.has_room() && self.backlog.is_empty() {
+        if self.out.has_room()
+            && self.backlog.is_empty()
+            && self.bytes + weight <= self.limits.bytes
+        {
             self.publish(msg, weight, Instant::now(), wbuf);
             return;
         }
