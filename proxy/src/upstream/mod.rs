@@ -5,8 +5,10 @@
 //!
 //! A slow or dead broker only fills its own queue: the session never awaits this task.
 
+mod admit;
 mod backoff;
 mod connect;
+mod handover;
 mod inflight;
 mod link;
 mod task;
@@ -62,6 +64,12 @@ enum Control {
     /// publishes the device's will (`with_will == true`).
     Close {
         with_will: bool,
+    },
+    /// The broker's config changed: continue as `broker`, with the same queue, spool and
+    /// in-flight messages, after ending the current connection (see `handover`).
+    Handover {
+        broker: Arc<Broker>,
+        subs: Vec<SubFilter>,
     },
 }
 
@@ -138,6 +146,13 @@ impl UpstreamHandle {
     pub fn subscribe_request(filters: Vec<SubFilter>) -> (oneshot::Receiver<Vec<u8>>, Held) {
         let (tx, rx) = oneshot::channel();
         (rx, Held(Control::Subscribe { filters, reply: tx }))
+    }
+
+    /// [`handover`](Self::handover) as a request to hand over with [`retry`](Self::retry),
+    /// for a device session, which must not await this task.
+    pub fn handover_request(&mut self, broker: Arc<Broker>, subs: Vec<SubFilter>) -> Held {
+        self.broker = broker.clone();
+        Held(Control::Handover { broker, subs })
     }
 
     /// An UNSUBSCRIBE request to hand over with [`retry`](Self::retry).
@@ -275,13 +290,22 @@ struct Upstream {
     echoes: LoopGuard,
     proto: Protocol,
     log_limit: RateLimit,
+    /// When the current connection got its successful CONNACK (for the stable period).
+    connected_at: Option<tokio::time::Instant>,
+    /// What the current connection's CONNACK announced.
+    limits: admit::BrokerLimits,
+    poison: admit::PoisonWatch,
 }
 
 enum Exit {
     /// The upstream is finished for good.
     Done,
-    /// The connection failed; reconnect.
+    /// The connection failed after a successful CONNACK; reconnect.
     Failed(String),
+    /// No MQTT session came about (unreachable, refused, no CONNACK); reconnect.
+    NoSession(backoff::FailReason, String),
+    /// The connection was ended for a changed broker config; connect with it at once.
+    Handover,
 }
 
 impl Upstream {
@@ -300,6 +324,9 @@ impl Upstream {
             echoes: LoopGuard::default(),
             proto,
             log_limit: RateLimit::new(),
+            connected_at: None,
+            limits: admit::BrokerLimits::default(),
+            poison: admit::PoisonWatch::default(),
         }
     }
 
