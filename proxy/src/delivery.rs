@@ -114,7 +114,7 @@ impl ToDevice {
         broker.config.bidirectional
             && broker.config.mqtt_version != crate::broker::MqttVersion::V5
             && broker.rule.delivers(topic)
-            && subs.grant(topic, false).is_some()
+            && subs.matches_unshared(topic)
     }
 
     /// The device's own publish, delivered back to it when it is subscribed (what a single

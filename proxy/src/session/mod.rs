@@ -113,6 +113,7 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         claim.previous.clone(),
         record,
     );
+    s.wait_upstreams().await;
     let end = s.serve(stream, rbuf, assigned).await;
     let with_will = matches!(end, End::Lost(_));
     info!(client_id = %s.connect.client_id, ?end, "device disconnected");
@@ -150,6 +151,8 @@ struct Session {
     expiry: u32,
     /// Kept deliveries to resend once CONNACK is out.
     resume: Option<crate::delivery::Pending>,
+    /// A bidirectional broker still had a session for this (persistent) device.
+    upstream_present: bool,
 }
 
 impl Session {
@@ -202,6 +205,7 @@ impl Session {
             aliases: HashMap::new(),
             expiry,
             resume,
+            upstream_present: false,
         };
         let set = s.brokers.borrow().clone();
         for b in &set.brokers {
@@ -216,6 +220,30 @@ impl Session {
             }
         }
         s
+    }
+
+    /// Waits (at most `connack_wait`, or until shutdown) for the first connection attempt
+    /// of every bidirectional upstream, and notes whether one of them kept a session.
+    async fn wait_upstreams(&mut self) {
+        let links: Vec<_> = self
+            .upstreams
+            .iter()
+            .filter(|u| u.broker.config.bidirectional)
+            .map(UpstreamHandle::link)
+            .collect();
+        if links.is_empty() {
+            return;
+        }
+        let all = futures_util::future::join_all(links.into_iter().map(|mut l| async move {
+            let _ = l.wait_for(Option::is_some).await;
+            *l.borrow() == Some(true)
+        }));
+        let mut shutdown = self.shared.shutdown.clone();
+        let present = tokio::select! {
+            r = timeout(self.shared.opts.connack_wait, all) => r.unwrap_or_default(),
+            _ = wait_true(&mut shutdown) => Vec::new(),
+        };
+        self.upstream_present = !self.connect.clean_session && present.contains(&true);
     }
 
     /// The record a persistent session leaves behind (`None` for a clean one).
@@ -488,10 +516,21 @@ impl Session {
     /// meanwhile taking what brokers still hand over: a persistent session keeps it.
     async fn close_upstreams(&mut self, with_will: bool) {
         let drain = self.shared.opts.drain_timeout;
+        // Only a DISCONNECT that changed it tells the brokers (MQTT 5 ones) a new expiry.
+        let expiry = (self.proto == Protocol::V5
+            && Some(self.expiry) != self.connect.session_expiry.or(Some(0)))
+        .then_some(self.expiry);
         let closing: Vec<_> = self
             .upstreams
             .drain(..)
-            .map(|u| tokio::spawn(u.close(with_will, drain)))
+            .map(|u| {
+                tokio::spawn(async move {
+                    if let Some(e) = expiry {
+                        u.set_session_expiry(e).await;
+                    }
+                    u.close(with_will, drain).await
+                })
+            })
             .collect();
         let all = futures_util::future::join_all(closing);
         tokio::pin!(all);

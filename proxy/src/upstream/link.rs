@@ -14,7 +14,7 @@ use super::admit::{self, BrokerLimits, Unsendable};
 use super::backoff::FailReason;
 use super::{ConnectedCount, Control, Exit, Io, Upstream, BATCH, CONNECT_TIMEOUT};
 use crate::brokerset::now_ms;
-use crate::codec::{self, Packet};
+use crate::codec::{self, Packet, Protocol};
 use crate::loopguard::message_hash;
 use crate::qos::Resend;
 use crate::queue::Queued;
@@ -87,6 +87,7 @@ impl Upstream {
         self.broker().stats.clear_error();
         self.connected_at = Some(Instant::now());
         info!(broker = self.broker().label(), client_id = %self.client_id(), session_present, "upstream connected");
+        let _ = self.link.send(Some(session_present));
 
         // Subscriptions are restored unless the broker kept the session.
         if let (false, false, Some(pkid)) =
@@ -118,6 +119,15 @@ impl Upstream {
         let mut last_write = Instant::now();
         let mut ping_sent: Option<Instant> = None;
         let mut batch: Vec<Queued> = Vec::new();
+        // A broker that kept the session sends what it queued right behind the CONNACK,
+        // often in the same read: handle it now, not at the next read (maybe a keepalive
+        // later).
+        if let Err(e) = self
+            .read_packets(&mut rbuf, &mut wbuf, max, &mut ping_sent)
+            .await
+        {
+            return Exit::Failed(e);
+        }
         loop {
             self.fill(&mut batch, &mut wbuf);
             if !wbuf.is_empty() {
@@ -133,7 +143,9 @@ impl Upstream {
                         self.proto,
                         &Packet::Disconnect {
                             reason: 0,
-                            session_expiry: None,
+                            session_expiry: self
+                                .close_expiry
+                                .filter(|_| self.proto == Protocol::V5),
                         },
                         &mut wbuf,
                     );
@@ -199,6 +211,7 @@ impl Upstream {
                         }
                     }
                     Some(Control::Close { with_will }) => self.closing = Some(with_will),
+                    Some(Control::SessionExpiry(e)) => self.close_expiry = Some(e),
                     Some(Control::Handover { broker, subs }) => {
                         // One connection per client id: DISCONNECT (no will) before the
                         // successor connects; what is unacked is resent there, in order.

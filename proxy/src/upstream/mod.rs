@@ -65,6 +65,9 @@ enum Control {
     Close {
         with_will: bool,
     },
+    /// The device changed its Session Expiry Interval at DISCONNECT: the DISCONNECT to an
+    /// MQTT 5 broker carries it, so the broker's session ends when the device's does.
+    SessionExpiry(u32),
     /// The broker's config changed: continue as `broker`, with the same queue, spool and
     /// in-flight messages, after ending the current connection (see `handover`).
     Handover {
@@ -99,9 +102,18 @@ pub struct UpstreamHandle {
     pub queue: Arc<UpstreamQueue>,
     ctl: mpsc::Sender<Control>,
     task: JoinHandle<()>,
+    /// `None` until the first connection attempt ended: then `Some(session present)`
+    /// (`Some(false)` when it failed). Updated on every later CONNACK.
+    link: watch::Receiver<Option<bool>>,
 }
 
 impl UpstreamHandle {
+    /// The outcome of the latest connection attempt (see the field): lets a device session
+    /// answer CONNECT once its upstreams did (bounded), with their `session present`.
+    pub fn link(&self) -> watch::Receiver<Option<bool>> {
+        self.link.clone()
+    }
+
     pub fn spawn(p: UpstreamParams) -> Self {
         let broker = p.broker.clone();
         let gauges = Some(crate::queue::QueueCounters {
@@ -112,13 +124,16 @@ impl UpstreamHandle {
         });
         let queue = Arc::new(UpstreamQueue::with_gauges(broker.limits, gauges));
         let (ctl_tx, ctl_rx) = mpsc::channel(64);
-        let task = Upstream::new(p, queue.clone(), ctl_rx);
+        let (link_tx, link) = watch::channel(None);
+        let mut task = Upstream::new(p, queue.clone(), ctl_rx);
+        task.link = link_tx;
         let task = tokio::spawn(task.run());
         Self {
             broker,
             queue,
             ctl: ctl_tx,
             task,
+            link,
         }
     }
 
@@ -136,6 +151,11 @@ impl UpstreamHandle {
 
     pub async fn unsubscribe(&self, filters: Vec<String>) {
         let _ = self.ctl.send(Control::Unsubscribe { filters }).await;
+    }
+
+    /// See [`Control::SessionExpiry`]; sent before [`close`](Self::close).
+    pub async fn set_session_expiry(&self, expiry: u32) {
+        let _ = self.ctl.send(Control::SessionExpiry(expiry)).await;
     }
 
     /// A SUBSCRIBE request to hand over with [`retry`] instead of awaiting: a device
@@ -295,6 +315,10 @@ struct Upstream {
     /// What the current connection's CONNACK announced.
     limits: admit::BrokerLimits,
     poison: admit::PoisonWatch,
+    /// Tells the session how connection attempts end (see [`UpstreamHandle::link`]).
+    link: watch::Sender<Option<bool>>,
+    /// Session Expiry Interval for the final DISCONNECT (see [`Control::SessionExpiry`]).
+    close_expiry: Option<u32>,
 }
 
 enum Exit {
@@ -327,6 +351,8 @@ impl Upstream {
             connected_at: None,
             limits: admit::BrokerLimits::default(),
             poison: admit::PoisonWatch::default(),
+            link: watch::channel(None).0,
+            close_expiry: None,
         }
     }
 
