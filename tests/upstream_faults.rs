@@ -505,3 +505,138 @@ async fn rotated_credentials_use_one_connection_at_a_time() -> Result<()> {
     watcher.abort();
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// Spool
+
+/// Two spooled brokers are both down while a device publishes, and the proxy restarts:
+/// both spools hold the device's messages, and both must resume (each resume claimed the
+/// device id on its own, so the second claim stopped the first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spooled_broker_of_a_device_resumes_after_a_restart() -> Result<()> {
+    const N: usize = 20;
+    let (mut a, mut b) = tokio::try_join!(Mosquitto::start(), Mosquitto::start())?;
+    a.kill()?;
+    b.kill()?;
+    let data = tempfile::tempdir()?;
+    let mut config = outage::proxy_config();
+    config.session.spool_dir = Some(data.path().to_owned());
+    let spooled = |id: &str, port: u16| {
+        let mut c = outage::broker(id, port);
+        c.spool = true;
+        c
+    };
+    let brokers = [spooled("spool2-a", a.port()), spooled("spool2-b", b.port())];
+    let proxy = ProxyHandle::start(&config, &brokers).await?;
+    let device = Publisher::builder(proxy.mqtt_addr().port())
+        .client_id("spool2-device")
+        .connect()
+        .await?;
+    for seq in 0..N {
+        device.publish("s2/x", seq.to_string(), 1, false).await?;
+    }
+    device.wait_acked(WAIT).await?;
+    proxy.shutdown().await;
+    drop(device);
+
+    a.restart().await?;
+    b.restart().await?;
+    let sub_a = Subscriber::connect(a.port(), "s2/#", 1).await?;
+    let sub_b = Subscriber::connect(b.port(), "s2/#", 1).await?;
+    let proxy = ProxyHandle::start(&config, &brokers).await?;
+    let (got_a, got_b) = tokio::join!(
+        sub_a.wait_for_count(N, Duration::from_secs(15)),
+        sub_b.wait_for_count(N, Duration::from_secs(15))
+    );
+    ensure!(
+        got_a.len() == N && got_b.len() == N,
+        "A got {} and B got {} of {N} from their spools",
+        got_a.len(),
+        got_b.len()
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory: queue bytes count MQTT 5 properties
+
+/// This process's resident set in bytes (the proxy runs in-process).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A device sends 1-byte payloads that carry 512 KiB of user properties each to a broker
+/// that is down, with the queue capped at 8 MiB. The queue must count the properties (it
+/// counted ~70 bytes per message, so it held all of them), so its bytes stay under the
+/// cap and the process's RSS levels off instead of growing by the ~200 MiB sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_bytes_count_properties_and_rss_levels_off() -> Result<()> {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use rumqttc::v5::mqttbytes::QoS;
+    const CAP: usize = 8 << 20;
+    const BURSTS: usize = 4;
+    const PER_BURST: usize = 100;
+    let broker = Mosquitto::start().await?;
+    let gate = Gate::new(broker.port())?; // never opened: the broker is unreachable
+    let gate_port = gate.port();
+    let proxy = TestProxy::start(&[&broker], |_, b| {
+        b[0].port = gate_port;
+        b[0].queue = Some(mqtt_proxy::broker::QueueLimits {
+            max_bytes: Some(CAP),
+            ..Default::default()
+        });
+    })
+    .await?;
+    let mut options = rumqttc::v5::MqttOptions::new("props-dev", "127.0.0.1", proxy.port());
+    options.set_max_packet_size(Some(2 << 20));
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 16);
+    let events = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let props = PublishProperties {
+        user_properties: (0..64)
+            .map(|i| (format!("k{i}"), "v".repeat(8 << 10)))
+            .collect(),
+        ..Default::default()
+    };
+    let mut rss = Vec::new();
+    let mut sent = 0;
+    for _ in 0..BURSTS {
+        for _ in 0..PER_BURST {
+            client
+                .publish_with_properties("m/x", QoS::AtMostOnce, false, "x", props.clone())
+                .await?;
+            sent += 1;
+        }
+        // All of this burst reached the proxy: its queue saw every message.
+        let arrived = || {
+            proxy
+                .status_of(0)
+                .is_ok_and(|s| s.dropped + s.queue_messages.max(0) as u64 >= sent)
+        };
+        ensure!(wait_until(WAIT, arrived).await, "burst not received");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        rss.push(rss_bytes().unwrap_or(0));
+    }
+    let status = proxy.status_of(0)?;
+    println!(
+        "properties case: RSS after each burst of {PER_BURST} x 512 KiB: {:?} MiB; queue {} B / {} msgs",
+        rss.iter().map(|b| b >> 20).collect::<Vec<_>>(),
+        status.queue_bytes,
+        status.queue_messages
+    );
+    ensure!(
+        status.queue_bytes as usize <= CAP && status.queue_messages <= 16,
+        "the queue must count properties: {status:#?}"
+    );
+    let growth = rss.last().copied().unwrap_or(0).saturating_sub(rss[0]);
+    ensure!(
+        growth < 64 << 20,
+        "RSS grew by {} MiB after the first burst (levels off under the cap): {rss:?}",
+        growth >> 20
+    );
+    events.abort();
+    Ok(())
+}

@@ -25,7 +25,12 @@ impl Upstream {
         };
         let client_id = self.client_id();
         let path = crate::spool::path_for(dir, broker.id(), &client_id);
-        match crate::spool::Spool::open(&path, broker.limits.max_bytes as u64) {
+        let failures = crate::spool::SpoolFailures {
+            broker: broker.label().to_string(),
+            full: broker.metrics.spool_full.clone(),
+            write_error: broker.metrics.spool_write_errors.clone(),
+        };
+        match crate::spool::Spool::open(&path, broker.limits.max_bytes as u64, Some(failures)) {
             Ok((spool, pending)) => {
                 if !pending.is_empty() {
                     info!(broker = broker.label(), %client_id, messages = pending.len(), "resuming spooled messages");
