@@ -48,6 +48,32 @@ pub struct SessionOptions {
     pub receive_maximum: u16,
     /// Where brokers with `spool: true` keep their spool files (the data directory).
     pub spool_dir: Option<PathBuf>,
+    /// Bytes held for one device: messages in flight to it plus waiting (backlog).
+    pub to_device_max_bytes: usize,
+    /// A write to a device that takes longer than this closes the connection (a device
+    /// that does not read must not hold its session, keepalive, takeover or shutdown).
+    pub device_write_timeout: Duration,
+    /// Subscriptions per device session; beyond it SUBACK says failure (quota exceeded).
+    pub max_subscriptions: usize,
+    /// Persistent sessions kept for absent devices, and the bytes of messages they hold.
+    pub max_kept_sessions: usize,
+    pub max_kept_session_bytes: usize,
+    /// Topic aliases an MQTT 5 device may set up towards the proxy (Topic Alias Maximum).
+    pub topic_alias_max: u16,
+    /// How long a device's CONNACK waits for its bidirectional upstreams' first CONNACK, so
+    /// that `session present` reflects theirs and its first SUBSCRIBE is in force upstream
+    /// when its SUBACK comes (a broker that is down answers at once by refusing the TCP
+    /// connection; one that hangs costs at most this).
+    pub connack_wait: Duration,
+}
+
+impl SessionOptions {
+    pub fn keep_limits(&self) -> crate::registry::KeepLimits {
+        crate::registry::KeepLimits {
+            max_sessions: self.max_kept_sessions,
+            max_bytes: self.max_kept_session_bytes,
+        }
+    }
 }
 
 /// Loop prevention for mirrored messages.
@@ -108,6 +134,13 @@ impl Default for Config {
                 to_device_buffer: 10_000,
                 receive_maximum: 1024,
                 spool_dir: None,
+                to_device_max_bytes: 16 << 20,
+                device_write_timeout: Duration::from_secs(30),
+                max_subscriptions: 10_000,
+                max_kept_sessions: 10_000,
+                max_kept_session_bytes: 256 << 20,
+                topic_alias_max: 64,
+                connack_wait: Duration::from_secs(2),
             },
             queue: QueueLimits::default(),
             queue_total_max_bytes: 512 << 20,
@@ -137,6 +170,12 @@ pub struct FileConfig {
     pub instance_id: Option<String>,
     pub hop_property: Option<String>,
     pub max_hops: Option<u32>,
+    pub to_device_max_bytes: Option<usize>,
+    pub device_write_timeout_secs: Option<u64>,
+    pub max_subscriptions: Option<usize>,
+    pub max_kept_sessions: Option<usize>,
+    pub max_kept_session_bytes: Option<usize>,
+    pub connack_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Parser)]
@@ -211,6 +250,21 @@ pub struct RunArgs {
     /// Hop count at which a mirrored message is not mirrored again [default: 1]
     #[arg(long, env = "MQTT_PROXY_MAX_HOPS")]
     pub max_hops: Option<u32>,
+    /// Bytes held per device for delivery (in flight + waiting) [default: 16777216]
+    #[arg(long, env = "MQTT_PROXY_TO_DEVICE_MAX_BYTES")]
+    pub to_device_max_bytes: Option<usize>,
+    /// Seconds a write to a device may take before it is disconnected [default: 30]
+    #[arg(long, env = "MQTT_PROXY_DEVICE_WRITE_TIMEOUT_SECS")]
+    pub device_write_timeout_secs: Option<u64>,
+    /// Subscriptions per device session [default: 10000]
+    #[arg(long, env = "MQTT_PROXY_MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<usize>,
+    /// Persistent sessions kept for absent devices [default: 10000]
+    #[arg(long, env = "MQTT_PROXY_MAX_KEPT_SESSIONS")]
+    pub max_kept_sessions: Option<usize>,
+    /// Bytes of undelivered messages all kept sessions hold together [default: 268435456]
+    #[arg(long, env = "MQTT_PROXY_MAX_KEPT_SESSION_BYTES")]
+    pub max_kept_session_bytes: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -261,6 +315,19 @@ impl Config {
         layer!(c.mirror.instance_id, instance_id);
         layer!(c.mirror.hop_property, hop_property);
         layer!(c.mirror.max_hops, max_hops);
+        layer!(c.session.to_device_max_bytes, to_device_max_bytes);
+        layer!(c.session.max_subscriptions, max_subscriptions);
+        layer!(c.session.max_kept_sessions, max_kept_sessions);
+        layer!(c.session.max_kept_session_bytes, max_kept_session_bytes);
+        if let Some(s) = args
+            .device_write_timeout_secs
+            .or(file.device_write_timeout_secs)
+        {
+            c.session.device_write_timeout = Duration::from_secs(s);
+        }
+        if let Some(ms) = file.connack_wait_ms {
+            c.session.connack_wait = Duration::from_millis(ms);
+        }
         if let Some(o) = file.queue_overflow {
             c.queue.overflow = o;
         }
@@ -293,6 +360,15 @@ impl Config {
         }
         if self.session.max_packet_size < 64 || self.session.max_packet_size > 268_435_455 {
             return bad("max_packet_size", "must be between 64 and 268435455 bytes");
+        }
+        if self.session.device_write_timeout.is_zero() {
+            return bad("device_write_timeout_secs", "must be at least 1");
+        }
+        if self.session.to_device_max_bytes < self.session.max_packet_size {
+            return bad(
+                "to_device_max_bytes",
+                "must hold at least one packet of max_packet_size",
+            );
         }
         if self.queue.max_messages == 0 {
             return bad("queue_max_messages", "must be at least 1");

@@ -253,6 +253,7 @@ fn mirror_filters(b: &Broker) -> Vec<SubFilter> {
             // Keep the retain flag as published so retained state is mirrored.
             retain_as_published: true,
             retain_handling: 0,
+            id: None,
         })
         .collect()
 }

@@ -79,11 +79,11 @@ impl Upstream {
                     let _ = reply.send(codes);
                 }
             }
-            Packet::UnsubAck { pkid } => {
+            Packet::UnsubAck { pkid, .. } => {
                 self.out.release(pkid);
             }
             Packet::PingResp => {}
-            Packet::Disconnect { reason } => {
+            Packet::Disconnect { reason, .. } => {
                 return Err(format!("broker sent DISCONNECT (reason {reason:#04x})"));
             }
             other => return Err(format!("unexpected packet from broker: {other:?}")),

@@ -14,7 +14,7 @@ use super::admit::{self, BrokerLimits, Unsendable};
 use super::backoff::FailReason;
 use super::{ConnectedCount, Control, Exit, Io, Upstream, BATCH, CONNECT_TIMEOUT};
 use crate::brokerset::now_ms;
-use crate::codec::{self, Packet};
+use crate::codec::{self, Packet, Protocol};
 use crate::loopguard::message_hash;
 use crate::qos::Resend;
 use crate::queue::Queued;
@@ -55,6 +55,7 @@ impl Upstream {
                 receive_maximum,
                 maximum_qos,
                 max_packet_size,
+                ..
             })) => {
                 if let Some(rm) = receive_maximum {
                     self.out.set_max_inflight(rm);
@@ -86,6 +87,7 @@ impl Upstream {
         self.broker().stats.clear_error();
         self.connected_at = Some(Instant::now());
         info!(broker = self.broker().label(), client_id = %self.client_id(), session_present, "upstream connected");
+        let _ = self.link.send(Some(session_present));
 
         // Subscriptions are restored unless the broker kept the session.
         if let (false, false, Some(pkid)) =
@@ -117,6 +119,15 @@ impl Upstream {
         let mut last_write = Instant::now();
         let mut ping_sent: Option<Instant> = None;
         let mut batch: Vec<Queued> = Vec::new();
+        // A broker that kept the session sends what it queued right behind the CONNACK,
+        // often in the same read: handle it now, not at the next read (maybe a keepalive
+        // later).
+        if let Err(e) = self
+            .read_packets(&mut rbuf, &mut wbuf, max, &mut ping_sent)
+            .await
+        {
+            return Exit::Failed(e);
+        }
         loop {
             self.fill(&mut batch, &mut wbuf);
             if !wbuf.is_empty() {
@@ -128,7 +139,16 @@ impl Upstream {
             }
             if self.finished() {
                 if self.closing == Some(false) {
-                    let _ = codec::write(self.proto, &Packet::Disconnect { reason: 0 }, &mut wbuf);
+                    let _ = codec::write(
+                        self.proto,
+                        &Packet::Disconnect {
+                            reason: 0,
+                            session_expiry: self
+                                .close_expiry
+                                .filter(|_| self.proto == Protocol::V5),
+                        },
+                        &mut wbuf,
+                    );
                     let _ = wr.write_all(&wbuf).await;
                     let _ = wr.shutdown().await;
                 }
@@ -191,10 +211,11 @@ impl Upstream {
                         }
                     }
                     Some(Control::Close { with_will }) => self.closing = Some(with_will),
+                    Some(Control::SessionExpiry(e)) => self.close_expiry = Some(e),
                     Some(Control::Handover { broker, subs }) => {
                         // One connection per client id: DISCONNECT (no will) before the
                         // successor connects; what is unacked is resent there, in order.
-                        let _ = codec::write(self.proto, &Packet::Disconnect { reason: 0 }, &mut wbuf);
+                        let _ = codec::write(self.proto, &Packet::Disconnect { reason: 0, session_expiry: None }, &mut wbuf);
                         let _ = wr.write_all(&wbuf).await;
                         let _ = wr.shutdown().await;
                         self.take_over(broker, subs);

@@ -85,7 +85,12 @@ impl Upstream {
                     backoff.reset();
                     continue;
                 }
-                Exit::NoSession(reason, error) => (reason, error),
+                Exit::NoSession(reason, error) => {
+                    if self.link.borrow().is_none() {
+                        let _ = self.link.send(Some(false));
+                    }
+                    (reason, error)
+                }
                 Exit::Failed(error) => (FailReason::Dropped, error),
             };
             let up_for = self.connected_at.map(|t| t.elapsed());
@@ -170,6 +175,7 @@ impl Upstream {
             }
             Control::Unsubscribe { filters } => self.subs.retain(|s| !filters.contains(&s.filter)),
             Control::Close { with_will } => self.closing = Some(with_will),
+            Control::SessionExpiry(e) => self.close_expiry = Some(e),
             Control::Handover { broker, subs } => {
                 self.take_over(broker, subs);
                 return true;
