@@ -6,7 +6,7 @@
 pub mod apply;
 pub mod build;
 mod discovery;
-mod index;
+pub mod index;
 pub mod status;
 pub mod validate;
 
