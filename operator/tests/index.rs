@@ -16,23 +16,24 @@ use mqtt_proxy_operator::controller::RenderedIndex;
 use mqtt_proxy_operator::crd::{MqttBroker, MqttProxy};
 
 fn secret_meta(name: &str, owner: Option<&str>) -> PartialObjectMeta<Secret> {
-    let mut m = PartialObjectMeta::<Secret>::default();
-    m.metadata = ObjectMeta {
-        name: Some(name.into()),
-        namespace: Some("plant".into()),
-        owner_references: owner.map(|o| {
-            vec![OwnerReference {
-                api_version: "mqttproxy.io/v1alpha1".into(),
-                kind: "MqttProxy".into(),
-                name: o.into(),
-                uid: "u".into(),
-                controller: Some(true),
-                ..OwnerReference::default()
-            }]
-        }),
-        ..ObjectMeta::default()
-    };
-    m
+    PartialObjectMeta::<Secret> {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("plant".into()),
+            owner_references: owner.map(|o| {
+                vec![OwnerReference {
+                    api_version: "mqttproxy.io/v1alpha1".into(),
+                    kind: "MqttProxy".into(),
+                    name: o.into(),
+                    uid: "u".into(),
+                    controller: Some(true),
+                    ..OwnerReference::default()
+                }]
+            }),
+            ..ObjectMeta::default()
+        },
+        ..Default::default()
+    }
 }
 
 fn broker(name: &str) -> MqttBroker {
