@@ -39,6 +39,7 @@ enum Reply {
 #[derive(Clone, Debug)]
 struct Seen {
     method: String,
+    content_type: String,
     path: String,
     query: String,
     body: Value,
@@ -58,6 +59,12 @@ fn serve(
                 .expect("the operator made this call");
             let s = Seen {
                 method: req.method().to_string(),
+                content_type: req
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
                 path: req.uri().path().to_string(),
                 query: req.uri().query().unwrap_or_default().to_string(),
                 body: Value::Null,
@@ -196,17 +203,29 @@ fn assert_in_rbac_md(seen: &[Seen]) {
         if resource == "<discovery>" {
             continue; // discovery is open to every authenticated client (system:discovery)
         }
-        assert!(
-            table
-                .iter()
-                .any(|(g, r, vs)| *g == group && *r == resource && vs.contains(&verb)),
-            "{verb} {group}/{resource} is not in operator/RBAC.md"
-        );
+        // Server-side apply of a missing object creates it: the server checks `create` too.
+        let apply = s.content_type == "application/apply-patch+yaml";
+        let mut verbs = vec![verb];
+        if apply && !resource.contains('/') {
+            verbs.push("create".into());
+        }
+        for verb in verbs {
+            assert!(
+                table
+                    .iter()
+                    .any(|(g, r, vs)| *g == group && *r == resource && vs.contains(&verb)),
+                "{verb} {group}/{resource} is not in operator/RBAC.md"
+            );
+        }
     }
 }
 
 fn assert_field_manager(seen: &[Seen]) {
     for s in seen.iter().filter(|s| s.method == "PATCH") {
+        assert_eq!(
+            s.content_type, "application/apply-patch+yaml",
+            "server-side apply only"
+        );
         assert!(
             s.query.contains("fieldManager=mqtt-proxy-operator") && s.query.contains("force=true"),
             "{} {}?{}",
