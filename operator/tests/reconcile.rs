@@ -104,6 +104,10 @@ async fn reconcile_applies_children_in_order_then_status() {
     assert_eq!(cond("Ready")["status"], "False");
     assert_eq!(cond("Ready")["reason"], "ReplicasNotReady");
     assert_eq!(cond("Degraded")["status"], "False");
+    for c in st["conditions"].as_array().expect("conditions") {
+        // 1.20's server-side apply turns "" into null and then rejects it.
+        assert!(c["message"].as_str().is_some_and(|m| !m.is_empty()), "{c}");
+    }
 }
 
 #[tokio::test]

@@ -80,7 +80,11 @@ pub fn proxy_status(
             } else {
                 (reason::REPLICAS_NOT_READY, degraded.clone())
             };
-            let (deg_reason, deg_msg) = deg.clone().unwrap_or((reason::AS_EXPECTED, String::new()));
+            // Never an empty message: Kubernetes 1.20's server-side apply turns "" into null,
+            // which the schema (`type: string`) then rejects.
+            let (deg_reason, deg_msg) = deg
+                .clone()
+                .unwrap_or((reason::AS_EXPECTED, "nothing degraded".to_string()));
             MqttProxyStatus {
                 conditions: vec![
                     cond(
