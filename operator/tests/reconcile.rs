@@ -90,6 +90,10 @@ async fn reconcile_applies_children_in_order_then_status() {
     let st = &status["status"];
     assert_eq!(st["brokers"], 2);
     assert_eq!(st["observedGeneration"], 3);
+    assert_eq!(
+        st["selector"],
+        "app.kubernetes.io/instance=factory,app.kubernetes.io/name=mqtt-proxy"
+    );
     let cond = |t: &str| {
         st["conditions"]
             .as_array()

@@ -12,6 +12,7 @@ fn applied(ready: i32) -> ProxyOutcome {
         desired: 2,
         replicas: 2,
         ready,
+        selector: "app=x".into(),
         degraded: None,
     }
 }
@@ -82,6 +83,7 @@ fn degraded_names_its_reason() {
         desired: 1,
         replicas: 1,
         ready: 1,
+        selector: "app=x".into(),
         degraded: Some((
             reason::NO_BROKERS_SELECTED,
             "brokerSelector selects no MqttBroker".into(),

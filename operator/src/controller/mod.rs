@@ -134,6 +134,11 @@ fn applied_outcome(v: &validate::ValidatedProxy, d: &Deployment) -> ProxyOutcome
         desired: v.replicas,
         replicas: st.replicas.unwrap_or(0),
         ready: st.ready_replicas.unwrap_or(0),
+        selector: build::selector_labels(v)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
         degraded,
     }
 }

@@ -49,6 +49,8 @@ pub enum ProxyOutcome {
         desired: i32,
         replicas: i32,
         ready: i32,
+        /// The pods' label selector, `k=v,k=v`.
+        selector: String,
         /// `Degraded` reason and message, if any.
         degraded: Option<(&'static str, String)>,
     },
@@ -71,6 +73,7 @@ pub fn proxy_status(
             desired,
             replicas,
             ready,
+            selector,
             degraded,
         } => {
             let all_ready = ready >= desired;
@@ -118,6 +121,7 @@ pub fn proxy_status(
                 replicas: *replicas,
                 ready_replicas: *ready,
                 brokers: *brokers,
+                selector: Some(selector.clone()),
                 observed_generation: generation,
             }
         }
