@@ -257,6 +257,41 @@ fn hot_reload_file_json_yaml_and_password_file() {
 }
 
 #[test]
+fn rendered_brokers_file_loads_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("brokers.yaml");
+    let mut b = BrokerConfig::new("b1", "h", 1884);
+    b.password = Some(Secret::new("0123"));
+    b.topics = vec!["a/#".into()];
+    let mut b2 = BrokerConfig::new("b2", "h2", 1883);
+    // Strings YAML would otherwise read as booleans, numbers or comments.
+    b2.username = Some("on".into());
+    b2.password = Some(Secret::new("yes: #no"));
+    let brokers = vec![b, b2];
+    fs::write(&path, render_brokers_file(&brokers).expect("renders")).expect("writes");
+    assert_eq!(load_brokers_file(&path).expect("loads"), brokers);
+}
+
+#[test]
+fn hot_reload_file_resolves_relative_tls_paths_against_its_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("brokers.yaml");
+    fs::write(
+        &path,
+        "brokers:\n  - id: a\n    address: h\n    useTls: true\n    caCertPath: a-ca.crt\n    \
+         clientCertPath: certs/a.crt\n    clientKeyPath: /abs/a.key\n",
+    )
+    .expect("writes");
+    let brokers = load_brokers_file(&path).expect("loads");
+    assert_eq!(brokers[0].ca_cert_path, Some(dir.path().join("a-ca.crt")));
+    assert_eq!(
+        brokers[0].client_cert_path,
+        Some(dir.path().join("certs/a.crt"))
+    );
+    assert_eq!(brokers[0].client_key_path, Some("/abs/a.key".into()));
+}
+
+#[test]
 fn invalid_hot_reload_file_names_the_field() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("brokers.yaml");
