@@ -5,14 +5,15 @@
 //!
 //! Outside CI these skip (with a message) when `tests/k8s/apiserver.sh build` has not run.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use mqtt_proxy_tests::k8s::kubectl::condition;
 use mqtt_proxy_tests::k8s::TestApiServer;
+use mqtt_proxy_tests::wait_until;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -87,9 +88,23 @@ async fn custom_resources_server_side_apply_status_and_watch() -> Result<()> {
     // Server-side apply creates, then updates, with a generation bump.
     k.apply(&widget(1, "red")).await?;
     k.apply(&widget(2, "red")).await?;
-    let w = k
-        .wait_for("wdg", "w1", "smoke", WAIT, |o| o.cloned())
+    // kubectl hides managedFields unless asked.
+    let out = k
+        .run(
+            &[
+                "get",
+                "wdg",
+                "w1",
+                "-n",
+                "smoke",
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ],
+            None,
+        )
         .await?;
+    let w: serde_json::Value = serde_json::from_str(&out)?;
     ensure!(
         w["spec"]["size"] == 2 && w["metadata"]["generation"] == 2,
         "{w}"
@@ -107,17 +122,22 @@ async fn custom_resources_server_side_apply_status_and_watch() -> Result<()> {
 
     // A watch sees the next change.
     let (events, _watch) = watch(&api, "wdg", "smoke")?;
-    let first = events
-        .recv_timeout(WAIT)
-        .context("the watch lists w1 first")?;
-    ensure!(first.contains("\"w1\""), "first watch event: {first}");
+    let listed = watch_saw(&events, 0, |o| {
+        o.contains("\"ADDED\"") && o.contains("\"w1\"")
+    })
+    .await;
+    ensure!(listed, "the watch lists w1 first: {}", lock(&events));
+    let from = lock(&events).len();
     k.apply(&widget(3, "blue")).await?;
-    let seen = (0..10).any(|_| {
-        events
-            .recv_timeout(WAIT)
-            .is_ok_and(|e| e.contains("\"MODIFIED\"") && e.contains("\"blue\""))
-    });
-    ensure!(seen, "the watch reported the change to blue");
+    let modified = watch_saw(&events, from, |o| {
+        o.contains("\"MODIFIED\"") && o.contains("\"blue\"")
+    })
+    .await;
+    ensure!(
+        modified,
+        "the watch reports the change to blue: {}",
+        lock(&events)
+    );
 
     // Status goes through its own subresource and leaves the spec and generation alone.
     let status = json!({
@@ -220,13 +240,13 @@ async fn pods_rbac_and_server_side_dry_run() -> Result<()> {
     Ok(())
 }
 
-/// `kubectl get <resource> --watch -o json` in the background: one JSON event per message
-/// (objects span several lines; each ends with a `}` line). The process dies with the guard.
+/// `kubectl get <resource> --watch --output-watch-events -o json` in the background; its
+/// output accumulates in the returned buffer. The process dies with the guard.
 fn watch(
     api: &TestApiServer,
     resource: &str,
     ns: &str,
-) -> Result<(mpsc::Receiver<String>, ChildGuard)> {
+) -> Result<(Arc<Mutex<String>>, ChildGuard)> {
     let mut child = Command::new(api.kubectl().bin())
         .arg(format!("--kubeconfig={}", api.kubeconfig().display()))
         .args([
@@ -241,22 +261,42 @@ fn watch(
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .context("spawning kubectl --watch")?;
-    let stdout = child.stdout.take().context("watch stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut event = String::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            event.push_str(&line);
-            event.push('\n');
-            if line == "}" && tx.send(std::mem::take(&mut event)).is_err() {
-                return;
+    let out = Arc::new(Mutex::new(String::new()));
+    for pipe in [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let out = Arc::clone(&out);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+                out.push_str(&line);
+                out.push('\n');
             }
-        }
-    });
-    Ok((rx, ChildGuard(child)))
+        });
+    }
+    Ok((out, ChildGuard(child)))
+}
+
+/// Waits until the watch output (from byte `from` on) satisfies `check`.
+async fn watch_saw(out: &Mutex<String>, from: usize, check: impl Fn(&str) -> bool) -> bool {
+    wait_until(WAIT, || {
+        let out = out.lock().unwrap_or_else(|e| e.into_inner());
+        out.get(from..).is_some_and(&check)
+    })
+    .await
 }
 
 /// Kills and reaps a background process when dropped.
@@ -267,4 +307,8 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+fn lock(out: &Mutex<String>) -> String {
+    out.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }

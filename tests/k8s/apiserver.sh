@@ -93,6 +93,7 @@ apt_unpack() {
     [ -n "$d" ] || die "apt-get download $p failed"
     dpkg -x "$d" "$dest"
   done
+  rm -rf "$dl"
 }
 
 # --- build ----------------------------------------------------------------------------------

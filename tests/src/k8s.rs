@@ -20,6 +20,7 @@
 pub mod bins;
 pub mod kubectl;
 pub mod kubelet;
+pub mod process;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -82,6 +83,7 @@ impl TestApiServer {
     }
 
     fn start_blocking(found: bins::ClusterBinaries) -> Result<Self> {
+        let started = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix("mqtt-proxy-apiserver-")
             .tempdir()
@@ -121,6 +123,10 @@ impl TestApiServer {
             let kubectl = Kubectl::new(found.kubectl.clone(), kubeconfig.clone());
             match wait_apiserver(&mut apiserver, &kubectl, dir.path()) {
                 Ok(()) => {
+                    eprintln!(
+                        "k8s harness: kube-apiserver ready on 127.0.0.1:{port} in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    );
                     return Ok(Self {
                         dir,
                         apiserver: Some(apiserver),
@@ -265,6 +271,7 @@ struct KeyFiles {
     cert: PathBuf,
     key: PathBuf,
     sa_key: PathBuf,
+    sa_pub: PathBuf,
 }
 
 impl KeyFiles {
@@ -278,6 +285,7 @@ impl KeyFiles {
             cert: dir.join("apiserver.crt"),
             key: dir.join("apiserver.key"),
             sa_key: dir.join("service-account.key"),
+            sa_pub: dir.join("service-account.pub"),
         };
         for (from, to) in [
             (pki.ca_cert(), &keys.ca),
@@ -287,6 +295,14 @@ impl KeyFiles {
         ] {
             fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
         }
+        // The verifying side wants a public key: 1.20 reads no PKCS#8 private key there.
+        let mut pubout = Command::new("openssl");
+        pubout
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&keys.sa_key)
+            .arg("-out")
+            .arg(&keys.sa_pub);
+        run_bounded(&mut pubout, "openssl pkey -pubout", Duration::from_secs(10))?;
         Ok(keys)
     }
 }
@@ -309,7 +325,7 @@ fn spawn_apiserver(bin: &Path, a: &ApiServerArgs<'_>) -> Result<Child> {
         .arg("--authorization-mode=RBAC")
         .arg(format!(
             "--service-account-key-file={}",
-            path(&a.keys.sa_key)
+            path(&a.keys.sa_pub)
         ))
         .arg(format!(
             "--service-account-signing-key-file={}",
@@ -368,6 +384,33 @@ fn write_kubeconfig(dir: &Path, port: u16, ca: &Path, token: &str) -> Result<Pat
     );
     fs::write(&path, config).context("writing the kubeconfig")?;
     Ok(path)
+}
+
+/// Runs `cmd` to completion within `timeout`; fails with its stderr.
+fn run_bounded(cmd: &mut Command, what: &str, timeout: Duration) -> Result<()> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {what}"))?;
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().context("polling")?.is_none() {
+        if Instant::now() >= deadline {
+            stop(&mut child);
+            bail!("{what}: still running after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let output = child.wait_with_output().context("collecting output")?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// SIGKILL and reap, bounded: nothing in a throwaway cluster needs a graceful stop.

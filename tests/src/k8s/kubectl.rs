@@ -116,8 +116,9 @@ impl Kubectl {
         .await
     }
 
-    /// Server-side apply of a file or a directory of manifests.
-    pub async fn apply_path(&self, path: &Path) -> Result<String> {
+    /// Server-side apply of a file or a directory of manifests into namespace `ns` (for
+    /// namespaced objects that name none).
+    pub async fn apply_path(&self, path: &Path, ns: &str) -> Result<String> {
         let manager = format!("--field-manager={TEST_FIELD_MANAGER}");
         let file = path.display().to_string();
         self.run(
@@ -126,6 +127,8 @@ impl Kubectl {
                 "--server-side",
                 "--force-conflicts",
                 &manager,
+                "-n",
+                ns,
                 "-f",
                 &file,
             ],
