@@ -20,6 +20,7 @@
 pub mod bins;
 pub mod kubectl;
 pub mod kubelet;
+pub mod operator;
 pub mod process;
 
 use std::fs;
