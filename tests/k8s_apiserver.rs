@@ -1,7 +1,8 @@
 //! The test Kubernetes API server itself (`mqtt_proxy_tests::k8s`), proven on the API
 //! features the operator and the chart rely on, before the end-to-end tests lean on it: a
 //! CRD with a schema and a status subresource, schema rejection, server-side apply, status
-//! patches, watches, RBAC, Pods standing in for the kubelet, and server-side dry runs.
+//! patches, watches, RBAC, Pods standing in for the kubelet, and server-side dry runs; and
+//! the kubelet-style Secret volume driving the real proxy binary, without any of it.
 //!
 //! Outside CI these skip (with a message) when `tests/k8s/apiserver.sh build` has not run.
 
@@ -12,8 +13,10 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use mqtt_proxy_tests::k8s::kubectl::condition;
+use mqtt_proxy_tests::k8s::kubelet::SecretData;
+use mqtt_proxy_tests::k8s::proxy_loop::{drive_proxy, locked_broker, ROTATED_PASSWORD};
 use mqtt_proxy_tests::k8s::TestApiServer;
-use mqtt_proxy_tests::wait_until;
+use mqtt_proxy_tests::{wait_until, Mosquitto};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -238,6 +241,24 @@ async fn pods_rbac_and_server_side_dry_run() -> Result<()> {
         .await;
     ensure!(invalid.is_err(), "an invalid Deployment fails the dry run");
     Ok(())
+}
+
+/// The kubelet and proxy stand-ins on their own, with no API server and no operator: a
+/// hand-written broker file in a kubelet-style volume drives the real proxy binary through
+/// a password rotation. When the operator loop fails, this says whether the harness does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_style_secret_dir_drives_the_real_proxy_binary() -> Result<()> {
+    let (open, locked) = tokio::try_join!(Mosquitto::start(), locked_broker("pw-1"))?;
+    let data = |pw: &str| -> SecretData {
+        let yaml = format!("brokers:\n- id: open\n  address: 127.0.0.1\n  port: {}\n- id: locked\n  address: 127.0.0.1\n  port: {}\n  username: gateway\n  password: {pw}\n", open.port(), locked.port());
+        [("brokers.yaml".to_owned(), yaml.into_bytes())]
+            .into_iter()
+            .collect()
+    };
+    drive_proxy(&open, &locked, &data("pw-1"), async || {
+        Ok(data(ROTATED_PASSWORD))
+    })
+    .await
 }
 
 /// `kubectl get <resource> --watch --output-watch-events -o json` in the background; its

@@ -22,6 +22,7 @@ pub mod kubectl;
 pub mod kubelet;
 pub mod operator;
 pub mod process;
+pub mod proxy_loop;
 
 use std::fs;
 use std::io::{Read, Write};
