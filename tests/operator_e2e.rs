@@ -15,14 +15,14 @@ use std::collections::BTreeSet;
 
 use anyhow::{ensure, Context, Result};
 use mqtt_proxy_tests::k8s::kubectl::condition;
+use mqtt_proxy_tests::k8s::kubectl::Kubectl;
 use mqtt_proxy_tests::k8s::operator::{
     apply_crds, assert_owned_by, operator, rendered_brokers, rendered_data,
-    stand_in_for_deployment_controller, workspace_path, WAIT,
+    stand_in_for_deployment_controller, workspace_path, Operator, WAIT,
 };
-use mqtt_proxy_tests::k8s::process::Process;
 use mqtt_proxy_tests::k8s::proxy_loop::{drive_proxy, locked_broker, ROTATED_PASSWORD};
 use mqtt_proxy_tests::k8s::TestApiServer;
-use mqtt_proxy_tests::Mosquitto;
+use mqtt_proxy_tests::{wait_until, Mosquitto};
 use serde_json::Value;
 
 const NS: &str = "e2e";
@@ -100,7 +100,8 @@ async fn operator_exits_non_zero_with_a_clear_message_without_crds() -> Result<(
         return Ok(());
     };
     let mut op = operator(&api, &[])?;
-    let status = op.wait_exit(WAIT).await?;
+    let status = op.process.wait_exit(WAIT).await?;
+    let op = op.process;
     ensure!(!status.success(), "exit status {status}\n{}", op.log_tail());
     println!("{}", op.log_tail());
     let log = op.log().to_lowercase();
@@ -126,12 +127,12 @@ async fn operator_reconciles_examples_and_follows_changes() -> Result<()> {
     let mut op = operator(&api, &[])?;
     let result = reconcile_examples(&api, &mut op).await;
     if result.is_err() {
-        eprintln!("{}", op.log_tail());
+        eprintln!("{}", op.process.log_tail());
     }
     result
 }
 
-async fn reconcile_examples(api: &TestApiServer, op: &mut Process) -> Result<()> {
+async fn reconcile_examples(api: &TestApiServer, op: &mut Operator) -> Result<()> {
     let k = api.kubectl();
     let proxy = k
         .get_json("mqp", "factory", NS)
@@ -169,13 +170,21 @@ async fn reconcile_examples(api: &TestApiServer, op: &mut Process) -> Result<()>
         .wait_for("deployment", "factory", NS, WAIT, |d| d.cloned())
         .await?;
     assert_owned_by(&deployment, "factory", &uid)?;
+    ensure!(
+        deployment["spec"]["replicas"] == 2,
+        "replicas from the spec"
+    );
     check_pod_template(&deployment["spec"]["template"])?;
     let service = k
         .wait_for("service", "factory", NS, WAIT, |s| s.cloned())
         .await?;
     assert_owned_by(&service, "factory", &uid)?;
     let ports = service["spec"]["ports"].as_array().context("ports")?;
-    ensure!(ports.len() == 2, "MQTT and HTTP ports: {service}");
+    let numbers: BTreeSet<i64> = ports.iter().filter_map(|p| p["port"].as_i64()).collect();
+    ensure!(
+        numbers == [1883, 3000].into(),
+        "MQTT and HTTP ports: {service}"
+    );
     ensure!(
         ports
             .iter()
@@ -221,6 +230,38 @@ async fn reconcile_examples(api: &TestApiServer, op: &mut Process) -> Result<()>
     println!("Ready: {ready}");
     let out = k.run(&["get", "mqb,mqp", "-n", NS], None).await?;
     println!("$ kubectl get mqb,mqp\n{out}");
+    op.wait_ok("/readyz").await?;
+    op.wait_ok("/healthz").await?;
+
+    // 0. A reconcile with nothing to change writes nothing. Touching a referenced Secret
+    // maps to a reconcile of factory; the metrics say when it has finished.
+    let children = child_versions(k).await?;
+    let finished = op.reconciles_finished("mqttproxy")?;
+    k.run(
+        &[
+            "annotate",
+            "secret",
+            "mqtt-credentials",
+            "-n",
+            NS,
+            "e2e/poke=1",
+        ],
+        None,
+    )
+    .await?;
+    let reconciled = wait_until(WAIT, || {
+        op.reconciles_finished("mqttproxy")
+            .is_ok_and(|n| n > finished)
+    })
+    .await;
+    ensure!(
+        reconciled,
+        "touching a referenced Secret reconciles its proxy"
+    );
+    ensure!(
+        child_versions(k).await? == children,
+        "a no-op reconcile rewrote a child (resourceVersions changed)"
+    );
 
     // 1. Rotate a password: only the rendered Secret changes.
     let before = k
@@ -277,7 +318,7 @@ async fn reconcile_examples(api: &TestApiServer, op: &mut Process) -> Result<()>
     )
     .await?;
     rendered_brokers(k, NS, "factory-brokers", |b| ids(b) == ["cloud", "edge"]).await?;
-    op.ensure_running()?;
+    op.process.ensure_running()?;
 
     // 3. Delete the referenced Secret: Ready=False naming it; the last good config stays.
     k.run(&["delete", "secret", "mqtt-credentials", "-n", NS], None)
@@ -309,7 +350,29 @@ async fn reconcile_examples(api: &TestApiServer, op: &mut Process) -> Result<()>
     unchanged_pod_template(api, &before)
         .await
         .context("at the end")?;
-    op.ensure_running()
+    op.process.ensure_running()
+}
+
+/// The resourceVersion of every child of factory and of its status: what changes on any write.
+async fn child_versions(k: &Kubectl) -> Result<Vec<(String, Value)>> {
+    let mut versions = Vec::new();
+    for (kind, name) in [
+        ("secret", "factory-brokers"),
+        ("secret", "factory-admin"),
+        ("deployment", "factory"),
+        ("service", "factory"),
+        ("mqp", "factory"),
+    ] {
+        let object = k
+            .get_json(kind, name, NS)
+            .await?
+            .with_context(|| format!("{kind}/{name}"))?;
+        versions.push((
+            format!("{kind}/{name}"),
+            object["metadata"]["resourceVersion"].clone(),
+        ));
+    }
+    Ok(versions)
 }
 
 /// The proxy container as the brief wants it.
@@ -363,6 +426,16 @@ fn check_pod_template(template: &Value) -> Result<()> {
         container["readinessProbe"]["httpGet"]["path"] == "/readyz",
         "{container}"
     );
+    let image = container["image"].as_str().unwrap_or_default();
+    ensure!(
+        image.starts_with("ghcr.io/mqtt-proxy/mqtt-proxy:"),
+        "default image: {image}"
+    );
+    ensure!(
+        container["resources"]["requests"]["cpu"] == "50m",
+        "resources from the spec: {}",
+        container["resources"]
+    );
     let security = &container["securityContext"];
     ensure!(security["readOnlyRootFilesystem"] == true, "{security}");
     Ok(())
@@ -413,7 +486,7 @@ async fn rendered_secret_drives_the_real_proxy_through_a_password_rotation() -> 
     let op = operator(&api, &["--namespace", "loop"])?;
     let result = proxy_follows_rotation(&api, &open, &locked).await;
     if result.is_err() {
-        eprintln!("{}", op.log_tail());
+        eprintln!("{}", op.process.log_tail());
     }
     result
 }

@@ -16,7 +16,7 @@ use super::bins::workspace_binary;
 use super::kubectl::Kubectl;
 use super::kubelet::{secret_data, SecretData, SecretDir};
 use super::process::Process;
-use super::TestApiServer;
+use super::{http_get, TestApiServer};
 use crate::try_free_port;
 
 /// How long the operator may take to react; generous for a loaded 2-core box.
@@ -41,16 +41,67 @@ pub async fn apply_crds(api: &TestApiServer) -> Result<()> {
     Ok(())
 }
 
-/// Starts the real operator binary (built on demand) against `api`, metrics on a free port.
-pub fn operator(api: &TestApiServer, extra_args: &[&str]) -> Result<Process> {
+/// The real operator binary running against a test API server.
+#[derive(Debug)]
+pub struct Operator {
+    pub process: Process,
+    /// Its `--http-listen` port on 127.0.0.1 (`/metrics`, `/healthz`, `/readyz`).
+    pub http_port: u16,
+}
+
+/// Starts the real operator binary (built on demand) against `api`, HTTP on a free port.
+pub fn operator(api: &TestApiServer, extra_args: &[&str]) -> Result<Operator> {
     let bin = workspace_binary("mqtt-proxy-operator", "mqtt-proxy-operator")?;
-    let listen = format!("127.0.0.1:{}", try_free_port().context("a free port")?);
+    let http_port = try_free_port().context("a free port")?;
     let mut cmd = Command::new(bin);
     cmd.env("KUBECONFIG", api.kubeconfig())
         .env("RUST_LOG", "info,mqtt_proxy_operator=debug")
-        .args(["--http-listen", &listen])
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
         .args(extra_args);
-    Process::spawn("operator", &mut cmd)
+    let process = Process::spawn("operator", &mut cmd)?;
+    Ok(Operator { process, http_port })
+}
+
+impl Operator {
+    /// `GET path` on the operator's HTTP port: `(status, body)`.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.http_port, path)
+    }
+
+    /// Waits until `path` answers 200.
+    pub async fn wait_ok(&mut self, path: &str) -> Result<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.get(path) {
+                Some((200, body)) => return Ok(body),
+                last if Instant::now() >= deadline => {
+                    bail!(
+                        "operator {path}: not 200 within {WAIT:?} (last {last:?})\n{}",
+                        self.process.log_tail()
+                    )
+                }
+                _ => self.process.ensure_running()?,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Finished reconciles of `controller` (`mqttproxy`, `mqttbroker`), from the count of
+    /// `mqtt_proxy_operator_reconcile_duration_seconds` on `/metrics`.
+    pub fn reconciles_finished(&self, controller: &str) -> Result<u64> {
+        let (status, body) = self.get("/metrics").context("/metrics did not answer")?;
+        ensure!(status == 200, "/metrics answered {status}");
+        let series = format!(
+            "mqtt_proxy_operator_reconcile_duration_seconds_count{{controller=\"{controller}\"}}"
+        );
+        let value = body
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(Ok(0.0), |v| v.trim().parse::<f64>())
+            .with_context(|| format!("parsing {series}"))?;
+        // A Prometheus counter is a float; ours counts whole reconciles.
+        Ok(value as u64)
+    }
 }
 
 /// The rendered Secret's data, once it exists.
