@@ -130,8 +130,20 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Starts `mqtt-proxy --brokers-file <brokers_file>` and waits until it listens.
+    /// Starts `mqtt-proxy --brokers-file <brokers_file>` and waits until it listens; on
+    /// free ports, so it retries on fresh ones when another process took them first.
     pub async fn start(brokers_file: &Path) -> Result<Self> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once(brokers_file).await {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("in use") => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(brokers_file: &Path) -> Result<Self> {
         let bin = workspace_binary("mqtt-proxy", "mqtt-proxy")?;
         let data = tempfile::tempdir()?;
         let port = free_port();
@@ -156,6 +168,8 @@ impl ProxyProcess {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Whoever answered, it must be ours: a lost port race makes the proxy exit.
+        process.ensure_running()?;
         Ok(Self {
             process,
             port,
