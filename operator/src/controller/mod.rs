@@ -175,11 +175,8 @@ async fn read_inputs(proxy: &MqttProxy, ctx: &Ctx, ns: &str) -> Result<Inputs, E
             secrets.insert(name, s);
         }
     }
-    let service_monitor_available = if proxy.spec.service_monitor.enabled {
-        Some(ctx.service_monitors.available(&ctx.client).await?)
-    } else {
-        None
-    };
+    // Asked even when disabled: a ServiceMonitor left from when it was enabled is removed.
+    let service_monitor_available = Some(ctx.service_monitors.available(&ctx.client).await?);
     Ok(Inputs {
         brokers,
         secrets,
