@@ -19,7 +19,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
@@ -334,9 +334,4 @@ pub async fn run(
         _ = readiness => {},
     }
     info!(after = ?started.elapsed(), "controllers stopped");
-}
-
-/// A reference to `obj` as the controller keys it.
-pub fn obj_ref<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectRef<K> {
-    ObjectRef::from_obj(obj)
 }
