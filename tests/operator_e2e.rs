@@ -349,7 +349,21 @@ async fn reconcile_examples(api: &TestApiServer, op: &mut Operator) -> Result<()
     ensure!(condition(&proxy, "Ready").is_some(), "{proxy}");
     unchanged_pod_template(api, &before)
         .await
-        .context("at the end")?;
+        .context("after the Secret came back")?;
+
+    // 4. `kubectl scale` goes through the scale subresource to the Deployment's replicas,
+    // and scaling is no reason to roll the pods.
+    k.run(&["scale", "mqp", "factory", "-n", NS, "--replicas=3"], None)
+        .await?;
+    let deployment = k
+        .wait_for("deployment", "factory", NS, WAIT, |d| {
+            d.filter(|d| d["spec"]["replicas"] == 3).cloned()
+        })
+        .await?;
+    ensure!(
+        deployment["spec"]["template"] == before["spec"]["template"],
+        "scaling changed the pod template"
+    );
     op.process.ensure_running()
 }
 
