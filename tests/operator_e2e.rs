@@ -545,7 +545,7 @@ async fn proxy_follows_rotation(
     let k = api.kubectl();
     rendered_brokers(k, "loop", "loop-brokers", |b| b.len() == 2).await?;
     let initial = rendered_data(k, "loop", "loop-brokers").await?;
-    drive_proxy(open, locked, &initial, async || {
+    let mut rig = drive_proxy(open, locked, &initial, async || {
         k.run(
             &[
                 "patch",
@@ -567,7 +567,15 @@ async fn proxy_follows_rotation(
         .await?;
         rendered_data(k, "loop", "loop-brokers").await
     })
-    .await
+    .await?;
+
+    // Relabel `open` out of the selector: the re-rendered set reaches the proxy, which
+    // drops that broker and keeps forwarding to the other.
+    k.run(&["label", "mqb", "open", "-n", "loop", "fleet-"], None)
+        .await?;
+    rendered_brokers(k, "loop", "loop-brokers", |b| ids(b) == ["locked"]).await?;
+    let without_open = rendered_data(k, "loop", "loop-brokers").await?;
+    rig.remove_open(open, &without_open).await
 }
 
 /// A Secret, two MqttBrokers on the test's mosquittos (one with credentials), a proxy.
