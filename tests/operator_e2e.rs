@@ -5,9 +5,8 @@
 //!
 //! The test API server has no controller-manager or kubelet: Deployments get no Pods and
 //! no status, and nothing is garbage collected. The tests write the Deployment status a
-//! controller would, and check owner references instead of garbage collection. The last
-//! test closes the loop through the real proxy binary: the rendered Secret written to disk
-//! as the kubelet does, `mqtt-proxy --brokers-file` on it, real mosquitto brokers behind.
+//! controller would, and check owner references instead of garbage collection. The loop
+//! through the real proxy binary is `operator_proxy_loop.rs`.
 //!
 //! Outside CI these skip (with a message) when `tests/k8s/apiserver.sh build` has not run.
 
@@ -17,12 +16,11 @@ use anyhow::{ensure, Context, Result};
 use mqtt_proxy_tests::k8s::kubectl::condition;
 use mqtt_proxy_tests::k8s::kubectl::Kubectl;
 use mqtt_proxy_tests::k8s::operator::{
-    apply_crds, assert_owned_by, operator, rendered_brokers, rendered_data,
-    stand_in_for_deployment_controller, workspace_path, Operator, WAIT,
+    apply_crds, assert_owned_by, broker_ids as ids, broker_password as password, operator,
+    rendered_brokers, stand_in_for_deployment_controller, workspace_path, Operator, WAIT,
 };
-use mqtt_proxy_tests::k8s::proxy_loop::{drive_proxy, locked_broker, ROTATED_PASSWORD};
 use mqtt_proxy_tests::k8s::TestApiServer;
-use mqtt_proxy_tests::{wait_until, Mosquitto};
+use mqtt_proxy_tests::wait_until;
 use serde_json::Value;
 
 const NS: &str = "e2e";
@@ -505,92 +503,4 @@ async fn unchanged_pod_template(api: &TestApiServer, before: &Value) -> Result<(
         "the Deployment spec was rewritten"
     );
     Ok(())
-}
-
-fn password(b: &mqtt_proxy::broker::BrokerConfig) -> Option<&str> {
-    b.password.as_ref().map(|p| p.expose())
-}
-
-fn ids(brokers: &[mqtt_proxy::broker::BrokerConfig]) -> Vec<&str> {
-    let set: BTreeSet<&str> = brokers.iter().map(|b| b.id.as_str()).collect();
-    set.into_iter().collect()
-}
-
-/// The loop through the real proxy: the operator's rendered Secret, materialised like a
-/// kubelet volume, drives `mqtt-proxy --brokers-file`; a password rotated through the API
-/// server (and on the broker) reaches the proxy, which reconnects that broker only.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rendered_secret_drives_the_real_proxy_through_a_password_rotation() -> Result<()> {
-    let Some(api) = TestApiServer::start().await? else {
-        return Ok(());
-    };
-    let (open, locked) = tokio::try_join!(Mosquitto::start(), locked_broker("pw-1"))?;
-    let k = api.kubectl();
-    apply_crds(&api).await?;
-    k.create_namespace("loop").await?;
-    k.apply(&loop_objects(open.port(), locked.port())).await?;
-    let op = operator(&api, &["--namespace", "loop"])?;
-    let result = proxy_follows_rotation(&api, &open, &locked).await;
-    if result.is_err() {
-        eprintln!("{}", op.process.log_tail());
-    }
-    result
-}
-
-async fn proxy_follows_rotation(
-    api: &TestApiServer,
-    open: &Mosquitto,
-    locked: &Mosquitto,
-) -> Result<()> {
-    let k = api.kubectl();
-    rendered_brokers(k, "loop", "loop-brokers", |b| b.len() == 2).await?;
-    let initial = rendered_data(k, "loop", "loop-brokers").await?;
-    let mut rig = drive_proxy(open, locked, &initial, async || {
-        k.run(
-            &[
-                "patch",
-                "secret",
-                "locked-creds",
-                "-n",
-                "loop",
-                "--type=merge",
-                "-p",
-                &format!(r#"{{"stringData":{{"password":"{ROTATED_PASSWORD}"}}}}"#),
-            ],
-            None,
-        )
-        .await?;
-        rendered_brokers(k, "loop", "loop-brokers", |b| {
-            b.iter()
-                .any(|b| b.id == "locked" && password(b) == Some("pw-2"))
-        })
-        .await?;
-        rendered_data(k, "loop", "loop-brokers").await
-    })
-    .await?;
-
-    // Relabel `open` out of the selector: the re-rendered set reaches the proxy, which
-    // drops that broker and keeps forwarding to the other.
-    k.run(&["label", "mqb", "open", "-n", "loop", "fleet-"], None)
-        .await?;
-    rendered_brokers(k, "loop", "loop-brokers", |b| ids(b) == ["locked"]).await?;
-    let without_open = rendered_data(k, "loop", "loop-brokers").await?;
-    rig.remove_open(open, &without_open).await
-}
-
-/// A Secret, two MqttBrokers on the test's mosquittos (one with credentials), a proxy.
-fn loop_objects(open_port: u16, locked_port: u16) -> String {
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: locked-creds, namespace: loop}}\n\
-         stringData: {{username: gateway, password: pw-1}}\n---\n\
-         apiVersion: mqttproxy.io/v1alpha1\nkind: MqttBroker\n\
-         metadata: {{name: open, namespace: loop, labels: {{fleet: loop}}}}\n\
-         spec: {{address: 127.0.0.1, port: {open_port}}}\n---\n\
-         apiVersion: mqttproxy.io/v1alpha1\nkind: MqttBroker\n\
-         metadata: {{name: locked, namespace: loop, labels: {{fleet: loop}}}}\n\
-         spec: {{address: 127.0.0.1, port: {locked_port}, credentialsSecretRef: {{name: locked-creds}}}}\n---\n\
-         apiVersion: mqttproxy.io/v1alpha1\nkind: MqttProxy\n\
-         metadata: {{name: loop, namespace: loop}}\n\
-         spec: {{brokerSelector: {{matchLabels: {{fleet: loop}}}}}}\n"
-    )
 }
