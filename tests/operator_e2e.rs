@@ -394,6 +394,20 @@ async fn reconcile_examples(api: &TestApiServer, op: &mut Operator) -> Result<()
         "SIGTERM exit {status}\n{}",
         op.process.log_tail()
     );
+
+    // 7. A restarted operator finds everything as it should be and writes nothing (the
+    // admin token, say, is not regenerated).
+    let children = child_versions(k).await?;
+    *op = operator(api, &[])?;
+    let reconciled = wait_until(WAIT, || {
+        op.reconciles_finished("mqttproxy").is_ok_and(|n| n >= 1)
+    })
+    .await;
+    ensure!(reconciled, "the restarted operator reconciles factory");
+    ensure!(
+        child_versions(k).await? == children,
+        "a restarted operator rewrote a child"
+    );
     Ok(())
 }
 
