@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use axum::extract::State;
@@ -16,6 +17,7 @@ use futures_util::future::FutureExt;
 use kube::api::ListParams;
 use kube::{Api, Client, CustomResourceExt};
 use mqtt_proxy_operator::crd::{MqttBroker, MqttProxy};
+use mqtt_proxy_operator::leader::Elector;
 use mqtt_proxy_operator::metrics::Metrics;
 use tracing::info;
 
@@ -46,12 +48,22 @@ struct Args {
     /// Log as JSON lines instead of text
     #[arg(long, env = "MQTT_PROXY_OPERATOR_LOG_JSON")]
     log_json: bool,
+    /// Reconcile only while holding the Lease `mqtt-proxy-operator` (for more than one
+    /// replica, or rolling updates without overlap)
+    #[arg(long, env = "MQTT_PROXY_OPERATOR_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of that Lease [default: --namespace, else the pod's own namespace]
+    #[arg(long, env = "MQTT_PROXY_OPERATOR_LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
 }
 
 struct Health {
     metrics: Arc<Metrics>,
     ready: AtomicBool,
     running: AtomicBool,
+    /// Waiting for the Lease: ready too, or a rolling update would wait forever for a new
+    /// pod that cannot lead before the old one is gone.
+    standby: AtomicBool,
 }
 
 #[tokio::main]
@@ -79,13 +91,47 @@ async fn main() -> anyhow::Result<()> {
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),
         running: AtomicBool::new(true),
+        standby: AtomicBool::new(false),
     });
     let listener = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding --http-listen {}", args.http_listen))?;
     info!(listen = %args.http_listen, namespace = namespace.as_deref().unwrap_or("<all>"), "mqtt-proxy-operator starting");
 
-    let shutdown = shutdown_signal().boxed().shared();
+    let signal = shutdown_signal().boxed().shared();
+    let elector = if args.leader_elect {
+        Some(elector(
+            &client,
+            args.leader_election_namespace,
+            namespace.as_deref(),
+        ))
+    } else {
+        None
+    };
+    let lost = Arc::new(AtomicBool::new(false));
+    let (leading_tx, leading_rx) = tokio::sync::watch::channel(false);
+    // Stop on SIGTERM, or when the Lease is lost (another replica reconciles now).
+    let stop = {
+        let (signal, elector, lost) = (signal.clone(), elector.clone(), lost.clone());
+        let mut leading = leading_rx;
+        async move {
+            let held = async {
+                match &elector {
+                    Some(e) => {
+                        if leading.wait_for(|l| *l).await.is_err() {
+                            return std::future::pending().await;
+                        }
+                        e.hold().await;
+                        lost.store(true, Ordering::Relaxed);
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! { _ = signal => {}, _ = held => {} }
+        }
+        .boxed()
+        .shared()
+    };
     let app = Router::new()
         .route(
             "/metrics",
@@ -94,23 +140,42 @@ async fn main() -> anyhow::Result<()> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(health.clone());
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone());
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone());
     let h = health.clone();
-    let controllers = mqtt_proxy_operator::controller::run(
-        client,
-        namespace,
-        args.proxy_image,
-        metrics,
-        shutdown,
-        move || {
-            info!("caches synced; ready");
-            h.ready.store(true, Ordering::Relaxed);
-        },
-    );
+    let proxy_image = args.proxy_image;
+    let work = async {
+        if let Some(e) = &elector {
+            health.standby.store(true, Ordering::Relaxed);
+            tokio::select! {
+                _ = e.acquire() => {},
+                _ = signal.clone() => return,
+            }
+            health.standby.store(false, Ordering::Relaxed);
+            let _ = leading_tx.send(true);
+        }
+        mqtt_proxy_operator::controller::run(
+            client,
+            namespace,
+            proxy_image,
+            metrics,
+            stop,
+            move || {
+                info!("caches synced; ready");
+                h.ready.store(true, Ordering::Relaxed);
+            },
+        )
+        .await;
+    };
     let (served, ()) = tokio::join!(server, async {
-        controllers.await;
+        work.await;
         health.running.store(false, Ordering::Relaxed);
     });
+    if let Some(e) = &elector {
+        if lost.load(Ordering::Relaxed) {
+            bail!("lost the leader election lease; exiting so that only one operator reconciles");
+        }
+        e.release().await;
+    }
     served.context("HTTP server")?;
     info!("stopped");
     Ok(())
@@ -125,10 +190,34 @@ async fn healthz(State(h): State<Arc<Health>>) -> (StatusCode, &'static str) {
 }
 
 async fn readyz(State(h): State<Arc<Health>>) -> (StatusCode, &'static str) {
-    if h.ready.load(Ordering::Relaxed) && h.running.load(Ordering::Relaxed) {
+    if h.standby.load(Ordering::Relaxed) {
+        (StatusCode::OK, "standby: waiting for the leader lease\n")
+    } else if h.ready.load(Ordering::Relaxed) && h.running.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "caches not synced\n")
+    }
+}
+
+/// The Lease lives in `--leader-election-namespace`, else the watched namespace, else the
+/// pod's own (service account) namespace, else `default`.
+fn elector(client: &Client, lease_ns: Option<String>, watched: Option<&str>) -> Elector {
+    let pod_ns = || {
+        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    let ns = lease_ns
+        .filter(|n| !n.is_empty())
+        .or_else(|| watched.map(String::from))
+        .or_else(pod_ns)
+        .unwrap_or_else(|| "default".into());
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "mqtt-proxy-operator".into());
+    Elector {
+        api: Api::namespaced(client.clone(), &ns),
+        identity: format!("{host}_{}", std::process::id()),
+        lease: Duration::from_secs(15),
+        renew: Duration::from_secs(5),
     }
 }
 

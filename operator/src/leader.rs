@@ -1,0 +1,182 @@
+//! Optional leader election on a `coordination.k8s.io/v1` Lease, so two operator replicas
+//! (or the old and new pod of a rolling update) never reconcile at the same time. The
+//! decision is a pure function of the Lease and the clock ([`decide`]); writes use the
+//! Lease's `resourceVersion`, so of two candidates only one wins a take-over.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::PostParams;
+use kube::Api;
+use tracing::{info, warn};
+
+/// Name of the Lease.
+pub const LEASE_NAME: &str = "mqtt-proxy-operator";
+
+#[derive(Clone, Debug)]
+pub struct Elector {
+    pub api: Api<Lease>,
+    /// This process: `<hostname>_<pid>`, unique per pod and restart.
+    pub identity: String,
+    /// A holder that has not renewed for this long has lost the Lease.
+    pub lease: Duration,
+    /// How often the leader renews (well inside `lease`).
+    pub renew: Duration,
+}
+
+/// What to do with the Lease as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// No Lease yet: create it, holding it.
+    Create,
+    /// We hold it: renew.
+    Renew,
+    /// Free or expired: take it over.
+    TakeOver,
+    /// Someone else holds it: wait.
+    Wait { holder: String },
+}
+
+/// The pure decision (see the module docs).
+pub fn decide(lease: Option<&Lease>, me: &str, now: Timestamp) -> Step {
+    let Some(spec) = lease.and_then(|l| l.spec.as_ref()) else {
+        return if lease.is_none() {
+            Step::Create
+        } else {
+            Step::TakeOver
+        };
+    };
+    let holder = spec.holder_identity.clone().unwrap_or_default();
+    if holder == me {
+        return Step::Renew;
+    }
+    let secs = i64::from(spec.lease_duration_seconds.unwrap_or(0));
+    let expired = spec
+        .renew_time
+        .as_ref()
+        .is_none_or(|t| t.0 + SignedDuration::from_secs(secs) < now);
+    if holder.is_empty() || expired {
+        Step::TakeOver
+    } else {
+        Step::Wait { holder }
+    }
+}
+
+impl Elector {
+    fn spec(&self, now: Timestamp, old: Option<&LeaseSpec>, transition: bool) -> LeaseSpec {
+        let transitions = old.and_then(|s| s.lease_transitions).unwrap_or(0);
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(i32::try_from(self.lease.as_secs()).unwrap_or(15)),
+            acquire_time: if transition {
+                Some(MicroTime(now))
+            } else {
+                old.and_then(|s| s.acquire_time.clone())
+            },
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(transitions + i32::from(transition)),
+            ..LeaseSpec::default()
+        }
+    }
+
+    /// One round: read, decide, write. `Ok(true)` when we hold the Lease afterwards.
+    pub async fn try_once(&self) -> Result<bool, kube::Error> {
+        let current = self.api.get_opt(LEASE_NAME).await?;
+        let now = Timestamp::now();
+        let step = decide(current.as_ref(), &self.identity, now);
+        let result = match (&step, current) {
+            (Step::Wait { holder }, _) => {
+                tracing::debug!(holder, "lease held by another operator");
+                return Ok(false);
+            }
+            (Step::Create, _) | (_, None) => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(LEASE_NAME.into()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(self.spec(now, None, true)),
+                };
+                self.api.create(&PostParams::default(), &lease).await
+            }
+            (Step::Renew | Step::TakeOver, Some(mut lease)) => {
+                let transition = step == Step::TakeOver;
+                lease.spec = Some(self.spec(now, lease.spec.as_ref(), transition));
+                // Carries the resourceVersion we read: a concurrent writer makes this a 409.
+                self.api
+                    .replace(LEASE_NAME, &PostParams::default(), &lease)
+                    .await
+            }
+        };
+        match result {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until this process holds the Lease.
+    pub async fn acquire(&self) {
+        loop {
+            match self.try_once().await {
+                Ok(true) => {
+                    info!(identity = %self.identity, "leader election: acquired the lease");
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "leader election: cannot read or write the lease"),
+            }
+            tokio::time::sleep(self.renew).await;
+        }
+    }
+
+    /// Renews until the Lease is lost (someone else holds it, or renewing failed for a whole
+    /// lease duration); then returns so the caller stops reconciling.
+    pub async fn hold(&self) {
+        let mut last_ok = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(self.renew).await;
+            match self.try_once().await {
+                Ok(true) => last_ok = tokio::time::Instant::now(),
+                Ok(false) => {
+                    warn!("leader election: the lease was taken over");
+                    return;
+                }
+                Err(e) if last_ok.elapsed() >= self.lease => {
+                    warn!(error = %e, "leader election: could not renew within the lease duration");
+                    return;
+                }
+                Err(e) => warn!(error = %e, "leader election: renew failed; retrying"),
+            }
+        }
+    }
+
+    /// Gives the Lease up on a clean shutdown so a successor need not wait for it to expire.
+    pub async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(LEASE_NAME).await else {
+            return;
+        };
+        let ours = lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            == Some(self.identity.as_str());
+        if !ours {
+            return;
+        }
+        if let Some(spec) = lease.spec.as_mut() {
+            spec.holder_identity = None;
+            spec.renew_time = None;
+        }
+        match self
+            .api
+            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => info!("leader election: lease released"),
+            Err(e) => warn!(error = %e, "leader election: could not release the lease"),
+        }
+    }
+}
