@@ -256,16 +256,27 @@ async fn pods_rbac_and_server_side_dry_run() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_style_secret_dir_drives_the_real_proxy_binary() -> Result<()> {
     let (open, locked) = tokio::try_join!(Mosquitto::start(), locked_broker("pw-1"))?;
-    let data = |pw: &str| -> SecretData {
-        let yaml = format!("brokers:\n- id: open\n  address: 127.0.0.1\n  port: {}\n- id: locked\n  address: 127.0.0.1\n  port: {}\n  username: gateway\n  password: {pw}\n", open.port(), locked.port());
+    let open_entry = format!(
+        "- id: open\n  address: 127.0.0.1\n  port: {}\n",
+        open.port()
+    );
+    let data = |pw: &str, with_open: bool| -> SecretData {
+        let locked_entry = format!(
+            "- id: locked\n  address: 127.0.0.1\n  port: {}\n  username: gateway\n  \
+             password: {pw}\n",
+            locked.port()
+        );
+        let open = if with_open { open_entry.as_str() } else { "" };
+        let yaml = format!("brokers:\n{open}{locked_entry}");
         [("brokers.yaml".to_owned(), yaml.into_bytes())]
             .into_iter()
             .collect()
     };
-    drive_proxy(&open, &locked, &data("pw-1"), async || {
-        Ok(data(ROTATED_PASSWORD))
+    let mut rig = drive_proxy(&open, &locked, &data("pw-1", true), async || {
+        Ok(data(ROTATED_PASSWORD, true))
     })
-    .await
+    .await?;
+    rig.remove_open(&open, &data(ROTATED_PASSWORD, false)).await
 }
 
 /// `kubectl get <resource> --watch --output-watch-events -o json` in the background; its

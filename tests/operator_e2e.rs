@@ -5,9 +5,8 @@
 //!
 //! The test API server has no controller-manager or kubelet: Deployments get no Pods and
 //! no status, and nothing is garbage collected. The tests write the Deployment status a
-//! controller would, and check owner references instead of garbage collection. The last
-//! test closes the loop through the real proxy binary: the rendered Secret written to disk
-//! as the kubelet does, `mqtt-proxy --brokers-file` on it, real mosquitto brokers behind.
+//! controller would, and check owner references instead of garbage collection. The loop
+//! through the real proxy binary is `operator_proxy_loop.rs`.
 //!
 //! Outside CI these skip (with a message) when `tests/k8s/apiserver.sh build` has not run.
 
@@ -17,12 +16,11 @@ use anyhow::{ensure, Context, Result};
 use mqtt_proxy_tests::k8s::kubectl::condition;
 use mqtt_proxy_tests::k8s::kubectl::Kubectl;
 use mqtt_proxy_tests::k8s::operator::{
-    apply_crds, assert_owned_by, operator, rendered_brokers, rendered_data,
-    stand_in_for_deployment_controller, workspace_path, Operator, WAIT,
+    apply_crds, assert_owned_by, broker_ids as ids, broker_password as password, operator,
+    rendered_brokers, stand_in_for_deployment_controller, workspace_path, Operator, WAIT,
 };
-use mqtt_proxy_tests::k8s::proxy_loop::{drive_proxy, locked_broker, ROTATED_PASSWORD};
 use mqtt_proxy_tests::k8s::TestApiServer;
-use mqtt_proxy_tests::{wait_until, Mosquitto};
+use mqtt_proxy_tests::wait_until;
 use serde_json::Value;
 
 const NS: &str = "e2e";
@@ -349,8 +347,68 @@ async fn reconcile_examples(api: &TestApiServer, op: &mut Operator) -> Result<()
     ensure!(condition(&proxy, "Ready").is_some(), "{proxy}");
     unchanged_pod_template(api, &before)
         .await
-        .context("at the end")?;
-    op.process.ensure_running()
+        .context("after the Secret came back")?;
+
+    // 4. `kubectl scale` goes through the scale subresource to the Deployment's replicas,
+    // and scaling is no reason to roll the pods.
+    k.run(&["scale", "mqp", "factory", "-n", NS, "--replicas=3"], None)
+        .await?;
+    let deployment = k
+        .wait_for("deployment", "factory", NS, WAIT, |d| {
+            d.filter(|d| d["spec"]["replicas"] == 3).cloned()
+        })
+        .await?;
+    ensure!(
+        deployment["spec"]["template"] == before["spec"]["template"],
+        "scaling changed the pod template"
+    );
+
+    // 5. A change that needs new pods (the image) does roll the pod template.
+    k.run(
+        &[
+            "patch",
+            "mqp",
+            "factory",
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"image":"registry.example/mqtt-proxy:e2e"}}"#,
+        ],
+        None,
+    )
+    .await?;
+    k.wait_for("deployment", "factory", NS, WAIT, |d| {
+        (d?["spec"]["template"]["spec"]["containers"][0]["image"]
+            == "registry.example/mqtt-proxy:e2e")
+            .then_some(())
+    })
+    .await
+    .context("a new image rolls the Deployment")?;
+
+    // 6. SIGTERM: the operator stops cleanly.
+    op.process.signal("TERM")?;
+    let status = op.process.wait_exit(WAIT).await?;
+    ensure!(
+        status.success(),
+        "SIGTERM exit {status}\n{}",
+        op.process.log_tail()
+    );
+
+    // 7. A restarted operator finds everything as it should be and writes nothing (the
+    // admin token, say, is not regenerated).
+    let children = child_versions(k).await?;
+    *op = operator(api, &[])?;
+    let reconciled = wait_until(WAIT, || {
+        op.reconciles_finished("mqttproxy").is_ok_and(|n| n >= 1)
+    })
+    .await;
+    ensure!(reconciled, "the restarted operator reconciles factory");
+    ensure!(
+        child_versions(k).await? == children,
+        "a restarted operator rewrote a child"
+    );
+    Ok(())
 }
 
 /// The resourceVersion of every child of factory and of its status: what changes on any write.
@@ -459,84 +517,4 @@ async fn unchanged_pod_template(api: &TestApiServer, before: &Value) -> Result<(
         "the Deployment spec was rewritten"
     );
     Ok(())
-}
-
-fn password(b: &mqtt_proxy::broker::BrokerConfig) -> Option<&str> {
-    b.password.as_ref().map(|p| p.expose())
-}
-
-fn ids(brokers: &[mqtt_proxy::broker::BrokerConfig]) -> Vec<&str> {
-    let set: BTreeSet<&str> = brokers.iter().map(|b| b.id.as_str()).collect();
-    set.into_iter().collect()
-}
-
-/// The loop through the real proxy: the operator's rendered Secret, materialised like a
-/// kubelet volume, drives `mqtt-proxy --brokers-file`; a password rotated through the API
-/// server (and on the broker) reaches the proxy, which reconnects that broker only.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rendered_secret_drives_the_real_proxy_through_a_password_rotation() -> Result<()> {
-    let Some(api) = TestApiServer::start().await? else {
-        return Ok(());
-    };
-    let (open, locked) = tokio::try_join!(Mosquitto::start(), locked_broker("pw-1"))?;
-    let k = api.kubectl();
-    apply_crds(&api).await?;
-    k.create_namespace("loop").await?;
-    k.apply(&loop_objects(open.port(), locked.port())).await?;
-    let op = operator(&api, &["--namespace", "loop"])?;
-    let result = proxy_follows_rotation(&api, &open, &locked).await;
-    if result.is_err() {
-        eprintln!("{}", op.process.log_tail());
-    }
-    result
-}
-
-async fn proxy_follows_rotation(
-    api: &TestApiServer,
-    open: &Mosquitto,
-    locked: &Mosquitto,
-) -> Result<()> {
-    let k = api.kubectl();
-    rendered_brokers(k, "loop", "loop-brokers", |b| b.len() == 2).await?;
-    let initial = rendered_data(k, "loop", "loop-brokers").await?;
-    drive_proxy(open, locked, &initial, async || {
-        k.run(
-            &[
-                "patch",
-                "secret",
-                "locked-creds",
-                "-n",
-                "loop",
-                "--type=merge",
-                "-p",
-                &format!(r#"{{"stringData":{{"password":"{ROTATED_PASSWORD}"}}}}"#),
-            ],
-            None,
-        )
-        .await?;
-        rendered_brokers(k, "loop", "loop-brokers", |b| {
-            b.iter()
-                .any(|b| b.id == "locked" && password(b) == Some("pw-2"))
-        })
-        .await?;
-        rendered_data(k, "loop", "loop-brokers").await
-    })
-    .await
-}
-
-/// A Secret, two MqttBrokers on the test's mosquittos (one with credentials), a proxy.
-fn loop_objects(open_port: u16, locked_port: u16) -> String {
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: locked-creds, namespace: loop}}\n\
-         stringData: {{username: gateway, password: pw-1}}\n---\n\
-         apiVersion: mqttproxy.io/v1alpha1\nkind: MqttBroker\n\
-         metadata: {{name: open, namespace: loop, labels: {{fleet: loop}}}}\n\
-         spec: {{address: 127.0.0.1, port: {open_port}}}\n---\n\
-         apiVersion: mqttproxy.io/v1alpha1\nkind: MqttBroker\n\
-         metadata: {{name: locked, namespace: loop, labels: {{fleet: loop}}}}\n\
-         spec: {{address: 127.0.0.1, port: {locked_port}, credentialsSecretRef: {{name: locked-creds}}}}\n---\n\
-         apiVersion: mqttproxy.io/v1alpha1\nkind: MqttProxy\n\
-         metadata: {{name: loop, namespace: loop}}\n\
-         spec: {{brokerSelector: {{matchLabels: {{fleet: loop}}}}}}\n"
-    )
 }

@@ -204,3 +204,15 @@ pub async fn stand_in_for_deployment_controller(k: &Kubectl, ns: &str, name: &st
     });
     k.patch_status("deployment", name, ns, &status).await
 }
+
+/// A broker's password as the proxy will use it.
+pub fn broker_password(b: &BrokerConfig) -> Option<&str> {
+    b.password.as_ref().map(|p| p.expose())
+}
+
+/// The ids of a broker set, sorted.
+pub fn broker_ids(brokers: &[BrokerConfig]) -> Vec<&str> {
+    let mut ids: Vec<&str> = brokers.iter().map(|b| b.id.as_str()).collect();
+    ids.sort_unstable();
+    ids
+}

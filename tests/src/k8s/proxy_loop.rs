@@ -43,13 +43,14 @@ pub async fn locked_broker(password: &str) -> Result<Mosquitto> {
 /// Runs the proxy binary on `initial` (materialised like a kubelet volume) with a device
 /// publishing to `open` and `locked`; rotates [`GATEWAY_USER`]'s password on `locked` to [`ROTATED_PASSWORD`]
 /// (password file + SIGHUP), swaps in what `rotate` returns, and checks that the proxy
-/// logged in again with it while `open` saw no reconnect.
+/// logged in again with it while `open` saw no reconnect. Returns the running rig for
+/// further steps.
 pub async fn drive_proxy(
     open: &Mosquitto,
     locked: &Mosquitto,
     initial: &SecretData,
     rotate: impl AsyncFnOnce() -> Result<SecretData>,
-) -> Result<()> {
+) -> Result<LoopRig> {
     let volume_dir = tempfile::tempdir()?;
     let mut volume = SecretDir::create(volume_dir.path(), initial)?;
     let proxy = ProxyProcess::start(&volume.path().join("brokers.yaml")).await?;
@@ -104,7 +105,59 @@ pub async fn drive_proxy(
         "the untouched broker saw a reconnect\n{}",
         open.log_tail()
     );
-    Ok(())
+    Ok(LoopRig {
+        proxy,
+        volume,
+        device,
+        open_sub,
+        locked_sub,
+        _volume_dir: volume_dir,
+    })
+}
+
+/// What [`drive_proxy`] leaves running: the proxy on its volume, the device, and one
+/// subscriber per broker (`loop/#`).
+pub struct LoopRig {
+    pub proxy: ProxyProcess,
+    pub volume: SecretDir,
+    pub device: Publisher,
+    pub open_sub: Subscriber,
+    pub locked_sub: Subscriber,
+    _volume_dir: tempfile::TempDir,
+}
+
+impl LoopRig {
+    /// Swaps in `without_open` (a broker set without `open`), waits until the proxy closed
+    /// its upstream connection to `open` (the broker logs it), then checks that a fresh
+    /// publish reaches `locked` and not `open`.
+    pub async fn remove_open(&mut self, open: &Mosquitto, without_open: &SecretData) -> Result<()> {
+        let sub = self.open_sub.client_id().to_owned();
+        let closes = || {
+            open.log()
+                .lines()
+                .filter(|l| {
+                    (l.contains(" disconnected") || l.contains("closed its connection"))
+                        && !l.contains(&sub)
+                })
+                .count()
+        };
+        let before = closes();
+        self.volume.update(without_open)?;
+        let closed = wait_until(WAIT, || closes() > before).await;
+        ensure!(
+            closed,
+            "the proxy kept its connection to open\n{}",
+            open.log_tail()
+        );
+        probe(&self.device, "loop/removed", &[&self.locked_sub]).await?;
+        let leaked = self
+            .open_sub
+            .received()
+            .iter()
+            .any(|m| m.topic == "loop/removed");
+        ensure!(!leaked, "a removed broker still got traffic");
+        Ok(())
+    }
 }
 
 /// Publishes `topic` every 200 ms until every subscriber got it.
