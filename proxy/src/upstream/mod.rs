@@ -260,6 +260,8 @@ struct Upstream {
     /// What the current connection's CONNACK announced.
     limits: admit::BrokerLimits,
     poison: admit::PoisonWatch,
+    /// Bytes of an oversized PUBLISH from the broker still to discard.
+    skip: usize,
 }
 
 enum Exit {
@@ -292,6 +294,7 @@ impl Upstream {
             connected_at: None,
             limits: admit::BrokerLimits::default(),
             poison: admit::PoisonWatch::default(),
+            skip: 0,
         }
     }
 
