@@ -41,12 +41,16 @@ async fn stuck_device(broker: &Mosquitto, proxy: &TestProxy, id: &str) -> TcpStr
 /// 48 MiB of QoS 0 messages from a client of the broker, far beyond what socket buffers
 /// hold, from a separate process (so this process's memory, which `limits.rs` measures,
 /// is not the flood's); killed when dropped.
-struct Flood(std::process::Child, tempfile::NamedTempFile);
+struct Flood {
+    child: std::process::Child,
+    /// The payload file, removed with the flood.
+    _payload: tempfile::NamedTempFile,
+}
 
 impl Drop for Flood {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -61,7 +65,10 @@ async fn flood(broker: &Mosquitto) -> Flood {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("mosquitto_pub");
-    Flood(child, file)
+    Flood {
+        child,
+        _payload: file,
+    }
 }
 
 /// Waits until the broker stopped being able to send to `client_id` (at least 50 messages
