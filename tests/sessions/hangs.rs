@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use mqtt_proxy::broker::MqttVersion;
 use mqtt_proxy_tests::bidi::wait_subscribed;
 use mqtt_proxy_tests::raw::Raw4;
-use mqtt_proxy_tests::{wait_until, Mosquitto, Publisher, TestProxy};
+use mqtt_proxy_tests::{wait_until, Mosquitto, TestProxy};
 use tokio::net::TcpStream;
 
 use super::persistent::WAIT;
@@ -39,17 +39,36 @@ async fn stuck_device(broker: &Mosquitto, proxy: &TestProxy, id: &str) -> TcpStr
 }
 
 /// 48 MiB of QoS 0 messages from a client of the broker, far beyond what socket buffers
-/// hold; runs until the test ends.
-async fn flood(broker: &Mosquitto) -> Publisher {
-    let publisher = Publisher::connect(broker.port()).await.expect("publisher");
-    let payload = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
-    for _ in 0..768 {
-        publisher
-            .publish("flood/x", payload.clone(), 0, false)
-            .await
-            .expect("publish");
+/// hold, from a separate process (so this process's memory, which `limits.rs` measures,
+/// is not the flood's); killed when dropped.
+struct Flood {
+    child: std::process::Child,
+    /// The payload file, removed with the flood.
+    _payload: tempfile::NamedTempFile,
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-    publisher
+}
+
+async fn flood(broker: &Mosquitto) -> Flood {
+    let file = tempfile::NamedTempFile::new().expect("payload file");
+    std::fs::write(file.path(), vec![b'x'; 64 * 1024]).expect("payload");
+    let child = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port().to_string()])
+        .args(["-t", "flood/x", "-q", "0", "--repeat", "768", "-f"])
+        .arg(file.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto_pub");
+    Flood {
+        child,
+        _payload: file,
+    }
 }
 
 /// Waits until the broker stopped being able to send to `client_id` (at least 50 messages
