@@ -313,10 +313,10 @@ pub fn render_brokers_file(brokers: &[BrokerConfig]) -> Result<String, serde_yam
 
 /// The hot-reload file (Kubernetes mode): JSON or YAML, told apart by content; the same
 /// `{"brokers": [...]}` shape. Passwords are plain text there (the file is a mounted
-/// Secret) or `passwordFile` paths, which are read (one trailing newline trimmed; relative
-/// paths are relative to this file's directory). Relative `caCertPath`, `clientCertPath` and
-/// `clientKeyPath` are resolved against that directory too. Validates the whole set. Returns
-/// the brokers with `password` filled and `password_file` kept.
+/// Secret) or `passwordFile` paths, read when the broker set is built (one trailing newline
+/// trimmed). Relative `passwordFile`, `caCertPath`, `clientCertPath` and `clientKeyPath` are
+/// resolved against this file's directory, whatever the working directory. Validates the
+/// whole set.
 pub fn load_brokers_file(path: &Path) -> Result<Vec<BrokerConfig>, StoreError> {
     let text = fs::read_to_string(path).map_err(|source| StoreError::Read {
         path: path.into(),
@@ -360,23 +360,21 @@ pub fn load_brokers_file(path: &Path) -> Result<Vec<BrokerConfig>, StoreError> {
                 *p = base.join(&*p);
             }
         }
-        let Some(file) = &b.password_file else {
-            continue;
-        };
-        let full = base.join(file);
-        let mut pw = fs::read_to_string(&full).map_err(|source| StoreError::PasswordFile {
-            path: path.into(),
-            broker: b.id.clone(),
-            file: full.clone(),
-            source,
-        })?;
-        if pw.ends_with('\n') {
-            pw.pop();
-            if pw.ends_with('\r') {
-                pw.pop();
+        // A relative `passwordFile` names a file beside this one too. It is read where the
+        // broker set is built (and fingerprinted by the reload watcher), not here: a
+        // password read here as well would make the broker carry both fields.
+        if let Some(file) = &mut b.password_file {
+            if file.is_relative() {
+                *file = base.join(&*file);
             }
+            // A missing or unreadable file is this file's error, named here.
+            fs::File::open(&*file).map_err(|source| StoreError::PasswordFile {
+                path: path.into(),
+                broker: b.id.clone(),
+                file: file.clone(),
+                source,
+            })?;
         }
-        b.password = (!pw.is_empty()).then(|| Secret::new(pw));
     }
     Ok(brokers)
 }

@@ -232,12 +232,19 @@ fn hot_reload_file_json_yaml_and_password_file() {
     .expect("writes");
     let passwords = |path: &Path| -> Vec<Option<String>> {
         let brokers = load_brokers_file(path).expect("loads");
+        // Resolved beside the brokers file, not against the working directory.
         assert_eq!(
             brokers[1].password_file.as_deref(),
-            Some(Path::new("secrets/b2"))
+            Some(dir.path().join("secrets/b2").as_path())
         );
-        let pw = |b: &BrokerConfig| b.password.as_ref().map(|p| p.expose().to_string());
-        brokers.iter().map(pw).collect()
+        // What the proxy runs with: the set builds (a loaded broker never carries both
+        // password and passwordFile) and the password comes from the file.
+        let set = crate::brokerset::BrokerSet::build(&brokers, Default::default(), None)
+            .expect("the loaded set builds");
+        let pw = |b: &std::sync::Arc<crate::brokerset::Broker>| {
+            b.password.as_ref().map(|p| p.expose().to_string())
+        };
+        set.brokers.iter().map(pw).collect()
     };
     let want = [Some("plain".to_string()), Some("from-file".to_string())];
     assert_eq!(passwords(&json), want);
