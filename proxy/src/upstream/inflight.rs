@@ -20,8 +20,10 @@ impl Upstream {
                 Ok(tag) => {
                     if code != 0 {
                         self.rejected(code);
+                        resolve(tag);
+                    } else {
+                        self.delivered(tag);
                     }
-                    resolve(tag);
                 }
                 // After a reconnect a broker may ack a resend twice; harmless.
                 Err(e) => debug!(broker = self.broker().label(), "{e}"),
@@ -32,7 +34,7 @@ impl Upstream {
             }
             Packet::PubRec { pkid, .. } => {
                 match self.out.on_pubrec(pkid) {
-                    Ok(tag) => resolve(tag),
+                    Ok(tag) => self.delivered(tag),
                     Err(e) => debug!(broker = self.broker().label(), "{e}"),
                 }
                 let _ = codec::write(self.proto, &Packet::PubRel { pkid }, wbuf);
@@ -114,6 +116,15 @@ impl Upstream {
                 suppressed = held,
                 "broker rejected a message"
             );
+        }
+    }
+}
+
+impl Upstream {
+    /// The broker acknowledged a message: finish it and record its forwarding latency.
+    fn delivered(&self, tag: Option<Completion>) {
+        if let Some(c) = tag {
+            c.delivered(&self.broker().metrics.latency);
         }
     }
 }

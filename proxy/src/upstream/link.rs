@@ -235,7 +235,7 @@ impl Upstream {
                 }
                 if qos == 0 {
                     codec::encode_publish(self.proto, 0, false, &msg, prefix, 0, wbuf);
-                    done.complete();
+                    done.delivered(&broker.metrics.latency);
                 } else {
                     codec::encode_publish(
                         self.proto,

@@ -98,7 +98,9 @@ pub fn quantile(bounds: &[f64], newer: &[u64], older: &[u64], q: f64) -> Option<
         let upper = bounds.get(i).copied().unwrap_or(lower * 2.0);
         if cum as f64 >= rank {
             let inside = (cum - below).max(1) as f64;
-            return Some(lower + (upper - lower) * ((rank - below as f64) / inside).clamp(0.0, 1.0));
+            return Some(
+                lower + (upper - lower) * ((rank - below as f64) / inside).clamp(0.0, 1.0),
+            );
         }
         lower = upper;
         below = cum;

@@ -18,6 +18,7 @@
 
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -36,7 +37,11 @@ use crate::metrics::METRICS;
 pub const CLOSE_UNAUTHORIZED: u16 = 4401;
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn upgrade(State(s): State<Shared>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
     if !same_origin(&headers) {
         return error(StatusCode::FORBIDDEN, "cross-origin stream refused").into_response();
     }
@@ -44,6 +49,13 @@ pub async fn upgrade(State(s): State<Shared>, headers: HeaderMap, ws: WebSocketU
         Credentials::Valid => true,
         Credentials::Invalid => return unauthorized().into_response(),
         Credentials::Missing => false,
+    };
+    // A plain request (no upgrade) can only authenticate by header: without one, 401.
+    let Ok(ws) = ws else {
+        return match authed {
+            true => error(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade").into_response(),
+            false => unauthorized().into_response(),
+        };
     };
     ws.max_message_size(4096)
         .on_upgrade(move |socket| viewer(s, socket, authed))

@@ -182,8 +182,7 @@ fn check_password_file(b: &BrokerConfig, stored: Option<&BrokerConfig>) -> Resul
 }
 
 fn strip_placeholder(b: &mut BrokerConfig) {
-    if b
-        .password
+    if b.password
         .as_ref()
         .is_some_and(|p| p.expose() == PASSWORD_PLACEHOLDER)
     {
@@ -319,9 +318,8 @@ mod tests {
     fn missing_id_is_filled_before_validation() {
         let b = parse(br#"{"name":"A b","address":"h"}"#, |n| slug_id(n, &[])).expect("valid");
         assert_eq!(b.id, "a-b");
-        let e = parse(br#"{"address":"h","port":0}"#, |_| "x".into())
-            .err()
-            .expect("port 0 is invalid");
+        let e =
+            parse(br#"{"address":"h","port":0}"#, |_| "x".into()).expect_err("port 0 is invalid");
         assert_eq!(e.1["field"], "port");
     }
 }

@@ -34,6 +34,7 @@ pub fn router(web: Shared) -> Router<Shared> {
 }
 
 /// An error answer: status and a JSON body `{"error": …, "field"?: …}`.
+#[derive(Debug)]
 pub struct ApiError(pub StatusCode, pub serde_json::Value);
 
 impl IntoResponse for ApiError {
