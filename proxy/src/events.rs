@@ -50,6 +50,9 @@ pub struct MessageEvent {
     pub preview: Bytes,
     /// Broker label and what happened there (for `ToDevice`: the broker it came from).
     pub brokers: Vec<(Arc<str>, Outcome)>,
+    /// The event as the stream sends it, rendered by the first viewer that needs it and
+    /// shared by the others (one serialization per event, not one per viewer).
+    pub rendered: std::sync::OnceLock<Bytes>,
 }
 
 impl MessageEvent {
@@ -65,6 +68,7 @@ impl MessageEvent {
             retain: false,
             preview: payload.slice(..payload.len().min(PREVIEW_BYTES)),
             brokers: Vec::new(),
+            rendered: std::sync::OnceLock::new(),
         }
     }
 }

@@ -82,6 +82,16 @@ async fn first_frame_auth(s: &Shared, socket: &mut WebSocket) -> bool {
     v["type"] == "auth" && v["token"].as_str().is_some_and(|t| s.auth.token_ok(t))
 }
 
+/// The event's JSON, rendered once and shared by every viewer.
+fn rendered(e: &MessageEvent) -> Utf8Bytes {
+    let bytes = e
+        .rendered
+        .get_or_init(|| bytes::Bytes::from(message_json(e)))
+        .clone();
+    // Rendered from a `String`, so always valid UTF-8.
+    Utf8Bytes::try_from(bytes).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
+}
+
 fn message_json(e: &MessageEvent) -> String {
     let brokers: Vec<_> = e
         .brokers
@@ -130,13 +140,13 @@ async fn viewer(s: Shared, mut socket: WebSocket, authed: bool) {
         return;
     }
     loop {
-        let out = tokio::select! {
+        let out: Utf8Bytes = tokio::select! {
             r = feed.rx.recv() => match r {
-                Ok(e) => message_json(&e),
+                Ok(e) => rendered(&e),
                 Err(RecvError::Lagged(n)) => {
                     dropped += n;
                     METRICS.stream_dropped.inc_by(n);
-                    json!({"type": "dropped", "viewerDropped": dropped}).to_string()
+                    json!({"type": "dropped", "viewerDropped": dropped}).to_string().into()
                 }
                 Err(RecvError::Closed) => return,
             },
@@ -145,7 +155,7 @@ async fn viewer(s: Shared, mut socket: WebSocket, authed: bool) {
                 v["type"] = "stats".into();
                 v["time"] = crate::brokerset::now_ms().into();
                 v["viewerDropped"] = dropped.into();
-                v.to_string()
+                v.to_string().into()
             }
             m = socket.recv() => match m {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
@@ -153,7 +163,7 @@ async fn viewer(s: Shared, mut socket: WebSocket, authed: bool) {
                 Some(Ok(_)) => continue,
             },
         };
-        if socket.send(Message::Text(out.into())).await.is_err() {
+        if socket.send(Message::Text(out)).await.is_err() {
             return;
         }
     }
