@@ -339,12 +339,13 @@ impl Session {
                 Event::Read(Err(e)) => return End::Lost(format!("read: {e}")),
                 Event::Acks => {
                     self.acks.take(&mut ready);
-                    for pkid in ready.drain(..) {
+                    // `code` is a broker's (or the proxy's) failure reason, 0 on success.
+                    for (pkid, code) in ready.drain(..) {
                         if let Some(qos) = self.deferred.remove(&pkid) {
                             let p = if qos == 1 {
-                                Packet::PubAck { pkid, code: 0 }
+                                Packet::PubAck { pkid, code }
                             } else {
-                                Packet::PubRec { pkid, code: 0 }
+                                Packet::PubRec { pkid, code }
                             };
                             let _ = codec::write(self.proto, &p, &mut wbuf);
                         }
