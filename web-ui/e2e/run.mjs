@@ -207,6 +207,28 @@ async function main() {
       await page.screenshot({ path: path.join(shots, `${name}-phone.png`), fullPage: true });
     }
 
+    step('file mode is read-only');
+    const filePort = await freePort();
+    const fileMqtt = await freePort();
+    const brokersFile = path.join(tmp, 'brokers.json');
+    writeFileSync(brokersFile, JSON.stringify({ brokers: [{ id: 'from-file', address: '127.0.0.1', port: brokerPort }] }));
+    start(bin, ['--brokers-file', brokersFile], {
+      MQTT_PROXY_MQTT_LISTEN: `127.0.0.1:${fileMqtt}`,
+      MQTT_PROXY_HTTP_LISTEN: `127.0.0.1:${filePort}`,
+      MQTT_PROXY_DATA_DIR: path.join(tmp, 'data-file'),
+      MQTT_PROXY_ADMIN_TOKEN: TOKEN,
+    });
+    await waitPort(filePort);
+    await page.setViewportSize({ width: 1280, height: 800 });
+    await page.goto(`http://127.0.0.1:${filePort}/brokers`);
+    await page.getByLabel('Admin token').fill(TOKEN);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByText('Brokers come from the file given with --brokers-file', { exact: false }).waitFor();
+    await page.getByRole('article', { name: 'Broker from-file' }).waitFor();
+    if (await page.getByRole('button', { name: 'Add broker' }).count()) throw new Error('file mode offers "Add broker"');
+    if (await page.getByRole('button', { name: 'Pause' }).count()) throw new Error('file mode offers "Pause"');
+    await page.screenshot({ path: path.join(shots, 'brokers-file-mode-laptop.png') });
+
     if (errors.length) throw new Error(`console errors:\n${errors.join('\n')}`);
     if (external.length) throw new Error(`requests leaving the machine:\n${external.join('\n')}`);
     console.log(`e2e: passed; screenshots in ${shots}`);

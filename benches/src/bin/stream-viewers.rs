@@ -40,12 +40,10 @@ async fn viewer(url: String, token: String, counts: Arc<Counts>) -> Result<()> {
     while let Some(m) = ws.next().await {
         let Ok(Message::Text(t)) = m else { continue };
         let t = t.as_str();
-        if t.starts_with("{\"brokers\"") || !t.contains("\"type\":\"message\"") {
-            if let Some(d) = dropped_of(t) {
-                counts.dropped.fetch_max(d, Ordering::Relaxed);
-            }
-        } else {
+        if t.contains("\"type\":\"message\"") {
             counts.messages.fetch_add(1, Ordering::Relaxed);
+        } else if let Some(d) = dropped_of(t) {
+            counts.dropped.fetch_max(d, Ordering::Relaxed);
         }
     }
     Ok(())

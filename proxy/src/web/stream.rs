@@ -3,7 +3,8 @@
 //! - `{"type":"message","time":ms,"direction":"toBrokers"|"toDevice","client":…,
 //!   "topic":…,"size":n,"qos":q,"retain":b,"payload":base64 (first 256 bytes),
 //!   "truncated":b,"brokers":[{"broker":name,"outcome":"queued"|"delivered"}]}`
-//! - `{"type":"stats", …the /api/status document…, "viewerDropped":n}` every second
+//! - `{"type":"stats", …the /api/status document…, "viewerDropped":n, "notShown":n}` every
+//!   second (`notShown`: messages beyond the feed's 2,000 events/s, see [`crate::events`])
 //! - `{"type":"dropped","viewerDropped":n}` as soon as this viewer lost events.
 //!
 //! Who may watch: the `Origin`, when sent, must be this server (a page elsewhere cannot
@@ -129,6 +130,7 @@ async fn viewer(s: Shared, mut socket: WebSocket, authed: bool) {
         return close(socket, CLOSE_UNAUTHORIZED, "unauthorized").await;
     }
     let mut feed = HUB.subscribe();
+    let skipped_at_start = HUB.skipped();
     let mut dropped: u64 = 0;
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -155,6 +157,7 @@ async fn viewer(s: Shared, mut socket: WebSocket, authed: bool) {
                 v["type"] = "stats".into();
                 v["time"] = crate::brokerset::now_ms().into();
                 v["viewerDropped"] = dropped.into();
+                v["notShown"] = HUB.skipped().saturating_sub(skipped_at_start).into();
                 v.to_string().into()
             }
             m = socket.recv() => match m {

@@ -55,6 +55,10 @@ export interface BrokerStatusEntry {
   sessions: number;
   sessionsConnected: number;
   lastError: string | null;
+  /** the last error as a fixed word: unreachable, bad_credentials, not_authorized, … */
+  lastErrorReason?: string | null;
+  /** messages set aside after the broker closed the connection on them repeatedly */
+  poisoned?: number;
   connects: number;
   reconnects: number;
   queueMessages: number;
@@ -67,7 +71,8 @@ export interface BrokerStatusEntry {
   latencyP50: number | null;
   latencyP99: number | null;
   dropRate10s: number;
-  drops: { queueFull: number; rejected: number; shutdown: number };
+  /** drops by reason (queueFull, rejected, shutdown, expired, tooLarge, topicTooLong, poison) */
+  drops: Record<string, number>;
 }
 
 export interface Device {
@@ -106,7 +111,8 @@ export interface MessageEvent {
   brokers: { broker: string; outcome: 'queued' | 'dropped' | 'delivered' }[];
 }
 
-export type StatsEvent = Status & { type: 'stats'; time: number; viewerDropped: number };
+/** `notShown`: messages beyond the feed's budget (2,000 described per second). */
+export type StatsEvent = Status & { type: 'stats'; time: number; viewerDropped: number; notShown?: number };
 
 export type StreamEvent =
   | { type: 'hello' }

@@ -23,7 +23,13 @@ function Figure({ label, value }: { label: string; value: string }) {
 
 export function BrokerCard({ broker, live, readOnly, onEdit, onToggle, onDelete }: Props) {
   const state = live?.state ?? (broker.enabled ? 'connecting' : 'paused');
-  const drops = live ? live.drops.queueFull + live.drops.rejected + live.drops.shutdown : 0;
+  const drops = live ? Object.values(live.drops).reduce((a, b) => a + b, 0) : 0;
+  const reasons = live
+    ? Object.entries(live.drops)
+        .filter(([, n]) => n > 0)
+        .map(([why, n]) => `${why} ${n}`)
+        .join(' · ')
+    : '';
   return (
     <Card withBorder shadow="xs" role="article" aria-label={`Broker ${broker.name || broker.id}`}>
       <Stack gap="xs">
@@ -45,13 +51,14 @@ export function BrokerCard({ broker, live, readOnly, onEdit, onToggle, onDelete 
           <Figure label="queue" value={live ? `${live.queueMessages} · ${bytes(live.queueBytes)}` : '–'} />
           <Figure label="drops" value={live ? `${drops}` : '–'} />
         </SimpleGrid>
-        {live && drops > 0 && (
+        {reasons && (
           <Text size="xs" c="dimmed">
-            queue full {live.drops.queueFull} · rejected {live.drops.rejected} · shutdown {live.drops.shutdown}
+            dropped: {reasons}
           </Text>
         )}
         {live?.lastError && (
           <Text size="sm" c="red" aria-label="Last error">
+            {live.lastErrorReason ? `${live.lastErrorReason}: ` : ''}
             {live.lastError}
           </Text>
         )}

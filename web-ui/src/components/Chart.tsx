@@ -48,9 +48,13 @@ export function Chart({ title, unit, columns }: { title: string; unit: string; c
     plot.current?.setData(columns.data as uPlot.AlignedData);
   }, [columns]);
 
+  const empty = !columns.data.slice(1).some((col) => col.some((v) => v != null));
   return (
     <figure style={{ margin: 0 }} aria-label={title}>
-      <figcaption style={{ fontWeight: 600, marginBottom: 4 }}>{title}</figcaption>
+      <figcaption style={{ fontWeight: 600, marginBottom: 4 }}>
+        {title}
+        {empty && <span style={{ fontWeight: 400, color: 'var(--mantine-color-dimmed)' }}> · no data yet</span>}
+      </figcaption>
       <div ref={box} style={{ width: '100%' }} />
     </figure>
   );

@@ -42,6 +42,11 @@ export function Live() {
       {live.viewerDropped > 0 && (
         <Alert color="yellow">This view could not keep up and missed {live.viewerDropped} messages (forwarding was not affected).</Alert>
       )}
+      {(live.stats?.notShown ?? 0) > 0 && (
+        <Text size="sm" c="dimmed">
+          Busy proxy: the feed describes at most 2,000 messages a second; {live.stats?.notShown} were counted but not shown.
+        </Text>
+      )}
       {live.paused && <Text size="sm" c="dimmed">Paused: {live.missed} new messages not shown.</Text>}
       <Group align="flex-end" wrap="wrap">
         <TextInput label="Topic filter" placeholder="sensors/+/temp or #" value={filter} onChange={(e) => setFilter(e.currentTarget.value)} error={filterOk ? undefined : 'not a valid MQTT filter'} w={260} />
