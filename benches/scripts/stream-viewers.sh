@@ -4,9 +4,11 @@
 # REPS times (order alternating). Prints msg/s per downstream broker (median of the three
 # brokers) per case, and what the viewers received and were told they lost.
 # Loopback only; every step bounded by timeouts.
-# Usage: benches/scripts/stream-viewers.sh [N=100000] [REPS=5] [QOS=0] [V=3]
+# Also prints the proxy's CPU seconds per run (user + system, from /proc), which a loaded
+# machine disturbs far less than wall-clock throughput.
+# Usage: benches/scripts/stream-viewers.sh [N=100000] [REPS=5] [QOS=0] [V=3] [RATE=0 (max)]
 set -euo pipefail
-N=${1:-100000}; REPS=${2:-5}; QOS=${3:-0}; V=${4:-3}
+N=${1:-100000}; REPS=${2:-5}; QOS=${3:-0}; V=${4:-3}; RATE=${5:-0}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=$ROOT/target/release
 [ -x "$BIN/mqtt-proxy" ] && [ -x "$BIN/mqtt-load" ] && [ -x "$BIN/stream-viewers" ] \
@@ -26,6 +28,9 @@ PP=$(port); HP=$(port); TOKEN=bench-token
 printf '{"brokers":[{"id":"b1","address":"127.0.0.1","port":%s},{"id":"b2","address":"127.0.0.1","port":%s},{"id":"b3","address":"127.0.0.1","port":%s}]}' "${BP[@]}" > "$T/brokers.json"
 MQTT_PROXY_ADMIN_TOKEN=$TOKEN RUST_LOG=warn "$BIN/mqtt-proxy" --mqtt-listen 127.0.0.1:$PP \
   --http-listen 127.0.0.1:$HP --data-dir "$T/data" --brokers-file "$T/brokers.json" >"$T/proxy.log" 2>&1 & PIDS+=($!)
+PROXY_PID=$!
+# CPU seconds (user + system) the proxy process has used so far.
+cpu() { python3 -c "import os,sys; f=open('/proc/$PROXY_PID/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'))"; }
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.1; done
 
 run_case() { # $1 = viewers
@@ -34,20 +39,23 @@ run_case() { # $1 = viewers
     "$BIN/stream-viewers" "ws://127.0.0.1:$HP/api/stream" "$TOKEN" "$1" 600 > "$T/viewers" 2>&1 & vp=$!
     sleep 1
   fi
+  local c0; c0=$(cpu)
   timeout 180 "$BIN/mqtt-load" run --target "127.0.0.1:$PP" "${SUBS[@]}" --qos "$QOS" \
-    --count "$N" --quiet --format json > "$T/run.json"
+    --count "$N" --rate "$RATE" --drain-silence 1 --quiet --format json > "$T/run.json"
+  local c1; c1=$(cpu)
   if [ -n "$vp" ]; then kill -TERM "$vp"; wait "$vp" || true; fi
-  python3 - "$T/run.json" "$1" <<'PY'
+  python3 - "$T/run.json" "$1" "$c0" "$c1" <<'PY'
 import json, statistics, sys
 r = json.load(open(sys.argv[1]))
 t = [b["throughput_msgs"] for b in r["brokers"]]
 lost = sum(b["lost"] for b in r["brokers"])
-print(f"viewers={sys.argv[2]} msg/s per broker={statistics.median(t):.0f} lost={lost}")
+cpu = float(sys.argv[4]) - float(sys.argv[3])
+print(f"viewers={sys.argv[2]} msg/s per broker={statistics.median(t):.0f} lost={lost} proxy CPU={cpu:.2f} s")
 PY
   [ -n "$vp" ] && sed 's/^/    /' "$T/viewers"
   return 0
 }
-echo "stream-viewers bench: qos $QOS, $N messages, 3 brokers, $REPS reps; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "stream-viewers bench: qos $QOS, $N messages at rate $RATE/s (0 = max), 3 brokers, $REPS reps; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq "$REPS"); do
   if [ $((r % 2)) = 1 ]; then run_case 0; run_case "$V"; else run_case "$V"; run_case 0; fi
 done

@@ -124,7 +124,8 @@ pub fn to_device(client_id: &str, broker: &crate::brokerset::Broker, msg: &crate
 pub struct Hub {
     tx: broadcast::Sender<Arc<MessageEvent>>,
     viewers: AtomicUsize,
-    /// The current one-second window (unix seconds) and the events admitted in it.
+    /// The current tenth of a second (unix time / 100 ms) and the events admitted in it:
+    /// the budget is spread over the second so a burst does not overrun the viewers' ring.
     window: AtomicU64,
     admitted: AtomicU32,
     skipped: AtomicU64,
@@ -148,11 +149,11 @@ impl Hub {
 
     /// Whether one more message event fits in this second's budget; counts it otherwise.
     pub fn admit(&self) -> bool {
-        let sec = crate::brokerset::now_ms() / 1000;
-        if self.window.swap(sec, Ordering::Relaxed) != sec {
+        let slot = crate::brokerset::now_ms() / 100;
+        if self.window.swap(slot, Ordering::Relaxed) != slot {
             self.admitted.store(0, Ordering::Relaxed);
         }
-        if self.admitted.fetch_add(1, Ordering::Relaxed) < MAX_PER_SECOND {
+        if self.admitted.fetch_add(1, Ordering::Relaxed) < MAX_PER_SECOND / 10 {
             true
         } else {
             self.skipped.fetch_add(1, Ordering::Relaxed);

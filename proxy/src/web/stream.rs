@@ -25,8 +25,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use futures_util::SinkExt;
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::api::{error, status};
 use super::auth::{same_origin, unauthorized, Credentials};
@@ -37,6 +38,8 @@ use crate::metrics::METRICS;
 /// Close code for failed authentication (4000-4999 are the application's).
 pub const CLOSE_UNAUTHORIZED: u16 = 4401;
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Events written together at most (one flush).
+const BATCH: usize = 256;
 
 pub async fn upgrade(
     State(s): State<Shared>,
@@ -166,7 +169,28 @@ async fn viewer(s: Shared, mut socket: WebSocket, authed: bool) {
                 Some(Ok(_)) => continue,
             },
         };
-        if socket.send(Message::Text(out)).await.is_err() {
+        // Whatever else is already waiting goes out in the same write: one syscall per
+        // burst rather than per event keeps the cost of a viewer small.
+        if socket.feed(Message::Text(out)).await.is_err() {
+            return;
+        }
+        for _ in 0..BATCH {
+            let next = match feed.rx.try_recv() {
+                Ok(e) => rendered(&e),
+                Err(TryRecvError::Lagged(n)) => {
+                    dropped += n;
+                    METRICS.stream_dropped.inc_by(n);
+                    json!({"type": "dropped", "viewerDropped": dropped})
+                        .to_string()
+                        .into()
+                }
+                Err(_) => break,
+            };
+            if socket.feed(Message::Text(next)).await.is_err() {
+                return;
+            }
+        }
+        if socket.flush().await.is_err() {
             return;
         }
     }
