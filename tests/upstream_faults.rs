@@ -11,13 +11,17 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use mqtt_proxy::broker::{MqttVersion, Secret};
 use mqtt_proxy::config::AckPolicy;
-use mqtt_proxy_tests::outage::{metric_value, Gate};
+use mqtt_proxy::ProxyHandle;
+use mqtt_proxy_tests::outage::{self, metric_value, Gate};
 use mqtt_proxy_tests::{
     mosquitto_pub, mosquitto_pub_log, wait_until, Mosquitto, Publisher, Subscriber, TestProxy,
 };
+use rumqttc::MqttOptions;
 
 /// Generous bound for things that normally take milliseconds.
 const WAIT: Duration = Duration::from_secs(10);
+/// The brokers-file watcher's poll period in these tests (the binary uses 500 ms).
+const RELOAD_POLL: Duration = Duration::from_millis(100);
 /// The window over which connection attempts are counted.
 const WINDOW: Duration = Duration::from_secs(10);
 
@@ -356,4 +360,315 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reload of a changed broker
+
+/// Reads every payload `sub` got as a sequence number.
+fn seqs_of(sub: &Subscriber) -> Vec<u64> {
+    sub.received()
+        .iter()
+        .filter_map(|r| std::str::from_utf8(&r.payload).ok()?.parse().ok())
+        .collect()
+}
+
+/// A subscriber that logs in as `user`.
+async fn subscriber_as(broker: &Mosquitto, user: &str, password: &str) -> Result<Subscriber> {
+    let mut options = MqttOptions::new(format!("sub-{user}"), "127.0.0.1", broker.port());
+    options.set_credentials(user, password);
+    Subscriber::connect_with(options, "h/#", 1).await
+}
+
+/// The broker refuses the proxy's password while a device publishes 20 QoS 1 messages
+/// (acknowledged to the device, queued in the proxy). The password is fixed in the
+/// `--brokers-file`: all 20 arrive, in order, and the broker never sees two connections
+/// with one client id. (Before: the old upstream drained for the drain timeout, was
+/// refused, and dropped the 20.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_password_hands_the_queue_over() -> Result<()> {
+    let broker = Mosquitto::builder().user("dev", "right").start().await?;
+    let sub = subscriber_as(&broker, "dev", "right").await?;
+    let id = "handover-down";
+    let with_password = |pw: &str| {
+        let mut b = outage::broker(id, broker.port());
+        b.username = Some("dev".into());
+        b.password = Some(Secret::new(pw));
+        b
+    };
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("brokers.json");
+    outage::write_and_rename(&file, &outage::brokers_json(&[with_password("wrong")]))?;
+    let proxy = ProxyHandle::start(&outage::proxy_config(), &[with_password("wrong")]).await?;
+    let watcher = tokio::spawn(mqtt_proxy::reload::watch(
+        file.clone(),
+        proxy.control(),
+        RELOAD_POLL,
+    ));
+    let device = Publisher::builder(proxy.mqtt_addr().port())
+        .client_id("handover-dev-1")
+        .connect()
+        .await?;
+    for i in 0..20u64 {
+        device.publish("h/seq", i.to_string(), 1, false).await?;
+    }
+    device.wait_acked(WAIT).await?;
+    ensure!(
+        wait_until(WAIT, || outage::status_of(&proxy.status(), id)
+            .is_some_and(|s| s.queue_messages == 20))
+        .await,
+        "queued while refused: {:#?}",
+        proxy.status()
+    );
+    outage::write_and_rename(&file, &outage::brokers_json(&[with_password("right")]))?;
+    let got = sub.wait_for_count(20, Duration::from_secs(20)).await;
+    let seqs = seqs_of(&sub);
+    ensure!(
+        got.len() == 20 && seqs == (0..20).collect::<Vec<_>>(),
+        "all 20 in order after the fix: {seqs:?}\n{:#?}",
+        proxy.status()
+    );
+    ensure!(
+        broker.count_in_log("already connected") == 0,
+        "two connections with one client id\n{}",
+        broker.log_tail()
+    );
+    watcher.abort();
+    Ok(())
+}
+
+/// Credentials rotate (user `svc-a` to `svc-b`) while a device streams QoS 1 messages to
+/// a live broker: every message arrives, and the old and new settings never hold a
+/// connection with the same client id at once (mosquitto logs a takeover as "already
+/// connected").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_credentials_use_one_connection_at_a_time() -> Result<()> {
+    let broker = Mosquitto::builder()
+        .user("svc-a", "pa")
+        .user("svc-b", "pb")
+        .start()
+        .await?;
+    let sub = subscriber_as(&broker, "svc-a", "pa").await?;
+    let id = "handover-live";
+    let as_user = |user: &str, pw: &str| {
+        let mut b = outage::broker(id, broker.port());
+        b.username = Some(user.into());
+        b.password = Some(Secret::new(pw));
+        b
+    };
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("brokers.json");
+    outage::write_and_rename(&file, &outage::brokers_json(&[as_user("svc-a", "pa")]))?;
+    let proxy = ProxyHandle::start(&outage::proxy_config(), &[as_user("svc-a", "pa")]).await?;
+    let watcher = tokio::spawn(mqtt_proxy::reload::watch(
+        file.clone(),
+        proxy.control(),
+        RELOAD_POLL,
+    ));
+    let device = Publisher::builder(proxy.mqtt_addr().port())
+        .client_id("handover-dev-2")
+        .connect()
+        .await?;
+    outage::wait_upstreams(|| proxy.status(), &[id], 1, WAIT).await?;
+    const N: u64 = 600;
+    for i in 0..N {
+        if i == N / 3 {
+            outage::write_and_rename(&file, &outage::brokers_json(&[as_user("svc-b", "pb")]))?;
+        }
+        device.publish("h/seq", i.to_string(), 1, false).await?;
+        if i % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    device.wait_acked(WAIT).await?;
+    // The new credentials are in use once the broker saw svc-b log in.
+    ensure!(
+        wait_until(WAIT, || broker.count_in_log("u'svc-b'") >= 1).await,
+        "the rotated credentials were never used\n{}",
+        broker.log_tail()
+    );
+    sub.wait_for_count(N as usize, Duration::from_secs(20))
+        .await;
+    let mut seqs = seqs_of(&sub);
+    seqs.sort_unstable();
+    seqs.dedup();
+    ensure!(
+        seqs.len() == N as usize,
+        "{} of {N} distinct messages arrived",
+        seqs.len()
+    );
+    ensure!(
+        broker.count_in_log("already connected") == 0,
+        "two connections with one client id\n{}",
+        broker.log_tail()
+    );
+    watcher.abort();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Spool
+
+/// Two spooled brokers are both down while a device publishes, and the proxy restarts:
+/// both spools hold the device's messages, and both must resume (each resume claimed the
+/// device id on its own, so the second claim stopped the first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spooled_broker_of_a_device_resumes_after_a_restart() -> Result<()> {
+    const N: usize = 20;
+    let (mut a, mut b) = tokio::try_join!(Mosquitto::start(), Mosquitto::start())?;
+    a.kill()?;
+    b.kill()?;
+    let data = tempfile::tempdir()?;
+    let mut config = outage::proxy_config();
+    config.session.spool_dir = Some(data.path().to_owned());
+    let spooled = |id: &str, port: u16| {
+        let mut c = outage::broker(id, port);
+        c.spool = true;
+        c
+    };
+    let brokers = [spooled("spool2-a", a.port()), spooled("spool2-b", b.port())];
+    let proxy = ProxyHandle::start(&config, &brokers).await?;
+    let device = Publisher::builder(proxy.mqtt_addr().port())
+        .client_id("spool2-device")
+        .connect()
+        .await?;
+    for seq in 0..N {
+        device.publish("s2/x", seq.to_string(), 1, false).await?;
+    }
+    device.wait_acked(WAIT).await?;
+    proxy.shutdown().await;
+    drop(device);
+
+    a.restart().await?;
+    b.restart().await?;
+    let sub_a = Subscriber::connect(a.port(), "s2/#", 1).await?;
+    let sub_b = Subscriber::connect(b.port(), "s2/#", 1).await?;
+    let proxy = ProxyHandle::start(&config, &brokers).await?;
+    let (got_a, got_b) = tokio::join!(
+        sub_a.wait_for_count(N, Duration::from_secs(15)),
+        sub_b.wait_for_count(N, Duration::from_secs(15))
+    );
+    ensure!(
+        got_a.len() == N && got_b.len() == N,
+        "A got {} and B got {} of {N} from their spools",
+        got_a.len(),
+        got_b.len()
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory: queue bytes count MQTT 5 properties
+
+/// This process's resident set in bytes (the proxy runs in-process).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A device sends 1-byte payloads that carry 512 KiB of user properties each to a broker
+/// that is down, with the queue capped at 8 MiB. The queue must count the properties (it
+/// counted ~70 bytes per message, so it held all of them), so its bytes stay under the
+/// cap and the process's RSS levels off instead of growing by the ~200 MiB sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_bytes_count_properties_and_rss_levels_off() -> Result<()> {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use rumqttc::v5::mqttbytes::QoS;
+    const CAP: usize = 8 << 20;
+    const BURSTS: usize = 4;
+    const PER_BURST: usize = 100;
+    let broker = Mosquitto::start().await?;
+    let gate = Gate::new(broker.port())?; // never opened: the broker is unreachable
+    let gate_port = gate.port();
+    let proxy = TestProxy::start(&[&broker], |_, b| {
+        b[0].port = gate_port;
+        b[0].queue = Some(mqtt_proxy::broker::QueueLimits {
+            max_bytes: Some(CAP),
+            ..Default::default()
+        });
+    })
+    .await?;
+    let mut options = rumqttc::v5::MqttOptions::new("props-dev", "127.0.0.1", proxy.port());
+    options.set_max_packet_size(Some(2 << 20));
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 16);
+    let events = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let props = PublishProperties {
+        user_properties: (0..64)
+            .map(|i| (format!("k{i}"), "v".repeat(8 << 10)))
+            .collect(),
+        ..Default::default()
+    };
+    let mut rss = Vec::new();
+    let mut sent = 0;
+    for _ in 0..BURSTS {
+        for _ in 0..PER_BURST {
+            client
+                .publish_with_properties("m/x", QoS::AtMostOnce, false, "x", props.clone())
+                .await?;
+            sent += 1;
+        }
+        // All of this burst reached the proxy: its queue saw every message.
+        let arrived = || {
+            proxy
+                .status_of(0)
+                .is_ok_and(|s| s.dropped + s.queue_messages.max(0) as u64 >= sent)
+        };
+        ensure!(wait_until(WAIT, arrived).await, "burst not received");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        rss.push(rss_bytes().unwrap_or(0));
+    }
+    let status = proxy.status_of(0)?;
+    println!(
+        "properties case: RSS after each burst of {PER_BURST} x 512 KiB: {:?} MiB; queue {} B / {} msgs",
+        rss.iter().map(|b| b >> 20).collect::<Vec<_>>(),
+        status.queue_bytes,
+        status.queue_messages
+    );
+    ensure!(
+        status.queue_bytes as usize <= CAP && status.queue_messages <= 16,
+        "the queue must count properties: {status:#?}"
+    );
+    let growth = rss.last().copied().unwrap_or(0).saturating_sub(rss[0]);
+    ensure!(
+        growth < 64 << 20,
+        "RSS grew by {} MiB after the first burst (levels off under the cap): {rss:?}",
+        growth >> 20
+    );
+    events.abort();
+    Ok(())
+}
+
+/// A 3.1.1 broker cannot be told the proxy's 1 MiB inbound limit. A 2 MiB QoS 1 message
+/// for a subscribed device is acknowledged to the broker and dropped
+/// (`reason="inbound_too_large"`), the connection stays up (closing it would make a broker
+/// that keeps the session redeliver it forever), and the next message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_from_a_broker_is_skipped_not_fatal() -> Result<()> {
+    let broker = Mosquitto::start().await?;
+    let proxy = TestProxy::start(&[&broker], |_, b| b[0].bidirectional = true).await?;
+    let device = Subscriber::connect(proxy.port(), "big/#", 1).await?;
+    mqtt_proxy_tests::bidi::wait_subscribed(&broker, "big/#", 1, WAIT).await?;
+    let publisher = Publisher::builder(broker.port()).connect().await?;
+    publisher
+        .publish("big/huge", "x".repeat(2 << 20), 1, false)
+        .await?;
+    publisher.publish("big/small", "ok", 1, false).await?;
+    publisher.wait_acked(WAIT).await?;
+    let got = device.wait_for_count(1, WAIT).await;
+    ensure!(
+        got.len() == 1 && got[0].topic == "big/small",
+        "the small message after the huge one: {got:?}"
+    );
+    let status = proxy.status_of(0)?;
+    ensure!(status.reconnects == 0, "connection kept: {status:#?}");
+    let skipped = metric_value(
+        &mqtt_proxy::metrics::render(),
+        "mqtt_proxy_messages_dropped_total",
+        &[("broker", &status.name), ("reason", "inbound_too_large")],
+    );
+    ensure!(skipped == Some(1.0), "inbound_too_large: {skipped:?}");
+    Ok(())
 }

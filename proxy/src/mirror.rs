@@ -196,9 +196,14 @@ async fn reconcile(
 ) {
     let active = set.brokers.iter().any(|b| b.config.mirror);
     let old = std::mem::take(upstreams);
-    for u in old {
+    for mut u in old {
         match set.get(u.broker.id()) {
             Some(b) if active && Arc::ptr_eq(b, &u.broker) => upstreams.push(u),
+            // Changed: the same upstream continues with the new settings (one connection).
+            Some(b) if active => {
+                u.handover(b.clone(), mirror_filters(b)).await;
+                upstreams.push(u);
+            }
             _ => {
                 tokio::spawn(u.close(false, session.drain_timeout));
             }
@@ -223,26 +228,33 @@ async fn reconcile(
             spool_dir: None,
             start_after: None,
         });
-        if b.config.mirror {
-            let no_local = b.config.mqtt_version == MqttVersion::V5;
-            let filters: Vec<SubFilter> = b
-                .config
-                .subscription_topics
-                .iter()
-                .map(|f| SubFilter {
-                    filter: b.rule.outbound_topic(f).unwrap_or_else(|| f.clone()),
-                    qos: b.rule.qos(2),
-                    no_local,
-                    // Keep the retain flag as published so retained state is mirrored.
-                    retain_as_published: true,
-                    retain_handling: 0,
-                })
-                .collect();
+        let filters = mirror_filters(b);
+        if !filters.is_empty() {
             info!(broker = b.label(), ?filters, "mirroring");
             drop(h.subscribe(filters).await);
         }
         upstreams.push(h);
     }
+}
+
+/// What the mirror subscribes to on `b` (nothing unless it is a mirror source).
+fn mirror_filters(b: &Broker) -> Vec<SubFilter> {
+    if !b.config.mirror {
+        return Vec::new();
+    }
+    let no_local = b.config.mqtt_version == MqttVersion::V5;
+    b.config
+        .subscription_topics
+        .iter()
+        .map(|f| SubFilter {
+            filter: b.rule.outbound_topic(f).unwrap_or_else(|| f.clone()),
+            qos: b.rule.qos(2),
+            no_local,
+            // Keep the retain flag as published so retained state is mirrored.
+            retain_as_published: true,
+            retain_handling: 0,
+        })
+        .collect()
 }
 
 fn forward(m: FromBroker, upstreams: &[UpstreamHandle], guard: &mut MirrorGuard) {

@@ -244,11 +244,12 @@ struct Inner {
     items: VecDeque<Queued>,
     bytes: usize,
     closed: bool,
+    /// Under the lock so a changed broker's new limits apply to the queue it inherits.
+    limits: QueueLimits,
 }
 
 pub struct UpstreamQueue {
     inner: Mutex<Inner>,
-    limits: QueueLimits,
     pub notify: Notify,
     depth: AtomicUsize,
     /// Per-broker totals across all device sessions (metrics gauges and live stats).
@@ -269,8 +270,8 @@ impl UpstreamQueue {
                 items: VecDeque::new(),
                 bytes: 0,
                 closed: false,
+                limits,
             }),
-            limits,
             notify: Notify::new(),
             depth: AtomicUsize::new(0),
             gauges,
@@ -317,7 +318,6 @@ impl UpstreamQueue {
     /// Adds a message, applying the overflow policy. Evicted or rejected messages are
     /// finished (their ack trackers resolved) by the caller's count, not silently.
     pub fn push(&self, mut item: Queued) -> Pushed {
-        let limits = self.limits;
         let weight = item.msg.weight();
         let mut evicted = Vec::new();
         let result = {
@@ -329,6 +329,7 @@ impl UpstreamQueue {
                 item.finish();
                 return Pushed::Rejected;
             }
+            let limits = q.limits;
             // The proxy-wide budget: every queue of every session together.
             let (total, budget) = match &self.gauges {
                 Some(c) => (c.budget.used(), c.budget.limit),
@@ -410,6 +411,17 @@ impl UpstreamQueue {
 
     pub fn len(&self) -> usize {
         self.depth.load(Ordering::Relaxed)
+    }
+
+    /// New limits for what is pushed from now on (a changed broker took the queue over).
+    pub fn set_limits(&self, limits: QueueLimits) {
+        if let Ok(mut q) = self.inner.lock() {
+            q.limits = limits;
+        }
+    }
+
+    pub fn has_spool(&self) -> bool {
+        self.spool.get().is_some()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -659,15 +659,22 @@ impl Session {
     }
 
     /// Applies a new broker set: unchanged brokers (same `Arc`) keep their upstream and
-    /// its connection; removed and changed ones drain and close in the background.
+    /// its connection; changed ones hand their queue and spool over to the new settings in
+    /// the same upstream (one connection at a time); removed ones drain and close in the
+    /// background.
     async fn reconcile(&mut self) {
         let set = self.brokers.borrow_and_update().clone();
         let old = std::mem::take(&mut self.upstreams);
         let mut kept = Vec::new();
-        for u in old {
+        for mut u in old {
             match set.get(u.broker.id()) {
                 Some(b) if Arc::ptr_eq(b, &u.broker) => kept.push(u),
-                _ => {
+                Some(b) => {
+                    let subs = self.upstream_subs(b);
+                    u.handover(b.clone(), subs).await;
+                    kept.push(u);
+                }
+                None => {
                     let drain = self.shared.opts.drain_timeout;
                     tokio::spawn(u.close(false, drain));
                 }
@@ -679,28 +686,34 @@ impl Session {
                 continue;
             }
             let h = self.spawn_upstream(b.clone());
-            if b.config.bidirectional && !self.subs.is_empty() {
-                let no_local = self.upstream_no_local(&h);
-                let up: Vec<SubFilter> = self
-                    .subs
-                    .iter()
-                    .flat_map(|f| {
-                        b.rule
-                            .upstream_filters(&f.filter)
-                            .into_iter()
-                            .map(move |uf| SubFilter {
-                                filter: uf,
-                                no_local,
-                                ..f.clone()
-                            })
-                    })
-                    .collect();
-                if !up.is_empty() {
-                    drop(h.subscribe(up).await);
-                }
+            let up = self.upstream_subs(b);
+            if !up.is_empty() {
+                drop(h.subscribe(up).await);
             }
             self.upstreams.push(h);
         }
+    }
+
+    /// The device's subscriptions as upstream filters for broker `b` (none unless it is
+    /// bidirectional).
+    fn upstream_subs(&self, b: &crate::brokerset::Broker) -> Vec<SubFilter> {
+        if !b.config.bidirectional {
+            return Vec::new();
+        }
+        let no_local = b.config.mqtt_version == crate::broker::MqttVersion::V5;
+        self.subs
+            .iter()
+            .flat_map(|f| {
+                b.rule
+                    .upstream_filters(&f.filter)
+                    .into_iter()
+                    .map(move |uf| SubFilter {
+                        filter: uf,
+                        no_local,
+                        ..f.clone()
+                    })
+            })
+            .collect()
     }
 
     async fn close_upstreams(&mut self, with_will: bool) {

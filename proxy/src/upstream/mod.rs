@@ -8,6 +8,7 @@
 mod admit;
 mod backoff;
 mod connect;
+mod handover;
 mod inflight;
 mod link;
 mod task;
@@ -63,6 +64,12 @@ enum Control {
     /// publishes the device's will (`with_will == true`).
     Close {
         with_will: bool,
+    },
+    /// The broker's config changed: continue as `broker`, with the same queue, spool and
+    /// in-flight messages, after ending the current connection (see `handover`).
+    Handover {
+        broker: Arc<Broker>,
+        subs: Vec<SubFilter>,
     },
 }
 
@@ -253,6 +260,8 @@ struct Upstream {
     /// What the current connection's CONNACK announced.
     limits: admit::BrokerLimits,
     poison: admit::PoisonWatch,
+    /// Bytes of an oversized PUBLISH from the broker still to discard.
+    skip: usize,
 }
 
 enum Exit {
@@ -262,6 +271,8 @@ enum Exit {
     Failed(String),
     /// No MQTT session came about (unreachable, refused, no CONNACK); reconnect.
     NoSession(backoff::FailReason, String),
+    /// The connection was ended for a changed broker config; connect with it at once.
+    Handover,
 }
 
 impl Upstream {
@@ -283,6 +294,7 @@ impl Upstream {
             connected_at: None,
             limits: admit::BrokerLimits::default(),
             poison: admit::PoisonWatch::default(),
+            skip: 0,
         }
     }
 

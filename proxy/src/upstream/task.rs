@@ -18,14 +18,19 @@ use crate::queue::{Completion, Queued};
 impl Upstream {
     /// Opens the spool (after the previous holder of the file is gone) and puts what it
     /// still holds in front of anything queued meanwhile.
-    fn open_spool(&mut self) {
+    pub(super) fn open_spool(&mut self) {
         let broker = self.p.broker.clone();
         let (true, Some(dir)) = (broker.config.spool, &self.p.spool_dir) else {
             return;
         };
         let client_id = self.client_id();
         let path = crate::spool::path_for(dir, broker.id(), &client_id);
-        match crate::spool::Spool::open(&path, broker.limits.max_bytes as u64) {
+        let failures = crate::spool::SpoolFailures {
+            broker: broker.label().to_string(),
+            full: broker.metrics.spool_full.clone(),
+            write_error: broker.metrics.spool_write_errors.clone(),
+        };
+        match crate::spool::Spool::open(&path, broker.limits.max_bytes as u64, Some(failures)) {
             Ok((spool, pending)) => {
                 if !pending.is_empty() {
                     info!(broker = broker.label(), %client_id, messages = pending.len(), "resuming spooled messages");
@@ -75,6 +80,11 @@ impl Upstream {
             self.out.release_all();
             let (reason, error) = match exit {
                 Exit::Done => break,
+                Exit::Handover => {
+                    first = true;
+                    backoff.reset();
+                    continue;
+                }
                 Exit::NoSession(reason, error) => (reason, error),
                 Exit::Failed(error) => (FailReason::Dropped, error),
             };
@@ -107,7 +117,11 @@ impl Upstream {
                 tokio::select! {
                     _ = sleep_until(wake) => break,
                     c = self.ctl.recv() => match c {
-                        Some(c) => self.control_offline(c),
+                        Some(c) => if self.control_offline(c) {
+                            // New settings (e.g. the password that was refused): try now.
+                            backoff.reset();
+                            break;
+                        },
                         None => return self.abandon(),
                     },
                 }
@@ -146,7 +160,8 @@ impl Upstream {
         }
     }
 
-    fn control_offline(&mut self, c: Control) {
+    /// A control message while the broker is down; `true` when it is worth reconnecting now.
+    fn control_offline(&mut self, c: Control) -> bool {
         match c {
             Control::Subscribe { filters, reply } => {
                 let granted = filters.iter().map(|f| f.qos).collect();
@@ -155,7 +170,12 @@ impl Upstream {
             }
             Control::Unsubscribe { filters } => self.subs.retain(|s| !filters.contains(&s.filter)),
             Control::Close { with_will } => self.closing = Some(with_will),
+            Control::Handover { broker, subs } => {
+                self.take_over(broker, subs);
+                return true;
+            }
         }
+        false
     }
 
     pub(super) fn merge_subs(&mut self, filters: Vec<SubFilter>) {
