@@ -194,6 +194,10 @@ async function main() {
 
     step('phone width');
     await page.setViewportSize({ width: 390, height: 844 });
+    // Traffic again, so the phone screenshots show live figures.
+    const pub2 = start('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(mqttPort), '-i', 'e2e-publisher-2', '-t', 'sensors/kitchen/temp', '-l', '-q', '0']);
+    const feed2 = setInterval(() => pub2.stdin.write('21.5\n'), 50);
+    await page.waitForTimeout(4000);
     for (const [name, link] of [
       ['overview', 'Overview'],
       ['brokers', 'Brokers'],
@@ -206,6 +210,8 @@ async function main() {
       await page.waitForTimeout(300);
       await page.screenshot({ path: path.join(shots, `${name}-phone.png`), fullPage: true });
     }
+    clearInterval(feed2);
+    pub2.stdin.end();
 
     step('file mode is read-only');
     const filePort = await freePort();

@@ -65,6 +65,7 @@ export function Live() {
         <Grid.Col span={{ base: 12, md: selected ? 5 : 9 }}>
           <Card withBorder p={0}>
             <ScrollArea.Autosize mah={480}>
+              <Table.ScrollContainer minWidth={560} type="native">
               <Table highlightOnHover aria-label="Messages" stickyHeader>
                 <Table.Thead>
                   <Table.Tr>
@@ -87,6 +88,7 @@ export function Live() {
                   ))}
                 </Table.Tbody>
               </Table>
+              </Table.ScrollContainer>
               {shown.length === 0 && <Text c="dimmed" p="md">No messages yet.</Text>}
             </ScrollArea.Autosize>
           </Card>
