@@ -30,7 +30,7 @@ MQTT_PROXY_ADMIN_TOKEN=$TOKEN RUST_LOG=warn "$BIN/mqtt-proxy" --mqtt-listen 127.
   --http-listen 127.0.0.1:$HP --data-dir "$T/data" --brokers-file "$T/brokers.json" >"$T/proxy.log" 2>&1 & PIDS+=($!)
 PROXY_PID=$!
 # CPU seconds (user + system) the proxy process has used so far.
-cpu() { python3 -c "import os,sys; f=open('/proc/$PROXY_PID/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'))"; }
+cpu() { python3 -c "import os,sys; f=open('/proc/${1:-$PROXY_PID}/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'))"; }
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.1; done
 
 run_case() { # $1 = viewers
@@ -43,7 +43,11 @@ run_case() { # $1 = viewers
   timeout 180 "$BIN/mqtt-load" run --target "127.0.0.1:$PP" "${SUBS[@]}" --qos "$QOS" \
     --count "$N" --rate "$RATE" --drain-silence 1 --quiet --format json > "$T/run.json"
   local c1; c1=$(cpu)
-  if [ -n "$vp" ]; then kill -TERM "$vp"; wait "$vp" || true; fi
+  if [ -n "$vp" ]; then
+    echo "    viewer client CPU (whole life): $(cpu "$vp") s" >> "$T/viewers.cpu"
+    kill -TERM "$vp"; wait "$vp" || true
+    cat "$T/viewers.cpu" >> "$T/viewers"; rm -f "$T/viewers.cpu"
+  fi
   python3 - "$T/run.json" "$1" "$c0" "$c1" <<'PY'
 import json, statistics, sys
 r = json.load(open(sys.argv[1]))
