@@ -1,20 +1,21 @@
-//! The bounded per-upstream queue between a device session and one broker, and the ack
-//! tracker that lets the session answer the device according to the ack policy.
+//! The bounded per-upstream queue between a device session and one broker. (What happens
+//! when a queued message is finished — the device's ack, the spool record — is `ack.rs`.)
 //!
 //! Why not an `mpsc` channel: a full channel can only refuse the *new* message, and the
 //! default policy is to evict the *oldest*. The lock is a plain `std` mutex held for a few
 //! pointer moves and never across an `.await`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus::IntGauge;
 use tokio::sync::Notify;
 
+pub use crate::ack::{reason, AckSink, AckTracker, Completion};
 use crate::broker::OverflowPolicy;
 use crate::codec::Message;
-use crate::spool::{Spool, SpoolRef};
+use crate::spool::Spool;
 
 /// The bytes all queues of one proxy may hold together (`--queue-total-max-bytes`): a queue
 /// that would push the total over it applies its own overflow policy.
@@ -52,131 +53,6 @@ impl Default for QueueLimits {
             max_bytes: 64 << 20,
             overflow: OverflowPolicy::DropOldest,
         }
-    }
-}
-
-/// MQTT 5 PUBACK/PUBREC reason codes the proxy itself gives a device whose message it
-/// could not deliver (a broker's own negative code is passed on as it is).
-pub mod reason {
-    /// Unspecified error: e.g. the message expired while queued.
-    pub const UNSPECIFIED: u8 = 0x80;
-    /// Implementation specific error: the broker cannot take it (too large, poison).
-    pub const IMPLEMENTATION_SPECIFIC: u8 = 0x83;
-    /// Quota exceeded: evicted or refused by the queue's limits.
-    pub const QUOTA_EXCEEDED: u8 = 0x97;
-}
-
-/// Where a device's PUBACK/PUBREC waits for broker acknowledgements (policies `any`/`all`).
-/// Each tracker fires once, when its count reaches zero, with the first failure reason
-/// any broker (or the proxy) gave, or 0 when every resolution was a success.
-pub struct AckTracker {
-    remaining: AtomicUsize,
-    pkid: u16,
-    code: AtomicU8,
-    sink: Arc<AckSink>,
-}
-
-impl AckTracker {
-    pub fn new(pkid: u16, needed: usize, sink: Arc<AckSink>) -> Arc<Self> {
-        Arc::new(Self {
-            remaining: AtomicUsize::new(needed.max(1)),
-            pkid,
-            code: AtomicU8::new(0),
-            sink,
-        })
-    }
-    /// One broker took the message (or it was dropped: the device is answered either way so
-    /// it never stalls on a message that can no longer be delivered; drops are counted).
-    pub fn resolve(&self) {
-        let prev = self
-            .remaining
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .unwrap_or(0);
-        if prev == 1 {
-            self.sink.push(self.pkid, self.code.load(Ordering::Acquire));
-        }
-    }
-
-    /// One broker refused the message or it could not be delivered: `code` (>= 0x80) is
-    /// what an MQTT 5 device is told, unless an earlier failure already set one.
-    pub fn reject(&self, code: u8) {
-        let _ = self
-            .code
-            .compare_exchange(0, code.max(0x80), Ordering::AcqRel, Ordering::Acquire);
-        self.resolve();
-    }
-}
-
-/// Packet ids whose device acknowledgement is due, each with its reason code (0 success).
-/// Bounded by the 65,535 packet ids a device can have in flight.
-#[derive(Default)]
-pub struct AckSink {
-    ready: Mutex<Vec<(u16, u8)>>,
-    pub notify: Notify,
-}
-
-impl AckSink {
-    fn push(&self, pkid: u16, code: u8) {
-        if let Ok(mut v) = self.ready.lock() {
-            v.push((pkid, code));
-        }
-        self.notify.notify_one();
-    }
-    /// The acknowledgements due: (packet id, reason code).
-    pub fn take(&self, out: &mut Vec<(u16, u8)>) {
-        if let Ok(mut v) = self.ready.lock() {
-            out.append(&mut v);
-        }
-    }
-}
-
-/// What must happen once a message is finished with: answer the device (ack policies
-/// `any`/`all`) and mark it done in the disk spool.
-#[derive(Default, Clone)]
-pub struct Completion {
-    pub ack: Option<Arc<AckTracker>>,
-    pub spool: Option<SpoolRef>,
-    /// When the device's PUBLISH arrived, for `mqtt_proxy_forward_latency_seconds`.
-    pub received: Option<std::time::Instant>,
-}
-
-impl Completion {
-    /// Delivered (acknowledged, or written at QoS 0) or dropped by policy.
-    pub fn complete(self) {
-        if let Some(a) = self.ack {
-            a.resolve();
-        }
-        if let Some(s) = self.spool {
-            s.ack();
-        }
-    }
-    /// [`Self::complete`] for a message the broker took: records the forwarding latency
-    /// (an `Instant` read and a lock-free histogram update, nothing allocated).
-    pub fn delivered(self, latency: &prometheus::Histogram) {
-        if let Some(t) = self.received {
-            latency.observe(t.elapsed().as_secs_f64());
-        }
-        self.complete();
-    }
-    /// Not delivered and never will be (refused by the broker, too large, expired): the
-    /// device is told `code` where it still waits, and the spool forgets the message.
-    pub fn fail(self, code: u8) {
-        if let Some(a) = self.ack {
-            a.reject(code);
-        }
-        if let Some(s) = self.spool {
-            s.ack();
-        }
-    }
-    /// Not delivered, but kept in the spool for the next run (shutdown): the device is
-    /// answered so it does not wait, and the spool record stays live.
-    pub fn abandon(self) {
-        if let Some(a) = self.ack {
-            a.resolve();
-        }
-    }
-    pub fn is_spooled(&self) -> bool {
-        self.spool.is_some()
     }
 }
 
@@ -528,44 +404,6 @@ mod tests {
         assert_eq!(c.push(item(4)), Pushed::Rejected);
         assert_eq!(payloads(&b), vec![3]);
         assert_eq!(budget.used(), w * 2);
-    }
-
-    #[test]
-    fn tracker_fires_once_after_all_resolutions() {
-        let sink = Arc::new(AckSink::default());
-        let t = AckTracker::new(9, 2, sink.clone());
-        let mut out = Vec::new();
-        t.resolve();
-        sink.take(&mut out);
-        assert!(out.is_empty());
-        t.resolve();
-        t.resolve();
-        sink.take(&mut out);
-        assert_eq!(out, vec![(9, 0)]);
-    }
-
-    #[test]
-    fn a_rejection_reaches_the_device_with_its_code() {
-        let sink = Arc::new(AckSink::default());
-        let t = AckTracker::new(4, 2, sink.clone());
-        let mut out = Vec::new();
-        t.reject(0x87);
-        t.resolve();
-        sink.take(&mut out);
-        assert_eq!(
-            out,
-            vec![(4, 0x87)],
-            "one broker's refusal is not a success"
-        );
-        let t = AckTracker::new(5, 1, sink.clone());
-        Completion {
-            ack: Some(t),
-            spool: None,
-            received: None,
-        }
-        .fail(reason::QUOTA_EXCEEDED);
-        sink.take(&mut out);
-        assert_eq!(out[1], (5, 0x97));
     }
 
     #[test]
