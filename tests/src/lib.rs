@@ -25,6 +25,7 @@ mod publisher_v5;
 pub mod sequence;
 mod subscriber;
 pub mod tls;
+pub mod web;
 
 pub mod outage;
 
