@@ -90,6 +90,8 @@ impl AckSink {
 pub struct Completion {
     pub ack: Option<Arc<AckTracker>>,
     pub spool: Option<SpoolRef>,
+    /// When the device's PUBLISH arrived, for `mqtt_proxy_forward_latency_seconds`.
+    pub received: Option<std::time::Instant>,
 }
 
 impl Completion {
@@ -101,6 +103,14 @@ impl Completion {
         if let Some(s) = self.spool {
             s.ack();
         }
+    }
+    /// [`Self::complete`] for a message the broker took: records the forwarding latency
+    /// (an `Instant` read and a lock-free histogram update, nothing allocated).
+    pub fn delivered(self, latency: &prometheus::Histogram) {
+        if let Some(t) = self.received {
+            latency.observe(t.elapsed().as_secs_f64());
+        }
+        self.complete();
     }
     /// Not delivered and never will be (refused by the broker, too large, expired): the
     /// device is told `code` where it still waits, and the spool forgets the message.
@@ -159,6 +169,7 @@ mod tests {
         Completion {
             ack: Some(t),
             spool: None,
+            received: None,
         }
         .fail(reason::QUOTA_EXCEEDED);
         sink.take(&mut out);

@@ -62,7 +62,7 @@ impl BrokerStats {
 }
 
 /// A point-in-time view of one broker, for the API and the operator.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct BrokerStatus {
     pub id: String,

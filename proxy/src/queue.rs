@@ -82,7 +82,11 @@ impl Queued {
         Self {
             msg,
             qos,
-            done: Completion { ack, spool: None },
+            done: Completion {
+                ack,
+                spool: None,
+                received: Some(std::time::Instant::now()),
+            },
             echo: false,
             expires_at,
         }

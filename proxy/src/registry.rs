@@ -26,6 +26,8 @@ use crate::subtable::SubTable;
 pub struct Registry {
     inner: Mutex<Inner>,
     next: AtomicU64,
+    /// The connected devices as the dashboard lists them.
+    pub devices: Arc<crate::devices::Devices>,
 }
 
 #[derive(Default)]

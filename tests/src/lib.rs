@@ -31,6 +31,7 @@ pub mod raw;
 pub mod sequence;
 mod subscriber;
 pub mod tls;
+pub mod web;
 
 pub mod outage;
 

@@ -104,6 +104,11 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     // its upstreams are done (bounded by the drain timeout).
     let resume_wait = shared.opts.drain_timeout + Duration::from_secs(2);
     let record = claim.resume(connect.clean_session, resume_wait).await;
+    let version = if connect.protocol == Protocol::V5 { "5" } else { "3.1.1" };
+    let device = shared
+        .registry
+        .devices
+        .add(&connect.client_id, peer, version);
     METRICS.device_connections.inc();
     METRICS.devices_connected.inc();
     info!(%peer, client_id = %connect.client_id, proto = ?connect.protocol, keep_alive = connect.keep_alive,
@@ -114,6 +119,7 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         claim.kicked.clone(),
         claim.previous.clone(),
         record,
+        device.info.clone(),
     );
     s.wait_upstreams().await;
     let end = s.serve(stream, rbuf, assigned).await;
@@ -155,6 +161,8 @@ struct Session {
     resume: Option<crate::delivery::Pending>,
     /// A bidirectional broker still had a session for this (persistent) device.
     upstream_present: bool,
+    /// Counters and subscriptions shown in the dashboard's device list.
+    info: Arc<crate::devices::DeviceInfo>,
 }
 
 impl Session {
@@ -164,6 +172,7 @@ impl Session {
         kicked: watch::Receiver<bool>,
         previous: Option<watch::Receiver<bool>>,
         record: Option<SessionRecord>,
+        info: Arc<crate::devices::DeviceInfo>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(256);
         let (subacks_tx, subacks) = mpsc::channel(16);
@@ -208,6 +217,7 @@ impl Session {
             expiry,
             resume,
             upstream_present: false,
+            info,
         };
         let set = s.brokers.borrow().clone();
         for b in &set.brokers {
@@ -347,11 +357,13 @@ impl Session {
                     }
                 }
                 Event::FromBroker(m) => {
+                    self.observe(&m);
                     self.to_device.offer(m, &self.subs, &mut wbuf);
                     while wbuf.len() < WBUF_FLUSH {
                         let Ok(m) = self.from_brokers.try_recv() else {
                             break;
                         };
+                        self.observe(&m);
                         self.to_device.offer(m, &self.subs, &mut wbuf);
                     }
                 }

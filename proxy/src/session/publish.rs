@@ -11,7 +11,7 @@ use crate::delivery::ToDevice;
 use crate::metrics::METRICS;
 use crate::queue::{AckTracker, Queued};
 use crate::router;
-use crate::upstream::UpstreamHandle;
+use crate::upstream::{FromBroker, UpstreamHandle};
 
 impl Session {
     pub(super) fn publish(
@@ -32,6 +32,7 @@ impl Session {
             )));
         }
         METRICS.messages_received.inc();
+        self.info.received();
         let qos = msg.qos;
         if qos == 2 && !self.inbound.on_publish_qos2(pkid) {
             // Retransmission before PUBREL: already forwarded; acknowledge again.
@@ -80,6 +81,14 @@ impl Session {
         Ok(())
     }
 
+    /// Counts a message from a broker for the device list and shows it in the live feed.
+    pub(super) fn observe(&self, m: &FromBroker) {
+        self.info.sent();
+        if crate::events::HUB.active() {
+            crate::events::to_device(&self.connect.client_id, &m.broker, &m.msg);
+        }
+    }
+
     /// Queues `msg` for every broker whose rules accept it. Returns `true` when the device's
     /// acknowledgement is deferred until brokers confirm (ack policies `any` and `all`).
     fn fan_out(&mut self, pkid: u16, msg: Message) -> bool {
@@ -97,6 +106,10 @@ impl Session {
             item.echo =
                 !self.subs.is_empty() && ToDevice::expects_echo(&u.broker, topic, &self.subs);
             u.enqueue(item);
+        }
+        if crate::events::HUB.active() {
+            let targets = self.upstreams.iter().filter(accepts).map(|u| &*u.broker);
+            crate::events::from_device(&self.connect.client_id, &msg, targets);
         }
         match tracker {
             Some(_) => {

@@ -219,6 +219,8 @@ impl Session {
             }
             codes.push(code);
         }
+        self.info
+            .set_subscriptions(self.subs.iter().map(|s| s.filter.as_str()));
         let _ = codec::write(
             self.proto,
             &Packet::SubAck {
@@ -243,6 +245,8 @@ impl Session {
                 }
             })
             .collect();
+        self.info
+            .set_subscriptions(self.subs.iter().map(|s| s.filter.as_str()));
         for at in 0..self.upstreams.len() {
             let u = &self.upstreams[at];
             if !u.broker.config.bidirectional {

@@ -23,7 +23,7 @@ impl Upstream {
                     self.rejected(code);
                     fail(tag, code);
                 }
-                Ok(tag) => resolve(tag),
+                Ok(tag) => self.delivered(tag),
                 // After a reconnect a broker may ack a resend twice; harmless.
                 Err(e) => debug!(broker = self.broker().label(), "{e}"),
             },
@@ -33,7 +33,7 @@ impl Upstream {
             }
             Packet::PubRec { pkid, .. } => {
                 match self.out.on_pubrec(pkid) {
-                    Ok(tag) => resolve(tag),
+                    Ok(tag) => self.delivered(tag),
                     Err(e) => debug!(broker = self.broker().label(), "{e}"),
                 }
                 let _ = codec::write(self.proto, &Packet::PubRel { pkid }, wbuf);
@@ -148,14 +148,17 @@ impl Upstream {
     }
 }
 
-fn fail(tag: Option<Completion>, code: u8) {
-    if let Some(c) = tag {
-        c.fail(code);
+impl Upstream {
+    /// The broker acknowledged a message: finish it and record its forwarding latency.
+    fn delivered(&self, tag: Option<Completion>) {
+        if let Some(c) = tag {
+            c.delivered(&self.broker().metrics.latency);
+        }
     }
 }
 
-fn resolve(tag: Option<Completion>) {
+fn fail(tag: Option<Completion>, code: u8) {
     if let Some(c) = tag {
-        c.complete();
+        c.fail(code);
     }
 }

@@ -356,7 +356,7 @@ impl Upstream {
                     );
                 }
                 if qos == 0 {
-                    done.complete();
+                    done.delivered(&broker.metrics.latency);
                 } else {
                     self.out.publish(msg, qos, done);
                 }
