@@ -37,7 +37,10 @@ fn split_url(url: &str) -> Result<(String, String), String> {
     if authority.is_empty() {
         return Err(format!("{url}: no host"));
     }
-    let authority = if authority.rsplit_once(':').is_some_and(|(_, p)| !p.ends_with(']')) {
+    let authority = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.ends_with(']'))
+    {
         authority.to_string()
     } else {
         format!("{authority}:80")
@@ -65,10 +68,7 @@ fn probe(url: &str) -> Result<u16, String> {
     .map_err(io)?;
     // The status line is all we need; bound what we read.
     let mut head = Vec::with_capacity(64);
-    stream
-        .take(1024)
-        .read_to_end(&mut head)
-        .map_err(io)?;
+    stream.take(1024).read_to_end(&mut head).map_err(io)?;
     let line = String::from_utf8_lossy(&head);
     line.split_whitespace()
         .nth(1)
@@ -78,9 +78,9 @@ fn probe(url: &str) -> Result<u16, String> {
 
 /// Runs the subcommand with the arguments after `healthcheck`; returns the exit code.
 pub fn run(mut args: impl Iterator<Item = String>) -> i32 {
-    let url = args.next().unwrap_or_else(|| {
-        default_url(std::env::var("MQTT_PROXY_HTTP_LISTEN").ok().as_deref())
-    });
+    let url = args
+        .next()
+        .unwrap_or_else(|| default_url(std::env::var("MQTT_PROXY_HTTP_LISTEN").ok().as_deref()));
     match probe(&url) {
         Ok(200) => 0,
         Ok(code) => {
@@ -119,7 +119,10 @@ mod tests {
         let (url, server) = serve_once("HTTP/1.1 200 OK");
         assert_eq!(run(std::iter::once(url)), 0);
         let request = server.join().expect("server thread");
-        assert!(request.starts_with("GET /healthz HTTP/1.1\r\n"), "{request}");
+        assert!(
+            request.starts_with("GET /healthz HTTP/1.1\r\n"),
+            "{request}"
+        );
     }
 
     #[test]
@@ -153,7 +156,10 @@ mod tests {
             default_url(Some("10.1.2.3:3000")),
             "http://10.1.2.3:3000/healthz"
         );
-        assert_eq!(default_url(Some("[::]:3000")), "http://127.0.0.1:3000/healthz");
+        assert_eq!(
+            default_url(Some("[::]:3000")),
+            "http://127.0.0.1:3000/healthz"
+        );
     }
 
     #[test]
