@@ -29,6 +29,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 SERVICEMONITOR = ("monitoring.coreos.com", "ServiceMonitor")
+# Our own API group: always validated against the CRDs, never looked up elsewhere.
+OWN_GROUPS = {"mqttproxy.io"}
 
 
 def load_docs(text):
@@ -152,7 +154,7 @@ def validate_objects(objs, crds, versions):
         group = group_of(obj["apiVersion"])
         if (group, obj["kind"]) == SERVICEMONITOR:
             monitors.append(obj)
-        elif group in crds.groups():
+        elif group in crds.groups() | OWN_GROUPS:
             problems += [f"{where}: {p}" for p in crds.validate(obj)]
         else:
             for version in versions:
@@ -161,22 +163,24 @@ def validate_objects(objs, crds, versions):
                 except kubernetes_validate.ValidationError as e:
                     path = ".".join(str(p) for p in e.path) or "<root>"
                     problems.append(f"{where} (k8s {version}): {path}: {e.message}")
-                except kubernetes_validate.SchemaNotFoundError as e:
-                    problems.append(f"{where}: {e.message}")
+                except kubernetes_validate.SchemaNotFoundError:
+                    problems.append(f"{where}: no schema for kind {obj['kind']} "
+                                    f"({obj['apiVersion']}) in Kubernetes {version} or the CRDs")
     problems += validate_servicemonitors(monitors)
     return problems
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("file", help="multi-document YAML, or - for stdin")
+    ap.add_argument("files", nargs="+", help="multi-document YAML files, or - for stdin")
     ap.add_argument("--crds", action="append", default=[], help="directory of CRD YAML (repeatable)")
     ap.add_argument("-k", "--kubernetes-version", action="append", dest="versions",
                     help="Kubernetes version of the bundled schemas (repeatable)")
     ap.add_argument("--label", default="", help="name of this render in messages")
     args = ap.parse_args()
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-    objs = load_docs(text)
+    objs = []
+    for f in args.files:
+        objs += load_docs(sys.stdin.read() if f == "-" else Path(f).read_text())
     versions = args.versions or ["1.31.0"]
     problems = validate_objects(objs, CrdIndex(args.crds), versions)
     label = f"{args.label}: " if args.label else ""
