@@ -44,6 +44,7 @@ done
 step python3 $P/check_rbac.py
 step python3 $P/check_dashboard.py
 step python3 $P/values_table.py --check
+step python3 $P/readme_commands.py
 
 # The compose demo's seed script and the image's healthcheck, against the real proxy binary.
 step cargo build -q -p mqtt-proxy --bin mqtt-proxy
