@@ -1,7 +1,16 @@
 //! The Kubernetes operator for mqtt-proxy.
 //!
-//! Not built yet: the operator issue adds the `MqttProxy`/`MqttBroker` CRDs and the
-//! `validate → build → apply → status` pipeline. It depends on the proxy's library so the
-//! broker configuration it renders is the very type the proxy reads.
+//! ```text
+//!  MqttProxy ─┐                 ┌─ validate (pure) ─ build (pure) ─ apply (SSA) ─ status
+//!  MqttBroker ┼─ watches/store ─┤
+//!  Secret  ───┘                 └─ children: <name>-brokers Secret, Deployment, Service,
+//!                                  ServiceMonitor, <name>-admin Secret
+//! ```
+//!
+//! The broker set it renders is the proxy crate's own [`BrokerConfig`], serialized by the
+//! proxy's own types, so the operator and the proxy cannot disagree about the file format.
+
+pub mod crd;
+pub mod crdgen;
 
 pub use mqtt_proxy::broker::BrokerConfig;

@@ -44,6 +44,7 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// MQTT protocol version spoken to a broker.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MqttVersion {
     #[default]
@@ -60,6 +61,7 @@ pub enum MqttVersion {
 }
 
 /// What a full queue does with one more message.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum OverflowPolicy {
@@ -71,13 +73,17 @@ pub enum OverflowPolicy {
 }
 
 /// Per-broker queue limits. `None` fields fall back to the proxy-wide defaults.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct QueueLimits {
+    /// Most messages queued for this broker while it is slow or down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_messages: Option<usize>,
+    /// Most payload bytes queued for this broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<usize>,
+    /// What a full queue does with one more message: `dropOldest` (default) or `dropNewest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overflow: Option<OverflowPolicy>,
 }

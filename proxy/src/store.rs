@@ -302,8 +302,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// The hot-reload file (Kubernetes mode): JSON or YAML, told apart by content; the same
 /// `{"brokers": [...]}` shape. Passwords are plain text there (the file is a mounted
 /// Secret) or `passwordFile` paths, which are read (one trailing newline trimmed; relative
-/// paths are relative to this file's directory). Validates the whole set. Returns the
-/// brokers with `password` filled and `password_file` kept.
+/// paths are relative to this file's directory). Relative `caCertPath`, `clientCertPath` and
+/// `clientKeyPath` are resolved against that directory too. Validates the whole set. Returns
+/// the brokers with `password` filled and `password_file` kept.
 pub fn load_brokers_file(path: &Path) -> Result<Vec<BrokerConfig>, StoreError> {
     let text = fs::read_to_string(path).map_err(|source| StoreError::Read {
         path: path.into(),
@@ -332,6 +333,21 @@ pub fn load_brokers_file(path: &Path) -> Result<Vec<BrokerConfig>, StoreError> {
     })?;
     let base = path.parent().unwrap_or(Path::new(""));
     for b in &mut brokers {
+        // Relative TLS paths name files beside this one (the operator renders them as keys
+        // of the same Secret); resolved here so the TLS loader and the reload fingerprint
+        // read the right files whatever the working directory.
+        for p in [
+            &mut b.ca_cert_path,
+            &mut b.client_cert_path,
+            &mut b.client_key_path,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         let Some(file) = &b.password_file else {
             continue;
         };

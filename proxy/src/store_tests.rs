@@ -257,6 +257,25 @@ fn hot_reload_file_json_yaml_and_password_file() {
 }
 
 #[test]
+fn hot_reload_file_resolves_relative_tls_paths_against_its_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("brokers.yaml");
+    fs::write(
+        &path,
+        "brokers:\n  - id: a\n    address: h\n    useTls: true\n    caCertPath: a-ca.crt\n    \
+         clientCertPath: certs/a.crt\n    clientKeyPath: /abs/a.key\n",
+    )
+    .expect("writes");
+    let brokers = load_brokers_file(&path).expect("loads");
+    assert_eq!(brokers[0].ca_cert_path, Some(dir.path().join("a-ca.crt")));
+    assert_eq!(
+        brokers[0].client_cert_path,
+        Some(dir.path().join("certs/a.crt"))
+    );
+    assert_eq!(brokers[0].client_key_path, Some("/abs/a.key".into()));
+}
+
+#[test]
 fn invalid_hot_reload_file_names_the_field() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("brokers.yaml");

@@ -18,6 +18,7 @@
 pub mod bidi;
 mod cli;
 pub mod client_core;
+pub mod k8s;
 mod mosquitto;
 pub mod proxy;
 mod publisher;

@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# A real kube-apiserver (plus etcd) for the Kubernetes end-to-end tests, built from Debian.
+#
+#   tests/k8s/apiserver.sh build   build + cache kube-apiserver and etcd, print the bin dir
+#   tests/k8s/apiserver.sh path    print the cached kube-apiserver path (exit 1 if not built)
+#
+# No package registry ships a kube-apiserver, but Debian bookworm ships the Kubernetes 1.20
+# sources (`kubernetes`, 1.20.5+really1.20.2, with vendor/) and the Go 1.19 toolchain that
+# builds them. Only the first run on a machine pays for the build (~7 min on 2 idle cores,
+# ~2 GB of build tree, removed afterwards); the binary is cached outside the checkout in
+# $MQTT_PROXY_CI_CACHE/kube-apiserver-<debian source version>/ and linked from
+# $MQTT_PROXY_CI_CACHE/bin/ together with etcd, where tests/src/k8s.rs looks for them.
+#
+# Nothing here changes the system's apt configuration: sources, lists and the download cache
+# live in a private apt directory under the cache. Debian packages are unpacked with
+# `dpkg -x` into the cache instead of installed, except rsync (needed by the Kubernetes
+# build), which is apt-installed when missing and we are root.
+set -euo pipefail
+
+CACHE="${MQTT_PROXY_CI_CACHE:-/var/cache/mqtt-proxy-ci}"
+BIN="$CACHE/bin"
+SUITE=bookworm
+# The upstream release we build; the Debian revision (…-1.1+deb12u1) is whatever the mirror
+# carries and becomes part of the cache key, so a Debian security update rebuilds.
+UPSTREAM="1.20.5+really1.20.2"
+
+log() { echo "tests/k8s/apiserver.sh: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+# The mirror this machine already uses (deb822 or one-line sources), else Debian's CDN.
+mirror() {
+  if [ -n "${MQTT_PROXY_DEBIAN_MIRROR:-}" ]; then echo "$MQTT_PROXY_DEBIAN_MIRROR"; return; fi
+  local m
+  m="$(grep -hsE '^URIs:.*/debian/?$' /etc/apt/sources.list.d/*.sources 2>/dev/null \
+    | head -1 | awk '{print $2}')"
+  [ -n "$m" ] || m="$(grep -hsE '^deb [^ ]*/debian/? ' /etc/apt/sources.list \
+    /etc/apt/sources.list.d/*.list 2>/dev/null | head -1 | awk '{print $2}')"
+  echo "${m:-http://deb.debian.org/debian}"
+}
+
+cached_apiserver() {
+  local f
+  for f in "$CACHE"/kube-apiserver-"$UPSTREAM"*/kube-apiserver; do
+    [ -x "$f" ] && "$f" --version >/dev/null 2>&1 && { echo "$f"; return 0; }
+  done
+  return 1
+}
+
+cached_etcd() {
+  local f
+  for f in "$CACHE"/etcd-*/etcd; do
+    [ -x "$f" ] && "$f" --version >/dev/null 2>&1 && { echo "$f"; return 0; }
+  done
+  return 1
+}
+
+link_bins() {
+  mkdir -p "$BIN"
+  ln -sfn "$1" "$BIN/kube-apiserver"
+  ln -sfn "$2" "$BIN/etcd"
+}
+
+# --- private apt --------------------------------------------------------------------------
+APT="$CACHE/apt"
+apt_opts() {
+  echo "-o Dir::Etc::sourcelist=$APT/sources.list -o Dir::Etc::sourceparts=-" \
+    "-o Dir::State::Lists=$APT/lists -o Dir::Cache=$APT/cache" \
+    "-o Dir::Cache::archives=$APT/cache/archives"
+}
+apt_setup() {
+  local m keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  m="$(mirror)"
+  [ -f "$keyring" ] || die "$keyring is missing (apt-get install debian-archive-keyring)"
+  mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial"
+  cat >"$APT/sources.list" <<SRC
+deb [signed-by=$keyring] $m $SUITE main
+deb-src [signed-by=$keyring] $m $SUITE main
+SRC
+  log "apt update (private lists in $APT, mirror $m)"
+  # shellcheck disable=SC2046
+  apt-get $(apt_opts) update -qq
+}
+# Downloads the named binary packages and unpacks them into $1.
+apt_unpack() {
+  local dest="$1"; shift
+  local dl="$APT/debs"
+  rm -rf "$dl" && mkdir -p "$dl" "$dest"
+  # shellcheck disable=SC2046
+  (cd "$dl" && apt-get $(apt_opts) download -qq "$@" 2>&1 | grep -v unsandboxed >&2 || true)
+  local d
+  for p in "$@"; do
+    d="$(ls "$dl"/"${p}"_*.deb 2>/dev/null | head -1)"
+    [ -n "$d" ] || die "apt-get download $p failed"
+    dpkg -x "$d" "$dest"
+  done
+  rm -rf "$dl"
+}
+
+# --- build ----------------------------------------------------------------------------------
+build() {
+  local apiserver etcd
+  if apiserver="$(cached_apiserver)" && etcd="$(cached_etcd)"; then
+    link_bins "$apiserver" "$etcd"
+    echo "$BIN"
+    return 0
+  fi
+  command -v apt-get >/dev/null || die "needs apt-get (Debian/Ubuntu) to fetch the sources"
+  command -v dpkg-source >/dev/null || die "needs dpkg-source (apt-get install dpkg-dev)"
+  for t in make patch; do command -v "$t" >/dev/null || die "needs $t (apt-get install $t)"; done
+  if ! command -v rsync >/dev/null; then
+    [ "$(id -u)" = 0 ] || die "the Kubernetes build needs rsync: sudo apt-get install -y rsync"
+    log "installing rsync"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rsync \
+      >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends rsync >/dev/null; }
+  fi
+  mkdir -p "$CACHE"
+  apt_setup
+
+  local tools="$CACHE/debian-tools"
+  if [ ! -x "$tools/usr/lib/go-1.19/bin/go" ] || [ ! -x "$tools/usr/bin/etcd" ] \
+    || [ ! -d "$tools/usr/share/gocode/src/github.com/json-iterator/go" ]; then
+    log "unpacking Go 1.19, etcd and the reflect2/json-iterator sources into $tools"
+    rm -rf "$tools"
+    apt_unpack "$tools" golang-1.19-go golang-1.19-src etcd-server \
+      golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev
+  fi
+
+  if ! etcd="$(cached_etcd)"; then
+    local ev
+    ev="$("$tools/usr/bin/etcd" --version | awk '/etcd Version/ {print $3}')"
+    mkdir -p "$CACHE/etcd-$ev"
+    install -m 0755 "$tools/usr/bin/etcd" "$CACHE/etcd-$ev/etcd"
+    etcd="$CACHE/etcd-$ev/etcd"
+  fi
+
+  if ! apiserver="$(cached_apiserver)"; then
+    apiserver="$(build_apiserver "$tools")"
+  fi
+  link_bins "$apiserver" "$etcd"
+  echo "$BIN"
+}
+
+build_apiserver() {
+  local tools="$1" version work src out started
+  # shellcheck disable=SC2046
+  version="$(apt-cache $(apt_opts) showsrc kubernetes | awk '/^Version:/ {print $2}' \
+    | grep -F "$UPSTREAM" | sort -V | tail -1)"
+  [ -n "$version" ] || die "the mirror has no kubernetes source $UPSTREAM for $SUITE"
+  out="$CACHE/kube-apiserver-$version"
+  work="$CACHE/build"
+  started="$(date +%s)"
+  log "building kube-apiserver from Debian source kubernetes $version in $work"
+  rm -rf "$work" && mkdir -p "$work"
+  # shellcheck disable=SC2046
+  (cd "$work" && apt-get $(apt_opts) source --download-only -qq "kubernetes=$version" 2>&1 \
+    | grep -v unsandboxed >&2 || true)
+  ls "$work"/kubernetes_*.dsc >/dev/null 2>&1 || die "apt-get source kubernetes=$version failed"
+  # dpkg-source applies debian/patches (3.0 quilt) and checks the checksums from the .dsc.
+  (cd "$work" && dpkg-source -x --no-copy kubernetes_*.dsc src >/dev/null)
+  src="$work/src"
+
+  # The vendored reflect2 1.0.1 / json-iterator 1.1.10 read Go runtime internals that moved in
+  # Go 1.18 and SIGSEGV on the first custom resource; Debian's 1.0.2 / 1.1.12 are fixed and
+  # API-compatible. Swap the sources only (vendor/modules.txt keeps matching go.mod).
+  vendor_swap "$tools/usr/share/gocode/src/github.com/modern-go/reflect2" \
+    "$src/vendor/github.com/modern-go/reflect2"
+  vendor_swap "$tools/usr/share/gocode/src/github.com/json-iterator/go" \
+    "$src/vendor/github.com/json-iterator/go"
+
+  mkdir -p "$src/.go/src/k8s.io" "$work/home"
+  ln -sfn ../../.. "$src/.go/src/k8s.io/kubernetes"
+  (
+    cd "$src"
+    export GOROOT="$tools/usr/lib/go-1.19"
+    export PATH="$GOROOT/bin:$PATH"
+    export GOPATH="$src/.go" GOCACHE="$work/gocache" HOME="$work/home"
+    export GOFLAGS=-mod=vendor CGO_ENABLED=0 GOPROXY=off GOTOOLCHAIN=local
+    make WHAT=cmd/kube-apiserver >"$work/build.log" 2>&1
+  ) || { tail -40 "$work/build.log" >&2; die "make failed; full log in $work/build.log"; }
+
+  local built="$src/_output/bin/kube-apiserver"
+  [ -x "$built" ] || built="$src/_output/local/bin/linux/amd64/kube-apiserver"
+  [ -x "$built" ] || die "make succeeded but produced no kube-apiserver"
+  mkdir -p "$out"
+  install -m 0755 "$built" "$out/.kube-apiserver.$$"
+  mv -f "$out/.kube-apiserver.$$" "$out/kube-apiserver"
+  {
+    echo "debian source: kubernetes $version"
+    echo "built: $(date -u +%FT%TZ) in $(($(date +%s) - started)) s on $(nproc) cores"
+    echo "size: $(stat -c %s "$out/kube-apiserver") bytes"
+    "$out/kube-apiserver" --version
+  } >"$out/BUILD-INFO"
+  log "$(tr '\n' ';' <"$out/BUILD-INFO")"
+  [ -n "${MQTT_PROXY_KEEP_BUILD:-}" ] || rm -rf "$work"
+  echo "$out/kube-apiserver"
+}
+
+vendor_swap() {
+  local from="$1" to="$2"
+  [ -d "$from" ] && [ -d "$to" ] || die "vendor swap: $from or $to missing"
+  find "$to" -maxdepth 1 \( -name '*.go' -o -name '*.s' \) -delete
+  find "$from" -maxdepth 1 \( -name '*.go' -o -name '*.s' \) ! -name '*_test.go' \
+    -exec cp {} "$to"/ \;
+}
+
+case "${1:-}" in
+  build)
+    mkdir -p "$CACHE"
+    # One build at a time per machine; a second caller waits and then finds the cache.
+    exec 9>"$CACHE/.apiserver.lock"
+    flock 9
+    build
+    ;;
+  path) cached_apiserver ;;
+  *) echo "usage: $0 build|path" >&2; exit 2 ;;
+esac
