@@ -395,7 +395,8 @@ async fn missing_required_field_is_named() -> Result<()> {
     let proxy = ProxyHandle::start(&proxy_config(), &[]).await?;
     let (addr, _stop) = serve(&proxy, Some(BrokerStore::open(data.path(), None)?)).await?;
     assert_rejected(addr, r#"{"id":"x"}"#, "address").await?;
-    assert_rejected(addr, r#"{"address":"h"}"#, "id").await?;
+    // No `id` is not an error since issue 9 (the seed project assigned one): see tests/web.rs.
+    assert_rejected(addr, r#"{"address":"h","port":0}"#, "port").await?;
     proxy.shutdown().await;
     Ok(())
 }

@@ -19,6 +19,7 @@ use crate::session::Shared;
 pub struct BrokerControl {
     tx: Arc<watch::Sender<Arc<BrokerSet>>>,
     defaults: Defaults,
+    registry: Arc<Registry>,
 }
 
 impl BrokerControl {
@@ -49,6 +50,11 @@ impl BrokerControl {
 
     pub fn status(&self) -> Vec<BrokerStatus> {
         self.brokers().status()
+    }
+
+    /// The connected devices (for the dashboard).
+    pub fn devices(&self) -> Vec<Arc<crate::registry::DeviceInfo>> {
+        self.registry.devices()
     }
 }
 
@@ -109,6 +115,7 @@ impl ProxyHandle {
         let control = BrokerControl {
             tx: Arc::new(brokers_tx),
             defaults,
+            registry: registry.clone(),
         };
         Ok(ProxyHandle {
             mqtt_addr,

@@ -112,6 +112,8 @@ impl AckSink {
 pub struct Completion {
     pub ack: Option<Arc<AckTracker>>,
     pub spool: Option<SpoolRef>,
+    /// When the device's PUBLISH arrived, for `mqtt_proxy_forward_latency_seconds`.
+    pub received: Option<std::time::Instant>,
 }
 
 impl Completion {
@@ -123,6 +125,14 @@ impl Completion {
         if let Some(s) = self.spool {
             s.ack();
         }
+    }
+    /// [`Self::complete`] for a message the broker took: records the forwarding latency
+    /// (an `Instant` read and a lock-free histogram update, nothing allocated).
+    pub fn delivered(self, latency: &prometheus::Histogram) {
+        if let Some(t) = self.received {
+            latency.observe(t.elapsed().as_secs_f64());
+        }
+        self.complete();
     }
     /// Not delivered, but kept in the spool for the next run (shutdown): the device is
     /// answered so it does not wait, and the spool record stays live.
@@ -152,7 +162,11 @@ impl Queued {
         Self {
             msg,
             qos,
-            done: Completion { ack, spool: None },
+            done: Completion {
+                ack,
+                spool: None,
+                received: Some(std::time::Instant::now()),
+            },
             echo: false,
         }
     }

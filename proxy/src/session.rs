@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,7 +147,10 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
         connect.client_id = format!("mqtt-proxy-{:016x}", rand::random::<u64>());
     }
-    let claim = shared.registry.claim(&connect.client_id);
+    let version = if proto == Protocol::V5 { "5" } else { "3.1.1" };
+    let claim = shared
+        .registry
+        .claim_device(&connect.client_id, Some(peer), version);
     METRICS.device_connections.inc();
     METRICS.devices_connected.inc();
     info!(%peer, client_id = %connect.client_id, ?proto, keep_alive = connect.keep_alive, clean = connect.clean_session, "device connected");
@@ -155,6 +159,7 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         shared.clone(),
         claim.kicked.clone(),
         claim.previous.clone(),
+        claim.info.clone(),
     );
     let end = s.serve(stream, rbuf).await;
     let with_will = matches!(end, End::Lost(_));
@@ -214,6 +219,8 @@ struct Session {
     /// Device subscriptions, for brokers added by a reload and for delivery checks.
     subs: Vec<SubFilter>,
     to_device: ToDevice,
+    /// Counters and subscriptions shown in the dashboard's device list.
+    info: Arc<crate::registry::DeviceInfo>,
 }
 
 impl Session {
@@ -222,6 +229,7 @@ impl Session {
         shared: Arc<Shared>,
         kicked: watch::Receiver<bool>,
         previous: Option<watch::Receiver<bool>>,
+        info: Arc<crate::registry::DeviceInfo>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(256);
         let (subacks_tx, subacks) = mpsc::channel(16);
@@ -250,6 +258,7 @@ impl Session {
             inbound: Inbound::default(),
             subs: Vec::new(),
             to_device,
+            info,
         };
         let set = s.brokers.borrow().clone();
         for b in &set.brokers {
@@ -342,8 +351,10 @@ impl Session {
                     }
                 }
                 Event::FromBroker(m) => {
+                    self.observe(&m);
                     self.to_device.offer(m, &self.subs, &mut wbuf);
                     while let Ok(m) = self.from_brokers.try_recv() {
+                        self.observe(&m);
                         self.to_device.offer(m, &self.subs, &mut wbuf);
                     }
                 }
@@ -402,6 +413,7 @@ impl Session {
                     )));
                 }
                 METRICS.messages_received.inc();
+                self.info.messages_in.fetch_add(1, Ordering::Relaxed);
                 let qos = msg.qos;
                 if qos == 2 && !self.inbound.on_publish_qos2(pkid) {
                     // Retransmission before PUBREL: already forwarded; acknowledge again.
@@ -450,6 +462,14 @@ impl Session {
         Ok(())
     }
 
+    /// Counts a message from a broker for the device list and shows it in the live feed.
+    fn observe(&self, m: &FromBroker) {
+        self.info.messages_out.fetch_add(1, Ordering::Relaxed);
+        if crate::events::HUB.active() {
+            crate::events::to_device(&self.connect.client_id, &m.broker, &m.msg);
+        }
+    }
+
     /// Queues `msg` for every broker whose rules accept it. Returns `true` when the device's
     /// acknowledgement is deferred until brokers confirm (ack policies `any` and `all`).
     fn fan_out(&mut self, pkid: u16, msg: codec::Message) -> bool {
@@ -467,6 +487,10 @@ impl Session {
             item.echo =
                 !self.subs.is_empty() && ToDevice::expects_echo(&u.broker, topic, &self.subs);
             u.enqueue(item);
+        }
+        if crate::events::HUB.active() {
+            let targets = self.upstreams.iter().filter(accepts).map(|u| &*u.broker);
+            crate::events::from_device(&self.connect.client_id, &msg, targets);
         }
         match tracker {
             Some(_) => {
@@ -586,6 +610,8 @@ impl Session {
             }
             codes.push(code);
         }
+        self.info
+            .set_subscriptions(self.subs.iter().map(|s| s.filter.as_str()));
         let _ = codec::write(
             self.proto,
             &Packet::SubAck {
@@ -606,6 +632,8 @@ impl Session {
     /// device filter still maps to it on that broker.
     async fn unsubscribe(&mut self, filters: Vec<String>) {
         self.subs.retain(|s| !filters.contains(&s.filter));
+        self.info
+            .set_subscriptions(self.subs.iter().map(|s| s.filter.as_str()));
         for u in self
             .upstreams
             .iter()
