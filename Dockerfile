@@ -7,7 +7,7 @@
 # tests/packaging/check_dockerfile.py keeps the cargo package set, the UI build commands and
 # the version label in step with what CI builds and tests.
 
-# ---- web UI: the same commands CI runs (npm ci, npm run build) -------------------------------
+# ---- web UI: the npm commands proxy/build.rs runs in CI ----------------------------------------
 FROM node:20-bookworm-slim AS web-ui
 WORKDIR /src/web-ui
 COPY web-ui/package.json web-ui/package-lock.json ./
@@ -30,9 +30,9 @@ COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json \
     -p mqtt-proxy -p mqtt-proxy-operator
 COPY . .
-# The proxy embeds web-ui/dist; its build script finds it fresh and does not need node here.
+# The proxy embeds web-ui/dist, built above; build.rs must not look for node in this stage.
 COPY --from=web-ui /src/web-ui/dist web-ui/dist
-RUN cargo build --release --locked -p mqtt-proxy -p mqtt-proxy-operator \
+RUN MQTT_PROXY_SKIP_UI_BUILD=1 cargo build --release --locked -p mqtt-proxy -p mqtt-proxy-operator \
  && mkdir -p /out/data \
  && cp target/release/mqtt-proxy target/release/mqtt-proxy-operator /out/
 

@@ -7,8 +7,9 @@ the CI scripts and the workspace version:
 - the `cargo build` and `cargo chef cook` package sets are the same, are workspace members
   (so `cargo test/clippy --workspace` covers them), use --release --locked, and provide every
   binary the final stages copy and run;
-- the UI stage runs `npm ci` and `npm run build`, the commands CI and proxy/build.rs run, the
-  `build` script exists, and its output is copied into the Rust build before `cargo build`;
+- the UI stage runs exactly the npm commands of proxy/build.rs (how `cargo build`/`cargo test`
+  in CI build the UI), the `build` script exists, and its output is copied into the Rust
+  build before `cargo build`, which then skips build.rs's own npm run;
 - targets `proxy` and `operator` exist, run as UID 10001 with no RUN (a shell-less base), the
   proxy's data dir is /data, owned by 10001, and its HEALTHCHECK calls `mqtt-proxy healthcheck`
   (which main.rs must dispatch);
@@ -186,11 +187,17 @@ def main():
         build_idx = next((k for k, r in enumerate(runs) if r == "npm run build"), None)
         if ci_idx is None or build_idx is None or ci_idx > build_idx:
             fail(f"UI stage: want `npm ci` then `npm run build`, found {runs}")
-        ci_sources = list((ROOT / "tests/checks.d").glob("*.sh")) + [ROOT / "proxy/build.rs"]
-        ci_text = "\n".join(p.read_text() for p in ci_sources if p.exists())
-        for cmd in ("npm ci", "npm run build"):
-            if cmd not in ci_text:
-                fail(f"`{cmd}` runs in the Dockerfile but in none of tests/checks.d/*.sh, proxy/build.rs")
+        # proxy/build.rs is how CI builds the UI (cargo build/test run it): same npm commands.
+        build_rs = ROOT / "proxy/build.rs"
+        ci_cmds = []
+        if build_rs.exists():
+            for args in re.findall(r"run\(&ui, &\[([^\]]*)\]\)", build_rs.read_text()):
+                ci_cmds.append(" ".join(["npm", *re.findall(r'"([^"]*)"', args)]))
+        if not ci_cmds:
+            fail("proxy/build.rs runs no npm command: cannot tell how CI builds the UI")
+        elif [r for r in runs if r.startswith("npm ")] != ci_cmds:
+            fail(f"UI stage runs {[r for r in runs if r.startswith('npm ')]}, "
+                 f"proxy/build.rs (what CI runs) {ci_cmds}")
         pkg = ROOT / "web-ui/package.json"
         if not pkg.exists():
             fail("web-ui/package.json missing (the UI stage copies it)")
@@ -207,6 +214,10 @@ def main():
             build_at = next(k for k, (i, a) in enumerate(order) if i == "RUN" and "cargo build" in a)
             if copy_at > build_at:
                 fail("web-ui/dist is copied after `cargo build`: the binary would embed no UI")
+            build_run = next(a for i, a in order if i == "RUN" and "cargo build" in a)
+            if "MQTT_PROXY_SKIP_UI_BUILD=1" not in build_run:
+                fail("`cargo build` does not set MQTT_PROXY_SKIP_UI_BUILD=1: build.rs would try "
+                     "npm in a stage without node instead of embedding the UI stage's dist")
 
     # --- .dockerignore -------------------------------------------------------------------------
     ignore = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
