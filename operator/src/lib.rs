@@ -14,3 +14,5 @@ pub mod crd;
 pub mod crdgen;
 
 pub use mqtt_proxy::broker::BrokerConfig;
+pub mod controller;
+pub mod metrics;

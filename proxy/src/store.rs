@@ -299,6 +299,18 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+#[derive(Serialize)]
+struct BrokersFileOut<'a> {
+    brokers: &'a [BrokerConfig],
+}
+
+/// Renders `brokers` as the YAML that [`load_brokers_file`] reads (the Kubernetes operator
+/// writes its rendered Secret with this, so both sides use one format). Passwords are
+/// written in plain text: the result belongs in a Secret, never in a ConfigMap.
+pub fn render_brokers_file(brokers: &[BrokerConfig]) -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&BrokersFileOut { brokers })
+}
+
 /// The hot-reload file (Kubernetes mode): JSON or YAML, told apart by content; the same
 /// `{"brokers": [...]}` shape. Passwords are plain text there (the file is a mounted
 /// Secret) or `passwordFile` paths, which are read (one trailing newline trimmed; relative

@@ -257,6 +257,18 @@ fn hot_reload_file_json_yaml_and_password_file() {
 }
 
 #[test]
+fn rendered_brokers_file_loads_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("brokers.yaml");
+    let mut b = BrokerConfig::new("b1", "h", 1884);
+    b.password = Some(Secret::new("0123"));
+    b.topics = vec!["a/#".into()];
+    let brokers = vec![b, BrokerConfig::new("b2", "h2", 1883)];
+    fs::write(&path, render_brokers_file(&brokers).expect("renders")).expect("writes");
+    assert_eq!(load_brokers_file(&path).expect("loads"), brokers);
+}
+
+#[test]
 fn hot_reload_file_resolves_relative_tls_paths_against_its_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("brokers.yaml");

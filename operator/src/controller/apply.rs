@@ -1,0 +1,58 @@
+//! Server-side apply of a built [`Bundle`]: one field manager, forced (this operator owns
+//! these objects), Secrets before the Deployment that mounts them. Applying an unchanged
+//! object is a no-op on the server (no new resourceVersion, no watch event).
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::api::{Patch, PatchParams};
+use kube::core::DynamicObject;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::build::{service_monitor_resource, Bundle};
+use super::Error;
+
+/// The one field manager of everything this operator writes.
+pub const FIELD_MANAGER: &str = "mqtt-proxy-operator";
+
+/// What the server answered that status needs.
+pub struct Applied {
+    pub deployment: Deployment,
+}
+
+fn params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+async fn ssa<K>(api: &Api<K>, obj: &K) -> Result<K, Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    Ok(api.patch(&name, &params(), &Patch::Apply(obj)).await?)
+}
+
+pub async fn apply(client: &Client, namespace: &str, bundle: &Bundle) -> Result<Applied, Error> {
+    let Bundle {
+        admin_secret,
+        brokers_secret,
+        deployment,
+        service,
+        service_monitor,
+    } = bundle;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    if let Some(s) = admin_secret {
+        ssa(&secrets, s).await?;
+    }
+    ssa(&secrets, brokers_secret).await?;
+    let deployment = ssa(&Api::namespaced(client.clone(), namespace), deployment).await?;
+    ssa::<Service>(&Api::namespaced(client.clone(), namespace), service).await?;
+    if let Some(sm) = service_monitor {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), namespace, &service_monitor_resource());
+        let name = sm.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &params(), &Patch::Apply(sm)).await?;
+    }
+    Ok(Applied { deployment })
+}

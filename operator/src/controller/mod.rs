@@ -1,0 +1,349 @@
+//! The controllers: one reconciles each MqttProxy into its children (validate → build →
+//! apply → status), one keeps each MqttBroker's `Ready` condition. Watches map MqttBroker
+//! and Secret changes to the proxies that select or reference them through the reflector
+//! stores and an index of what each proxy rendered last, never a list call per event.
+
+pub mod apply;
+pub mod build;
+mod discovery;
+mod index;
+pub mod status;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use crate::crd::{MqttBroker, MqttProxy};
+use crate::metrics::Metrics;
+use status::ProxyOutcome;
+use validate::Inputs;
+
+pub use discovery::ServiceMonitorDiscovery;
+pub use index::RenderedIndex;
+
+/// Drift net: even without events, every object is re-checked this often.
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Retry after a transient API error.
+pub const RETRY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the MqttBroker store stopped (its watcher ended)")]
+    StoreGone,
+}
+
+impl Error {
+    /// A bounded label for the errors metric.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "transport",
+            Error::StoreGone => "store",
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Ctx {
+    pub client: Client,
+    /// All MqttBrokers the operator can see (reflector store).
+    pub brokers: Store<MqttBroker>,
+    pub metrics: Arc<Metrics>,
+    /// Image of proxies that do not name one.
+    pub proxy_image: String,
+    pub rendered: RenderedIndex,
+    pub service_monitors: ServiceMonitorDiscovery,
+}
+
+/// The MqttProxy pipeline. Short on purpose: every step is a function of its own.
+pub async fn reconcile(proxy: Arc<MqttProxy>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let _timer = ctx
+        .metrics
+        .duration
+        .with_label_values(&["mqttproxy"])
+        .start_timer();
+    ctx.metrics
+        .reconciliations
+        .with_label_values(&["mqttproxy"])
+        .inc();
+    // Rendering before the broker store has synced would apply an empty broker set.
+    ctx.brokers
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::StoreGone)?;
+    let ns = proxy.namespace().unwrap_or_default();
+    let inputs = read_inputs(&proxy, &ctx, &ns).await?;
+    let api: Api<MqttProxy> = Api::namespaced(ctx.client.clone(), &ns);
+    let valid = match validate::validate(&proxy, &inputs, &ctx.proxy_image) {
+        Ok(valid) => valid,
+        Err(invalid) => {
+            warn!(proxy = %proxy.name_any(), reason = invalid.reason, "{}", invalid.message);
+            ctx.metrics
+                .errors
+                .with_label_values(&["mqttproxy", invalid.reason])
+                .inc();
+            let outcome = ProxyOutcome::Invalid(invalid);
+            let st = status::proxy_status(
+                proxy.status.as_ref(),
+                proxy.meta().generation,
+                &outcome,
+                &status::now(),
+            );
+            status::write_status(&api, &*proxy, proxy.status.as_ref(), st).await?;
+            // Permanent until something changes: the watches bring us back.
+            return Ok(Action::await_change());
+        }
+    };
+    let bundle = build::build(&valid);
+    let applied = apply::apply(&ctx.client, &ns, &bundle).await?;
+    ctx.rendered
+        .set(&proxy, valid.brokers.iter().map(|b| b.id.clone()).collect());
+    let outcome = applied_outcome(&valid, &applied.deployment);
+    let st = status::proxy_status(
+        proxy.status.as_ref(),
+        proxy.meta().generation,
+        &outcome,
+        &status::now(),
+    );
+    if status::write_status(&api, &*proxy, proxy.status.as_ref(), st).await? {
+        info!(proxy = %proxy.name_any(), brokers = valid.brokers.len(), "applied");
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+fn applied_outcome(v: &validate::ValidatedProxy, d: &Deployment) -> ProxyOutcome {
+    let st = d.status.clone().unwrap_or_default();
+    let degraded = match (&v.service_monitor_skipped, v.brokers.is_empty()) {
+        (Some(why), _) => Some((crate::crd::reason::SERVICE_MONITOR_SKIPPED, why.clone())),
+        (None, true) => Some((
+            crate::crd::reason::NO_BROKERS_SELECTED,
+            "brokerSelector selects no MqttBroker: the proxies forward nowhere".to_string(),
+        )),
+        (None, false) => None,
+    };
+    ProxyOutcome::Applied {
+        brokers: i32::try_from(v.brokers.len()).unwrap_or(i32::MAX),
+        desired: v.replicas,
+        replicas: st.replicas.unwrap_or(0),
+        ready: st.ready_replicas.unwrap_or(0),
+        degraded,
+    }
+}
+
+/// Reads what validation needs: brokers from the store, referenced Secrets by GET (only
+/// the few this proxy names), ServiceMonitor support when asked for.
+async fn read_inputs(proxy: &MqttProxy, ctx: &Ctx, ns: &str) -> Result<Inputs, Error> {
+    let brokers = ctx.brokers.state();
+    let mut names: Vec<String> = match validate::selected_brokers(proxy, &brokers) {
+        Ok(sel) => sel
+            .iter()
+            .flat_map(|b| {
+                validate::broker_secret_names(b)
+                    .into_iter()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+        Err(_) => Vec::new(), // validate reports the bad selector
+    };
+    let web = &proxy.spec.web;
+    if web.enabled {
+        names.push(match &web.admin_token_secret_ref {
+            Some(r) => r.name.clone(),
+            None => validate::admin_secret_name(&proxy.name_any()),
+        });
+    }
+    names.sort();
+    names.dedup();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut secrets = BTreeMap::new();
+    for name in names {
+        if let Some(s) = api.get_opt(&name).await? {
+            secrets.insert(name, s);
+        }
+    }
+    let service_monitor_available = if proxy.spec.service_monitor.enabled {
+        Some(ctx.service_monitors.available(&ctx.client).await?)
+    } else {
+        None
+    };
+    Ok(Inputs {
+        brokers,
+        secrets,
+        new_admin_token: random_token(),
+        service_monitor_available,
+    })
+}
+
+fn random_token() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    Alphanumeric.sample_string(&mut rand::thread_rng(), 40)
+}
+
+/// The MqttBroker check: its Secrets and keys exist and the proxy accepts its fields.
+pub async fn reconcile_broker(broker: Arc<MqttBroker>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let _timer = ctx
+        .metrics
+        .duration
+        .with_label_values(&["mqttbroker"])
+        .start_timer();
+    ctx.metrics
+        .reconciliations
+        .with_label_values(&["mqttbroker"])
+        .inc();
+    let ns = broker.namespace().unwrap_or_default();
+    let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut secrets = BTreeMap::new();
+    for name in validate::broker_secret_names(&broker) {
+        if let Some(s) = secrets_api.get_opt(name).await? {
+            secrets.insert(name.to_string(), s);
+        }
+    }
+    let result = validate::resolve_broker(&broker, &secrets).map(|_| ());
+    if let Err(inv) = &result {
+        ctx.metrics
+            .errors
+            .with_label_values(&["mqttbroker", inv.reason])
+            .inc();
+    }
+    let st = status::broker_status_for(&broker, &result);
+    let api: Api<MqttBroker> = Api::namespaced(ctx.client.clone(), &ns);
+    status::write_status(&api, &*broker, broker.status.as_ref(), st).await?;
+    Ok(match result {
+        Ok(()) => Action::requeue(RESYNC),
+        Err(_) => Action::await_change(),
+    })
+}
+
+/// Transient errors: log, count, retry soon.
+pub fn error_policy<K: ResourceExt>(obj: Arc<K>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    warn!(object = %obj.name_any(), error = %err, "reconcile failed; retrying");
+    let kind = if std::any::type_name::<K>().ends_with("MqttBroker") {
+        "mqttbroker"
+    } else {
+        "mqttproxy"
+    };
+    ctx.metrics
+        .errors
+        .with_label_values(&[kind, err.metric_reason()])
+        .inc();
+    Action::requeue(RETRY)
+}
+
+/// Watch scope: one namespace or all.
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs both controllers until `shutdown` resolves; `ready` is called once the stores
+/// have synced.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    proxy_image: String,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
+    ready: impl FnOnce() + Send + 'static,
+) {
+    let ns = namespace.as_deref();
+    let (brokers, writer) = reflector::store::<MqttBroker>();
+    let broker_events = reflector::reflector(
+        writer,
+        watcher(api::<MqttBroker>(&client, ns), watcher::Config::default()),
+    )
+    .touched_objects()
+    .default_backoff();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        brokers: brokers.clone(),
+        metrics,
+        proxy_image,
+        rendered: RenderedIndex::default(),
+        service_monitors: ServiceMonitorDiscovery::default(),
+    });
+    let owned = watcher::Config::default().labels(&format!(
+        "{}={}",
+        build::MANAGED_BY_LABEL,
+        build::MANAGED_BY
+    ));
+    let proxies = Controller::new(api::<MqttProxy>(&client, ns), watcher::Config::default());
+    let proxy_store = proxies.store();
+    let (c1, s1) = (ctx.clone(), proxy_store.clone());
+    let (c2, s2) = (ctx.clone(), proxy_store.clone());
+    let proxy_controller = proxies
+        .owns(api::<Deployment>(&client, ns), owned.clone())
+        .owns(api::<Service>(&client, ns), owned)
+        .watches_stream(broker_events, move |b| {
+            index::proxies_for_broker(&s1.state(), &c1.rendered, &b)
+        })
+        .watches_stream(
+            watcher(
+                api::<PartialObjectMeta<Secret>>(&client, ns),
+                watcher::Config::default(),
+            )
+            .touched_objects()
+            .default_backoff(),
+            move |s| index::proxies_for_secret(&s2.state(), &c2.brokers.state(), &c2.rendered, &s),
+        )
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "mqttproxy controller");
+            }
+        });
+    let bc = Controller::new(api::<MqttBroker>(&client, ns), watcher::Config::default());
+    let broker_store = bc.store();
+    let broker_controller = bc
+        .watches_stream(
+            watcher(
+                api::<PartialObjectMeta<Secret>>(&client, ns),
+                watcher::Config::default(),
+            )
+            .touched_objects()
+            .default_backoff(),
+            move |s| index::brokers_for_secret(&broker_store.state(), &s),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile_broker, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "mqttbroker controller");
+            }
+        });
+    let (b, p) = (brokers, proxy_store);
+    let readiness = async move {
+        if b.wait_until_ready().await.is_ok() && p.wait_until_ready().await.is_ok() {
+            ready();
+        }
+    };
+    let started = Instant::now();
+    tokio::join!(proxy_controller, broker_controller, readiness);
+    info!(after = ?started.elapsed(), "controllers stopped");
+}
+
+/// A reference to `obj` as the controller keys it.
+pub fn obj_ref<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectRef<K> {
+    ObjectRef::from_obj(obj)
+}

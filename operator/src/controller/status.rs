@@ -1,0 +1,213 @@
+//! Status of both resources: computed by pure functions (so tests can check them and an
+//! unchanged status is never written), then server-side applied to the status subresource.
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource};
+use serde_json::json;
+
+use super::apply::FIELD_MANAGER;
+use super::validate::Invalid;
+use super::Error;
+use crate::crd::{condition, reason, Condition, MqttBroker, MqttBrokerStatus, MqttProxyStatus};
+
+/// Now, as Kubernetes writes times (RFC 3339, seconds).
+pub fn now() -> String {
+    Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// A condition, keeping the old `lastTransitionTime` when its status did not change.
+fn cond(
+    old: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &str,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = old
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.to_string(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
+/// What one reconcile of an MqttProxy found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProxyOutcome {
+    Applied {
+        brokers: i32,
+        desired: i32,
+        replicas: i32,
+        ready: i32,
+        /// `Degraded` reason and message, if any.
+        degraded: Option<(&'static str, String)>,
+    },
+    /// Nothing applied; the last good children stay.
+    Invalid(Invalid),
+}
+
+pub fn proxy_status(
+    old: Option<&MqttProxyStatus>,
+    generation: Option<i64>,
+    outcome: &ProxyOutcome,
+    now: &str,
+) -> MqttProxyStatus {
+    let empty = MqttProxyStatus::default();
+    let old = old.unwrap_or(&empty);
+    let c = &old.conditions[..];
+    match outcome {
+        ProxyOutcome::Applied {
+            brokers,
+            desired,
+            replicas,
+            ready,
+            degraded,
+        } => {
+            let all_ready = ready >= desired;
+            let ready_msg = format!("{ready}/{desired} replicas ready");
+            let (ready_reason, deg) = if all_ready {
+                (reason::REPLICAS_READY, degraded.clone())
+            } else {
+                (reason::REPLICAS_NOT_READY, degraded.clone())
+            };
+            let (deg_reason, deg_msg) = deg.clone().unwrap_or((reason::AS_EXPECTED, String::new()));
+            MqttProxyStatus {
+                conditions: vec![
+                    cond(
+                        c,
+                        condition::READY,
+                        all_ready,
+                        ready_reason,
+                        ready_msg,
+                        generation,
+                        now,
+                    ),
+                    cond(
+                        c,
+                        condition::CONFIG_APPLIED,
+                        true,
+                        reason::APPLIED,
+                        format!("{brokers} brokers rendered"),
+                        generation,
+                        now,
+                    ),
+                    cond(
+                        c,
+                        condition::DEGRADED,
+                        deg.is_some(),
+                        deg_reason,
+                        deg_msg,
+                        generation,
+                        now,
+                    ),
+                ],
+                replicas: *replicas,
+                ready_replicas: *ready,
+                brokers: *brokers,
+                observed_generation: generation,
+            }
+        }
+        ProxyOutcome::Invalid(inv) => {
+            let mut conditions = vec![
+                cond(
+                    c,
+                    condition::READY,
+                    false,
+                    inv.reason,
+                    inv.message.clone(),
+                    generation,
+                    now,
+                ),
+                cond(
+                    c,
+                    condition::CONFIG_APPLIED,
+                    false,
+                    inv.reason,
+                    format!("{}; the last applied configuration stays", inv.message),
+                    generation,
+                    now,
+                ),
+            ];
+            conditions.extend(c.iter().find(|c| c.type_ == condition::DEGRADED).cloned());
+            MqttProxyStatus {
+                conditions,
+                observed_generation: generation,
+                ..old.clone()
+            }
+        }
+    }
+}
+
+pub fn broker_status(
+    old: Option<&MqttBrokerStatus>,
+    generation: Option<i64>,
+    result: &Result<(), Invalid>,
+    now: &str,
+) -> MqttBrokerStatus {
+    let c = old.map_or(&[][..], |s| &s.conditions[..]);
+    let ready = match result {
+        Ok(()) => cond(
+            c,
+            condition::READY,
+            true,
+            reason::VALID,
+            "spec valid and every referenced Secret key present".into(),
+            generation,
+            now,
+        ),
+        Err(inv) => cond(
+            c,
+            condition::READY,
+            false,
+            inv.reason,
+            inv.message.clone(),
+            generation,
+            now,
+        ),
+    };
+    MqttBrokerStatus {
+        conditions: vec![ready],
+        observed_generation: generation,
+    }
+}
+
+/// Applies `status` to `obj`'s status subresource unless it already has exactly that.
+/// Returns whether it wrote.
+pub async fn write_status<K, S>(
+    api: &Api<K>,
+    obj: &K,
+    old: Option<&S>,
+    status: S,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if old == Some(&status) {
+        return Ok(false);
+    }
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(&name, &pp, &Patch::Apply(&patch)).await?;
+    Ok(true)
+}
+
+/// The broker `b`'s status after checking it.
+pub fn broker_status_for(b: &MqttBroker, result: &Result<(), Invalid>) -> MqttBrokerStatus {
+    broker_status(b.status.as_ref(), b.meta().generation, result, &now())
+}

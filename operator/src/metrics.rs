@@ -1,0 +1,74 @@
+//! The operator's Prometheus metrics (`mqtt_proxy_operator_*`), served on `/metrics`.
+//! Labels are bounded: the controller (two values) and an error reason (a fixed set).
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Finished reconciliations by controller (`mqttproxy`, `mqttbroker`).
+    pub reconciliations: IntCounterVec,
+    /// Failed or invalid reconciliations by controller and reason.
+    pub errors: IntCounterVec,
+    pub duration: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let reconciliations = IntCounterVec::new(
+            Opts::new(
+                "mqtt_proxy_operator_reconciliations_total",
+                "Reconciliations run, by controller",
+            ),
+            &["controller"],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "mqtt_proxy_operator_reconcile_errors_total",
+                "Reconciliations that failed (API errors) or found an invalid spec, by reason",
+            ),
+            &["controller", "reason"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "mqtt_proxy_operator_reconcile_duration_seconds",
+                "Time one reconciliation took",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["controller"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(reconciliations.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(errors.clone()),
+            Box::new(duration.clone()),
+        ] {
+            registry.register(c).expect("registered once");
+        }
+        Self {
+            registry,
+            reconciliations,
+            errors,
+            duration,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = String::new();
+        let enc = prometheus::TextEncoder::new();
+        // Encoding our own well-formed families into a String cannot fail.
+        let _ = enc.encode_utf8(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
