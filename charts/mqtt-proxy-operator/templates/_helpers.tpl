@@ -61,7 +61,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 The API calls the operator makes on namespaced resources, and nothing more: operator/RBAC.md
 lists them and tests/packaging/check_rbac.py fails when these rules and that file differ.
-Granted by a ClusterRole when watchNamespaces is empty, else by a Role in each namespace.
+Granted by a ClusterRole when watchNamespaces is empty, else by a Role in the namespace.
+Server-side apply creates objects with PATCH, but the API server also checks `create` then.
 */}}
 {{- define "mqtt-proxy-operator.namespacedRules" -}}
 - apiGroups: ["mqttproxy.io"]
@@ -69,7 +70,7 @@ Granted by a ClusterRole when watchNamespaces is empty, else by a Role in each n
   verbs: ["get", "list", "watch"]
 - apiGroups: ["mqttproxy.io"]
   resources: ["mqttproxies/status", "mqttbrokers/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["secrets", "services"]
   verbs: ["get", "list", "watch", "create", "patch"]
@@ -78,17 +79,12 @@ Granted by a ClusterRole when watchNamespaces is empty, else by a Role in each n
   verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-- apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["get", "create", "patch"]
 {{- end }}
 
-{{/* Cluster-scoped reads: whether the CRDs (its own, ServiceMonitor's) are installed. */}}
+{{/* Cluster-scoped API calls: none today (CRD presence is checked by listing the custom
+     resources, ServiceMonitor support through discovery, which every client may read). */}}
 {{- define "mqtt-proxy-operator.clusterRules" -}}
-- apiGroups: ["apiextensions.k8s.io"]
-  resources: ["customresourcedefinitions"]
-  verbs: ["get"]
 {{- end }}
 
 {{/* Sidecar mode: the operator keeps the webhook's caBundle current (its own configuration only). */}}
