@@ -17,7 +17,7 @@ step python3 $P/check_compose.py
 # helm lint --strict and kubernetes-validate/CRD/ServiceMonitor validation of every toggle.
 for values in $P/values/*.yaml; do
   name=$(basename "$values" .yaml)
-  step helm lint --strict --quiet "$CHART" -f "$values" -n mqtt
+  step bash -c "helm lint --strict --quiet $CHART -f $values -n mqtt >/dev/null && echo 'ok   helm lint --strict ($name)'"
   crds=(); [ "$name" = default ] && crds=(--include-crds)
   step bash -c "set -o pipefail; helm template mqtt-proxy-operator $CHART -n mqtt -f $values ${crds[*]} \
     | python3 $P/manifests.py - --crds crds ${K8S[*]} --label 'helm template $name'"
@@ -46,8 +46,10 @@ step python3 $P/check_dashboard.py
 step python3 $P/values_table.py --check
 step python3 $P/readme_commands.py
 
-# The compose demo's seed script and the image's healthcheck, against the real proxy binary.
-step cargo build -q -p mqtt-proxy --bin mqtt-proxy
+# The real binaries: the chart's operator args, the compose demo's seed script and the
+# image's healthcheck against a running proxy (debug builds, shared with cargo test).
+step cargo build -q -p mqtt-proxy --bin mqtt-proxy -p mqtt-proxy-operator --bin mqtt-proxy-operator
+step python3 $P/check_chart.py target/debug/mqtt-proxy-operator
 step python3 $P/check_demo_seed.py target/debug/mqtt-proxy
 
 exit $failed
