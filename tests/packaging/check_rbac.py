@@ -11,6 +11,11 @@ renders the chart (helm template) and compares its rules with that table:
 - sidecar mode adds only `get`/`patch` on the chart's own MutatingWebhookConfiguration (by
   resourceNames) beyond what RBAC.md lists for it;
 - no wildcard anywhere, and every binding binds the chart's ServiceAccount to a rendered role.
+
+RBAC.md lists HTTP calls; the RBAC verbs they need are those calls plus one rule of the API
+server: a server-side apply (PATCH) of an object that does not exist yet is authorized as
+`create` as well, so every `patch` on a non-status resource also needs `create`
+(tests/packaging/helm_chart.rs shows the forbidden error on the real API server otherwise).
 """
 
 import re
@@ -143,6 +148,11 @@ def main():
     if not base:
         fail("operator/RBAC.md has no table with group / resource / verbs columns")
         return
+    apply_creates = {(g, r, "create") for g, r, v in base if v == "patch" and "/" not in r}
+    if apply_creates - base:
+        print(f"note RBAC: operator/RBAC.md lists patch without create for {fmt(apply_creates - base)}; "
+              "server-side apply needs create to make new objects, so the chart grants it")
+    base |= apply_creates
     cluster_want = {t for t in base if t[1] in CLUSTER_SCOPED}
     ns_want = base - cluster_want
 

@@ -62,24 +62,29 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 The API calls the operator makes on namespaced resources, and nothing more: operator/RBAC.md
 lists them and tests/packaging/check_rbac.py fails when these rules and that file differ.
 Granted by a ClusterRole when watchNamespaces is empty, else by a Role in the namespace.
-Server-side apply creates objects with PATCH, but the API server also checks `create` then.
+`create` goes with every server-side-applied kind: applying an object that does not exist
+yet is a PATCH, but the API server authorizes that request as create too (a forbidden error
+without it; tests/packaging/helm_chart.rs applies as this ServiceAccount to prove it).
 */}}
 {{- define "mqtt-proxy-operator.namespacedRules" -}}
 - apiGroups: ["mqttproxy.io"]
   resources: ["mqttproxies", "mqttbrokers"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["mqttproxy.io"]
   resources: ["mqttproxies/status", "mqttbrokers/status"]
   verbs: ["patch"]
 - apiGroups: [""]
-  resources: ["secrets", "services"]
+  resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["create", "patch"]
 {{- end }}
 
 {{/* Cluster-scoped API calls: none today (CRD presence is checked by listing the custom
