@@ -65,6 +65,9 @@ async fn main() -> anyhow::Result<()> {
     } else {
         fmt.init();
     }
+    // rumqttc (through the proxy crate) brings aws-lc-rs into the graph besides kube's ring,
+    // so rustls cannot pick a provider by itself: choose ring, like the proxy does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let namespace = args.namespace.filter(|n| !n.is_empty());
     let client = Client::try_default()
         .await
@@ -145,7 +148,7 @@ async fn check_crds(client: &Client, namespace: Option<&str>) -> anyhow::Result<
         };
         match api.list(&ListParams::default().limit(1)).await {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.is_not_found() => bail!(
+            Err(kube::Error::Api(s)) if s.code == 404 => bail!(
                 "the CRD {} is not installed in this cluster: install it first \
                  (kubectl apply -f crds/, or the Helm chart mqtt-proxy-operator)",
                 K::crd_name()

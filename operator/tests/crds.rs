@@ -57,3 +57,42 @@ fn crds_have_the_agreed_names_and_subresources() {
         .collect();
     assert_eq!(cols, ["Address", "Port", "Bidirectional", "Ready", "Age"]);
 }
+
+/// Walks a schema (as JSON) and reports what Kubernetes 1.20 rejects or mishandles.
+fn old_server_problems(path: &str, schema: &serde_json::Value, out: &mut Vec<String>) {
+    let Some(obj) = schema.as_object() else {
+        return;
+    };
+    if obj.get("default") == Some(&serde_json::json!("")) {
+        out.push(format!(
+            "{path}: empty-string default (1.20 reads it as null)"
+        ));
+    }
+    if let Some(e) = obj.get("enum").and_then(|e| e.as_array()) {
+        if e.iter().any(|v| v.is_null()) {
+            out.push(format!("{path}: null in enum"));
+        }
+    }
+    for (k, v) in obj {
+        match k.as_str() {
+            "properties" => {
+                for (name, sub) in v.as_object().into_iter().flatten() {
+                    old_server_problems(&format!("{path}.{name}"), sub, out);
+                }
+            }
+            "items" | "additionalProperties" => old_server_problems(&format!("{path}[]"), v, out),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn schemas_avoid_what_kubernetes_1_20_rejects() {
+    let mut problems = Vec::new();
+    for (file, yaml) in mqtt_proxy_operator::crdgen::render().expect("renders") {
+        let crd: serde_json::Value = serde_yaml::from_str(&yaml).expect("yaml");
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        old_server_problems(file, schema, &mut problems);
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}

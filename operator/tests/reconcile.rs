@@ -31,6 +31,8 @@ enum Reply {
     Json(Value),
     /// 404 with a Kubernetes `Status`.
     NotFound,
+    /// 404 with the plain text a real API server gives for an unknown API group.
+    PlainNotFound,
 }
 
 /// One request seen: method, path, query, JSON body.
@@ -71,9 +73,19 @@ fn serve(
                 "call #{}",
                 seen.len() + 1
             );
+            if let Reply::PlainNotFound = reply {
+                let resp = Response::builder()
+                    .status(StatusCode::NOT_FOUND)
+                    .body(Body::from(b"404 page not found\n".to_vec()))
+                    .expect("response");
+                send.send_response(resp);
+                seen.push(s);
+                continue;
+            }
             let (code, body) = match reply {
                 Reply::Echo => (StatusCode::OK, s.body.clone()),
                 Reply::Json(v) => (StatusCode::OK, v),
+                Reply::PlainNotFound => unreachable!("answered above"),
                 Reply::NotFound => (
                     StatusCode::NOT_FOUND,
                     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
@@ -105,6 +117,7 @@ fn make_ctx(client: Client) -> (Arc<Ctx>, Writer<MqttBroker>) {
         proxy_image: common::IMAGE.into(),
         rendered: RenderedIndex::default(),
         service_monitors: ServiceMonitorDiscovery::default(),
+        brokers_synced: tokio::sync::watch::channel(true).1,
     };
     (Arc::new(ctx), writer)
 }
@@ -389,6 +402,34 @@ async fn missing_secret_writes_ready_false_and_applies_nothing() {
         .find(|c| c["type"] == "ConfigApplied")
         .expect("ConfigApplied");
     assert_eq!(applied["status"], "False");
+}
+
+#[tokio::test]
+async fn service_monitor_is_skipped_with_a_reason_when_its_api_group_is_missing() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (ctx, _w) = make_ctx(Client::new(svc, "default"));
+    let mut script = happy_script(true);
+    script[4].2 = Reply::PlainNotFound;
+    script.remove(9); // no ServiceMonitor apply
+    let task = serve(handle, script);
+    reconcile(Arc::new(common::proxy()), ctx)
+        .await
+        .expect("reconciles");
+    let seen = finish(task).await;
+    let conds = seen[9].body["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .clone();
+    let degraded = conds
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .expect("Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "ServiceMonitorSkipped");
+    assert!(degraded["message"]
+        .as_str()
+        .expect("message")
+        .contains("no monitoring.coreos.com/v1 ServiceMonitor CRD"));
 }
 
 #[tokio::test]

@@ -23,7 +23,8 @@ impl ServiceMonitorDiscovery {
             .await
         {
             Ok(list) => list.resources.iter().any(|r| r.name == "servicemonitors"),
-            Err(kube::Error::Api(s)) if s.is_not_found() => false,
+            // A missing API group answers a plain "404 page not found", not a Status object.
+            Err(kube::Error::Api(s)) if s.code == 404 => false,
             Err(e) => return Err(e),
         };
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), v));

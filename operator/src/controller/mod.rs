@@ -6,7 +6,7 @@
 pub mod apply;
 pub mod build;
 mod discovery;
-mod index;
+pub mod index;
 pub mod status;
 pub mod validate;
 
@@ -68,6 +68,10 @@ pub struct Ctx {
     pub proxy_image: String,
     pub rendered: RenderedIndex,
     pub service_monitors: ServiceMonitorDiscovery,
+    /// Becomes true once `brokers` has synced. A watch channel and not
+    /// `Store::wait_until_ready` in every reconcile: kube's ready signal wakes only one of
+    /// several concurrent waiters, and the others would hang (and block shutdown).
+    pub brokers_synced: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The MqttProxy pipeline. Short on purpose: every step is a function of its own.
@@ -82,8 +86,9 @@ pub async fn reconcile(proxy: Arc<MqttProxy>, ctx: Arc<Ctx>) -> Result<Action, E
         .with_label_values(&["mqttproxy"])
         .inc();
     // Rendering before the broker store has synced would apply an empty broker set.
-    ctx.brokers
-        .wait_until_ready()
+    let mut synced = ctx.brokers_synced.clone();
+    synced
+        .wait_for(|s| *s)
         .await
         .map_err(|_| Error::StoreGone)?;
     let ns = proxy.namespace().unwrap_or_default();
@@ -268,6 +273,7 @@ pub async fn run(
 ) {
     let ns = namespace.as_deref();
     let (brokers, writer) = reflector::store::<MqttBroker>();
+    let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     let broker_events = reflector::reflector(
         writer,
         watcher(api::<MqttBroker>(&client, ns), watcher::Config::default()),
@@ -281,6 +287,7 @@ pub async fn run(
         proxy_image,
         rendered: RenderedIndex::default(),
         service_monitors: ServiceMonitorDiscovery::default(),
+        brokers_synced: synced_rx,
     });
     let owned = watcher::Config::default().labels(&format!(
         "{}={}",
@@ -332,14 +339,21 @@ pub async fn run(
                 tracing::debug!(error = %e, "mqttbroker controller");
             }
         });
-    let (b, p) = (brokers, proxy_store);
+    // The only waiter on the broker store's ready signal (see `Ctx::brokers_synced`); the
+    // controllers' own stores gate their runners inside kube.
     let readiness = async move {
-        if b.wait_until_ready().await.is_ok() && p.wait_until_ready().await.is_ok() {
+        if brokers.wait_until_ready().await.is_ok() {
+            let _ = synced_tx.send(true);
             ready();
         }
+        // Keep the sender alive so reconciles never see a closed channel.
+        std::future::pending::<()>().await;
     };
     let started = Instant::now();
-    tokio::join!(proxy_controller, broker_controller, readiness);
+    tokio::select! {
+        _ = async { tokio::join!(proxy_controller, broker_controller) } => {},
+        _ = readiness => {},
+    }
     info!(after = ?started.elapsed(), "controllers stopped");
 }
 

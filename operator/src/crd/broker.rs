@@ -43,7 +43,8 @@ pub struct MqttBrokerSpec {
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// Prepended to each device's client id on this broker (`{prefix}{device id}`).
-    #[serde(default)]
+    // Kubernetes 1.20 rejects an empty-string schema default, so none is emitted.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client_id_prefix: String,
     /// Username and password for this broker, from a Secret in the same namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -57,7 +57,6 @@ pub struct Condition {
     /// Machine-readable CamelCase reason for the last transition.
     pub reason: String,
     /// Human-readable details; names the object and key when something is missing.
-    #[serde(default)]
     pub message: String,
     /// When the status last changed (RFC 3339).
     pub last_transition_time: String,

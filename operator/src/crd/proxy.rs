@@ -150,11 +150,14 @@ pub struct ServiceSpec {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// Kubernetes Service types the proxy supports.
+/// Service type: `ClusterIP` (default), `NodePort` or `LoadBalancer`.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum ServiceType {
+    /// A cluster-internal virtual IP (the default).
     ClusterIP,
+    /// Also a port on every node.
     NodePort,
+    /// Also an external load balancer, where the cluster provides one.
     LoadBalancer,
 }
 
