@@ -455,6 +455,21 @@ async fn password_file_is_refused_over_the_api() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_tls_file_is_named_as_its_field() -> Result<()> {
+    let a = start(&[]).await?;
+    let body = json!({"name": "tls", "address": "127.0.0.1", "useTls": true,
+        "caCertPath": "/nonexistent/ca.pem"});
+    let r = api(&a, "POST", "/api/brokers", Some(&body.to_string())).await?;
+    assert_eq!(
+        (r.status, r.json()?["field"].clone()),
+        (400, json!("caCertPath")),
+        "{}",
+        r.body
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_a_broker_needs_the_password_again() -> Result<()> {
     let mut b = broker("mv", 1883);
     b.username = Some("u".into());

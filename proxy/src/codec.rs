@@ -70,10 +70,26 @@ impl Message {
         // Validated when the message was built from the wire; an invalid topic can't exist.
         std::str::from_utf8(&self.topic).unwrap_or("")
     }
-    /// Bytes this message occupies in a queue (topic + payload); used for byte limits.
+    /// Bytes this message occupies in a queue (topic, payload and MQTT 5 properties, plus
+    /// a fixed overhead); used for byte limits. A 1-byte payload carrying 1 MiB of user
+    /// properties weighs ~1 MiB, not ~70 bytes.
     pub fn weight(&self) -> usize {
-        self.topic.len() + self.payload.len() + 64
+        self.topic.len() + self.payload.len() + 64 + self.props.as_deref().map_or(0, props_weight)
     }
+}
+
+/// Heap bytes held by a message's properties (strings and byte fields, with a small
+/// per-field overhead for their headers and `String` bookkeeping).
+fn props_weight(p: &v5::PublishProperties) -> usize {
+    let s = |o: &Option<String>| o.as_ref().map_or(0, |s| s.len() + 24);
+    16 + s(&p.response_topic)
+        + s(&p.content_type)
+        + p.correlation_data.as_ref().map_or(0, |b| b.len() + 32)
+        + p.user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum::<usize>()
+        + p.subscription_identifiers.len() * 8
 }
 
 /// Will message from a device CONNECT.
@@ -224,6 +240,12 @@ pub fn read(proto: Protocol, buf: &mut BytesMut, max: usize) -> Result<Option<Pa
             }
             Err(e) => Err(e.into()),
         },
+        // MQTT 5 §3.14.2.1: a DISCONNECT with reason 0 and no properties may have remaining
+        // length 0 (mosquitto_pub -V 5 sends exactly that); rumqttc refuses it.
+        Protocol::V5 if buf.starts_with(&[0xE0, 0x00]) => {
+            let _ = buf.split_to(2);
+            Ok(Some(Packet::Disconnect { reason: 0 }))
+        }
         Protocol::V5 => match v5::Packet::read(buf, Some(max as u32)) {
             Ok(p) => Ok(Some(from_v5(p)?)),
             Err(m5b::Error::InsufficientBytes(_)) => Ok(None),
@@ -431,23 +453,11 @@ fn from_v5(p: v5::Packet) -> Result<Packet, CodecError> {
         }
         v5::Packet::PubAck(a) => Packet::PubAck {
             pkid: a.pkid,
-            code: if a.reason == v5::PubAckReason::Success
-                || a.reason == v5::PubAckReason::NoMatchingSubscribers
-            {
-                0
-            } else {
-                0x80
-            },
+            code: puback_code(a.reason),
         },
         v5::Packet::PubRec(a) => Packet::PubRec {
             pkid: a.pkid,
-            code: if a.reason == v5::PubRecReason::Success
-                || a.reason == v5::PubRecReason::NoMatchingSubscribers
-            {
-                0
-            } else {
-                0x80
-            },
+            code: pubrec_code(a.reason),
         },
         v5::Packet::PubRel(a) => Packet::PubRel { pkid: a.pkid },
         v5::Packet::PubComp(a) => Packet::PubComp { pkid: a.pkid },
@@ -492,6 +502,63 @@ fn from_v5(p: v5::Packet) -> Result<Packet, CodecError> {
         },
         v5::Packet::Auth(_) => Packet::Auth,
     })
+}
+
+/// PUBACK reason code; "no matching subscribers" (0x10) is a success for the proxy (0).
+fn puback_code(r: v5::PubAckReason) -> u8 {
+    use v5::PubAckReason as R;
+    match r {
+        R::Success | R::NoMatchingSubscribers => 0,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicNameInvalid => 0x90,
+        R::PacketIdentifierInUse => 0x91,
+        R::QuotaExceeded => 0x97,
+        R::PayloadFormatInvalid => 0x99,
+    }
+}
+
+fn puback_reason(code: u8) -> v5::PubAckReason {
+    use v5::PubAckReason as R;
+    match code {
+        0 => R::Success,
+        0x83 => R::ImplementationSpecificError,
+        0x87 => R::NotAuthorized,
+        0x90 => R::TopicNameInvalid,
+        0x91 => R::PacketIdentifierInUse,
+        0x97 => R::QuotaExceeded,
+        0x99 => R::PayloadFormatInvalid,
+        _ => R::UnspecifiedError,
+    }
+}
+
+fn pubrec_code(r: v5::PubRecReason) -> u8 {
+    use v5::PubRecReason as R;
+    match r {
+        R::Success | R::NoMatchingSubscribers => 0,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicNameInvalid => 0x90,
+        R::PacketIdentifierInUse => 0x91,
+        R::QuotaExceeded => 0x97,
+        R::PayloadFormatInvalid => 0x99,
+    }
+}
+
+fn pubrec_reason(code: u8) -> v5::PubRecReason {
+    use v5::PubRecReason as R;
+    match code {
+        0 => R::Success,
+        0x83 => R::ImplementationSpecificError,
+        0x87 => R::NotAuthorized,
+        0x90 => R::TopicNameInvalid,
+        0x91 => R::PacketIdentifierInUse,
+        0x97 => R::QuotaExceeded,
+        0x99 => R::PayloadFormatInvalid,
+        _ => R::UnspecifiedError,
+    }
 }
 
 fn v5_connack_code(c: v5::ConnectReturnCode) -> u8 {
@@ -704,20 +771,12 @@ fn to_v5(packet: &Packet) -> Result<v5::Packet, CodecError> {
         }
         Packet::PubAck { pkid, code } => v5::Packet::PubAck(v5::PubAck {
             pkid: *pkid,
-            reason: if *code == 0 {
-                v5::PubAckReason::Success
-            } else {
-                v5::PubAckReason::ImplementationSpecificError
-            },
+            reason: puback_reason(*code),
             properties: None,
         }),
         Packet::PubRec { pkid, code } => v5::Packet::PubRec(v5::PubRec {
             pkid: *pkid,
-            reason: if *code == 0 {
-                v5::PubRecReason::Success
-            } else {
-                v5::PubRecReason::ImplementationSpecificError
-            },
+            reason: pubrec_reason(*code),
             properties: None,
         }),
         Packet::PubRel { pkid } => v5::Packet::PubRel(v5::PubRel {
@@ -1008,6 +1067,33 @@ mod tests {
         assert!(read(Protocol::V4, &mut junk, 1000).is_err());
         let mut not_connect = BytesMut::from(&[0xC0u8, 0x00][..]);
         assert!(read_connect(&mut not_connect, 1000).is_err());
+    }
+
+    #[test]
+    fn v5_disconnect_without_reason_or_properties() {
+        let mut buf = BytesMut::from(&[0xE0u8, 0x00, 0xC0, 0x00][..]);
+        assert_eq!(
+            read(Protocol::V5, &mut buf, 1 << 20).expect("read"),
+            Some(Packet::Disconnect { reason: 0 })
+        );
+        assert_eq!(
+            read(Protocol::V5, &mut buf, 1 << 20).expect("read"),
+            Some(Packet::PingReq)
+        );
+    }
+
+    #[test]
+    fn weight_counts_properties() {
+        let mut msg = Message::new("t", &b"x"[..], 1, false);
+        let bare = msg.weight();
+        assert!(bare < 100);
+        msg.props = Some(Arc::new(v5::PublishProperties {
+            user_properties: (0..1024)
+                .map(|i| (format!("k{i}"), "v".repeat(1024)))
+                .collect(),
+            ..Default::default()
+        }));
+        assert!(msg.weight() >= 1 << 20, "weight {}", msg.weight());
     }
 
     #[test]

@@ -6,8 +6,13 @@
 //! than [`CAPACITY`] events behind loses the oldest ones (tokio reports how many, per
 //! viewer, and the stream tells the viewer), and with no viewer connected the data path pays
 //! one relaxed atomic load per message ([`Hub::active`]) and builds nothing.
+//!
+//! The feed also carries at most [`MAX_PER_SECOND`] message events a second: beyond that
+//! the data path counts the message instead of describing it ([`Hub::skipped`], shown to
+//! viewers as "not shown"). A person cannot read more, the dashboard keeps the last 500,
+//! and it keeps the cost of watching a busy proxy flat however fast it forwards.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
@@ -18,6 +23,9 @@ pub const CAPACITY: usize = 1024;
 
 /// How many payload bytes a viewer sees (never more: previews, not copies).
 pub const PREVIEW_BYTES: usize = 256;
+
+/// Message events the feed carries per second at most (the rest are counted).
+pub const MAX_PER_SECOND: u32 = 2000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -50,6 +58,9 @@ pub struct MessageEvent {
     pub preview: Bytes,
     /// Broker label and what happened there (for `ToDevice`: the broker it came from).
     pub brokers: Vec<(Arc<str>, Outcome)>,
+    /// The event as the stream sends it, rendered by the first viewer that needs it and
+    /// shared by the others (one serialization per event, not one per viewer).
+    pub rendered: std::sync::OnceLock<Bytes>,
 }
 
 impl MessageEvent {
@@ -65,6 +76,7 @@ impl MessageEvent {
             retain: false,
             preview: payload.slice(..payload.len().min(PREVIEW_BYTES)),
             brokers: Vec::new(),
+            rendered: std::sync::OnceLock::new(),
         }
     }
 }
@@ -75,6 +87,9 @@ pub fn from_device<'a>(
     msg: &crate::codec::Message,
     targets: impl Iterator<Item = &'a crate::brokerset::Broker>,
 ) {
+    if !HUB.admit() {
+        return;
+    }
     let mut e = MessageEvent::new(
         Direction::ToBrokers,
         client_id.into(),
@@ -91,6 +106,9 @@ pub fn from_device<'a>(
 
 /// A message from `broker` on its way to a device (call only when [`Hub::active`]).
 pub fn to_device(client_id: &str, broker: &crate::brokerset::Broker, msg: &crate::codec::Message) {
+    if !HUB.admit() {
+        return;
+    }
     let mut e = MessageEvent::new(
         Direction::ToDevice,
         client_id.into(),
@@ -106,12 +124,19 @@ pub fn to_device(client_id: &str, broker: &crate::brokerset::Broker, msg: &crate
 pub struct Hub {
     tx: broadcast::Sender<Arc<MessageEvent>>,
     viewers: AtomicUsize,
+    /// The current one-second window (unix seconds) and the events admitted in it.
+    window: AtomicU64,
+    admitted: AtomicU32,
+    skipped: AtomicU64,
 }
 
 /// The process-wide feed.
 pub static HUB: LazyLock<Hub> = LazyLock::new(|| Hub {
     tx: broadcast::channel(CAPACITY).0,
     viewers: AtomicUsize::new(0),
+    window: AtomicU64::new(0),
+    admitted: AtomicU32::new(0),
+    skipped: AtomicU64::new(0),
 });
 
 impl Hub {
@@ -119,6 +144,25 @@ impl Hub {
     #[inline]
     pub fn active(&self) -> bool {
         self.viewers.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether one more message event fits in this second's budget; counts it otherwise.
+    pub fn admit(&self) -> bool {
+        let sec = crate::brokerset::now_ms() / 1000;
+        if self.window.swap(sec, Ordering::Relaxed) != sec {
+            self.admitted.store(0, Ordering::Relaxed);
+        }
+        if self.admitted.fetch_add(1, Ordering::Relaxed) < MAX_PER_SECOND {
+            true
+        } else {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// Messages not described in the feed because of [`MAX_PER_SECOND`], since start.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
     }
 
     pub fn publish(&self, e: MessageEvent) {

@@ -19,6 +19,7 @@ pub mod codec;
 pub mod config;
 pub mod crypto;
 pub mod delivery;
+pub mod devices;
 pub mod events;
 pub mod listener;
 pub mod loopguard;

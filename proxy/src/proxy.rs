@@ -53,8 +53,8 @@ impl BrokerControl {
     }
 
     /// The connected devices (for the dashboard).
-    pub fn devices(&self) -> Vec<Arc<crate::registry::DeviceInfo>> {
-        self.registry.devices()
+    pub fn devices(&self) -> Vec<Arc<crate::devices::DeviceInfo>> {
+        self.registry.devices.list()
     }
 }
 

@@ -1,9 +1,6 @@
 //! Device sessions by client id, for session takeover (MQTT §3.1.4): a second connection
 //! with the same client id closes the first, and the new one starts its upstream sessions
 //! only after the old ones are gone, so brokers never see two sessions fight over one id.
-//!
-//! Each entry also carries a [`DeviceInfo`] the session keeps current (counters are atomics,
-//! bumped without the registry lock), which the dashboard's device list reads.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,47 +8,18 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-/// What the dashboard shows of one connected device.
-#[derive(Debug, Default)]
-pub struct DeviceInfo {
-    pub client_id: String,
-    pub peer: Option<std::net::SocketAddr>,
-    /// `"3.1.1"` or `"5"`.
-    pub protocol: &'static str,
-    /// Unix milliseconds of the CONNECT.
-    pub since_ms: u64,
-    pub messages_in: AtomicU64,
-    pub messages_out: AtomicU64,
-    subscriptions: Mutex<Vec<String>>,
-}
-
-impl DeviceInfo {
-    /// Replaces the subscription list (called after SUBSCRIBE/UNSUBSCRIBE, not per message).
-    pub fn set_subscriptions<'a>(&self, filters: impl Iterator<Item = &'a str>) {
-        if let Ok(mut s) = self.subscriptions.lock() {
-            s.clear();
-            s.extend(filters.map(str::to_string));
-        }
-    }
-    pub fn subscriptions(&self) -> Vec<String> {
-        self.subscriptions
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default()
-    }
-}
-
 #[derive(Default)]
 pub struct Registry {
     inner: Mutex<HashMap<String, Entry>>,
     next: AtomicU64,
+    /// The connected devices as the dashboard lists them.
+    pub devices: Arc<crate::devices::Devices>,
 }
 
 struct Entry {
     id: u64,
     kick: watch::Sender<bool>,
     done: watch::Receiver<bool>,
-    info: Arc<DeviceInfo>,
 }
 
 /// A live session's hold on its client id. Dropping it frees the id and tells a waiting
@@ -65,7 +33,6 @@ pub struct Claim {
     /// Becomes `true` when the previous holder of the id has finished.
     pub previous: Option<watch::Receiver<bool>>,
     done: watch::Sender<bool>,
-    pub info: Arc<DeviceInfo>,
 }
 
 impl Registry {
@@ -74,23 +41,6 @@ impl Registry {
     /// drains first and brokers never see two sessions with one id), while the device gets
     /// its CONNACK at once.
     pub fn claim(self: &Arc<Self>, client_id: &str) -> Claim {
-        self.claim_device(client_id, None, "")
-    }
-
-    /// [`Self::claim`] for a device connected from `peer` speaking `protocol`.
-    pub fn claim_device(
-        self: &Arc<Self>,
-        client_id: &str,
-        peer: Option<std::net::SocketAddr>,
-        protocol: &'static str,
-    ) -> Claim {
-        let info = Arc::new(DeviceInfo {
-            client_id: client_id.to_string(),
-            peer,
-            protocol,
-            since_ms: crate::brokerset::now_ms(),
-            ..DeviceInfo::default()
-        });
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (kick_tx, kick_rx) = watch::channel(false);
         let (done_tx, done_rx) = watch::channel(false);
@@ -101,7 +51,6 @@ impl Registry {
                     id,
                     kick: kick_tx,
                     done: done_rx,
-                    info: info.clone(),
                 },
             )
         });
@@ -116,23 +65,11 @@ impl Registry {
             id,
             kicked: kick_rx,
             done: done_tx,
-            info,
         }
     }
 
     pub fn len(&self) -> usize {
         self.inner.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// The connected devices, sorted by client id.
-    pub fn devices(&self) -> Vec<Arc<DeviceInfo>> {
-        let mut v: Vec<_> = self
-            .inner
-            .lock()
-            .map(|m| m.values().map(|e| e.info.clone()).collect())
-            .unwrap_or_default();
-        v.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-        v
     }
 
     pub fn is_empty(&self) -> bool {

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,10 +146,12 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
         connect.client_id = format!("mqtt-proxy-{:016x}", rand::random::<u64>());
     }
+    let claim = shared.registry.claim(&connect.client_id);
     let version = if proto == Protocol::V5 { "5" } else { "3.1.1" };
-    let claim = shared
+    let device = shared
         .registry
-        .claim_device(&connect.client_id, Some(peer), version);
+        .devices
+        .add(&connect.client_id, peer, version);
     METRICS.device_connections.inc();
     METRICS.devices_connected.inc();
     info!(%peer, client_id = %connect.client_id, ?proto, keep_alive = connect.keep_alive, clean = connect.clean_session, "device connected");
@@ -159,7 +160,7 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         shared.clone(),
         claim.kicked.clone(),
         claim.previous.clone(),
-        claim.info.clone(),
+        device.info.clone(),
     );
     let end = s.serve(stream, rbuf).await;
     let with_will = matches!(end, End::Lost(_));
@@ -220,7 +221,7 @@ struct Session {
     subs: Vec<SubFilter>,
     to_device: ToDevice,
     /// Counters and subscriptions shown in the dashboard's device list.
-    info: Arc<crate::registry::DeviceInfo>,
+    info: Arc<crate::devices::DeviceInfo>,
 }
 
 impl Session {
@@ -229,7 +230,7 @@ impl Session {
         shared: Arc<Shared>,
         kicked: watch::Receiver<bool>,
         previous: Option<watch::Receiver<bool>>,
-        info: Arc<crate::registry::DeviceInfo>,
+        info: Arc<crate::devices::DeviceInfo>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(256);
         let (subacks_tx, subacks) = mpsc::channel(16);
@@ -339,12 +340,13 @@ impl Session {
                 Event::Read(Err(e)) => return End::Lost(format!("read: {e}")),
                 Event::Acks => {
                     self.acks.take(&mut ready);
-                    for pkid in ready.drain(..) {
+                    // `code` is a broker's (or the proxy's) failure reason, 0 on success.
+                    for (pkid, code) in ready.drain(..) {
                         if let Some(qos) = self.deferred.remove(&pkid) {
                             let p = if qos == 1 {
-                                Packet::PubAck { pkid, code: 0 }
+                                Packet::PubAck { pkid, code }
                             } else {
-                                Packet::PubRec { pkid, code: 0 }
+                                Packet::PubRec { pkid, code }
                             };
                             let _ = codec::write(self.proto, &p, &mut wbuf);
                         }
@@ -413,7 +415,7 @@ impl Session {
                     )));
                 }
                 METRICS.messages_received.inc();
-                self.info.messages_in.fetch_add(1, Ordering::Relaxed);
+                self.info.received();
                 let qos = msg.qos;
                 if qos == 2 && !self.inbound.on_publish_qos2(pkid) {
                     // Retransmission before PUBREL: already forwarded; acknowledge again.
@@ -464,7 +466,7 @@ impl Session {
 
     /// Counts a message from a broker for the device list and shows it in the live feed.
     fn observe(&self, m: &FromBroker) {
-        self.info.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.info.sent();
         if crate::events::HUB.active() {
             crate::events::to_device(&self.connect.client_id, &m.broker, &m.msg);
         }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use rumqttc::QoS;
 
-pub use cli::mosquitto_pub;
+pub use cli::{mosquitto_pub, mosquitto_pub_log};
 pub use mosquitto::{Mosquitto, MosquittoBuilder};
 pub use proxy::{ProxyRig, TestProxy};
 pub use publisher::{MqttPublisher, Publisher, PublisherBuilder};

@@ -10,6 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::info;
 
+use super::admit::{self, BrokerLimits, Unsendable};
+use super::backoff::FailReason;
 use super::{ConnectedCount, Control, Exit, Io, Upstream, BATCH, CONNECT_TIMEOUT};
 use crate::brokerset::now_ms;
 use crate::codec::{self, Packet};
@@ -22,13 +24,13 @@ impl Upstream {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut rbuf = BytesMut::with_capacity(8 * 1024);
         let mut wbuf = BytesMut::with_capacity(16 * 1024);
-        let max = self.p.max_packet_size.max(1 << 20);
+        let max = self.inbound_max();
 
         if let Err(e) = codec::write(self.proto, &self.connect_packet(), &mut wbuf) {
-            return Exit::Failed(format!("encode CONNECT: {e}"));
+            return Exit::NoSession(FailReason::NoConnack, format!("encode CONNECT: {e}"));
         }
         if let Err(e) = wr.write_all(&wbuf).await {
-            return Exit::Failed(format!("write CONNECT: {e}"));
+            return Exit::NoSession(FailReason::NoConnack, format!("write CONNECT: {e}"));
         }
         wbuf.clear();
         let connack = timeout(CONNECT_TIMEOUT, async {
@@ -51,30 +53,44 @@ impl Upstream {
                 code: 0,
                 session_present,
                 receive_maximum,
-                ..
+                maximum_qos,
+                max_packet_size,
             })) => {
                 if let Some(rm) = receive_maximum {
                     self.out.set_max_inflight(rm);
                 }
+                self.limits = BrokerLimits::from_connack(max_packet_size, maximum_qos);
                 session_present
             }
             Ok(Ok(Packet::ConnAck { code, .. })) => {
-                return Exit::Failed(format!("broker refused CONNECT (code {code:#04x})"))
+                return Exit::NoSession(
+                    FailReason::from_connack(code),
+                    format!("broker refused CONNECT (code {code:#04x})"),
+                )
             }
-            Ok(Ok(other)) => return Exit::Failed(format!("expected CONNACK, got {other:?}")),
-            Ok(Err(e)) => return Exit::Failed(format!("reading CONNACK: {e}")),
-            Err(_) => return Exit::Failed("no CONNACK within 10 s".into()),
+            Ok(Ok(other)) => {
+                return Exit::NoSession(
+                    FailReason::NoConnack,
+                    format!("expected CONNACK, got {other:?}"),
+                )
+            }
+            Ok(Err(e)) => {
+                return Exit::NoSession(FailReason::NoConnack, format!("reading CONNACK: {e}"))
+            }
+            Err(_) => {
+                return Exit::NoSession(FailReason::NoConnack, "no CONNACK within 10 s".into())
+            }
         };
         self.broker().stats.connects.fetch_add(1, Ordering::Relaxed);
         let _connected = ConnectedCount::new(self.p.broker.clone());
-        if let Ok(mut l) = self.broker().stats.last_error.lock() {
-            *l = None;
-        }
+        self.broker().stats.clear_error();
+        self.connected_at = Some(Instant::now());
         info!(broker = self.broker().label(), client_id = %self.client_id(), session_present, "upstream connected");
 
         // Subscriptions are restored unless the broker kept the session.
-        if !session_present && !self.subs.is_empty() {
-            let pkid = self.out.reserve();
+        if let (false, false, Some(pkid)) =
+            (session_present, self.subs.is_empty(), self.out.reserve())
+        {
             let _ = codec::write(
                 self.proto,
                 &Packet::Subscribe {
@@ -160,14 +176,19 @@ impl Upstream {
                 c = self.ctl.recv() => match c {
                     Some(Control::Subscribe { filters, reply }) => {
                         self.merge_subs(filters.clone());
-                        let pkid = self.out.reserve();
+                        let Some(pkid) = self.out.reserve() else {
+                            // Every packet id is in use: refuse rather than wait.
+                            let _ = reply.send(vec![codec::SUBACK_FAILURE; filters.len()]);
+                            continue;
+                        };
                         let _ = codec::write(self.proto, &Packet::Subscribe { pkid, filters }, &mut wbuf);
                         self.pending_subacks.push((pkid, reply));
                     }
                     Some(Control::Unsubscribe { filters }) => {
                         self.subs.retain(|s| !filters.contains(&s.filter));
-                        let pkid = self.out.reserve();
-                        let _ = codec::write(self.proto, &Packet::Unsubscribe { pkid, filters }, &mut wbuf);
+                        if let Some(pkid) = self.out.reserve() {
+                            let _ = codec::write(self.proto, &Packet::Unsubscribe { pkid, filters }, &mut wbuf);
+                        }
                     }
                     Some(Control::Close { with_will }) => self.closing = Some(with_will),
                     None => {
@@ -211,19 +232,43 @@ impl Upstream {
     fn fill(&mut self, batch: &mut Vec<Queued>, wbuf: &mut BytesMut) {
         let broker = self.p.broker.clone();
         let prefix = broker.rule.topic_prefix.as_deref();
+        let prefix_len = prefix.map_or(0, str::len);
         let mut written = 0u64;
         while self.out.room() > 0 && wbuf.len() < 256 * 1024 {
             self.queue.pop_batch(self.out.room().min(BATCH), batch);
             if batch.is_empty() {
                 break;
             }
+            let now = std::time::Instant::now();
             for Queued {
                 msg,
                 qos,
                 done,
                 echo,
+                expires_at,
             } in batch.drain(..)
             {
+                let (msg, qos) =
+                    match admit::admit(msg, qos, expires_at, prefix_len, &self.limits, now) {
+                        Ok(ok) => ok,
+                        Err((why, msg)) => {
+                            self.unsendable(why, &msg, done);
+                            continue;
+                        }
+                    };
+                let start = wbuf.len();
+                let pkid = if qos == 0 { 0 } else { self.out.peek_pkid() };
+                codec::encode_publish(self.proto, pkid, false, &msg, prefix, qos, wbuf);
+                if self
+                    .limits
+                    .max_packet
+                    .is_some_and(|max| wbuf.len() - start > max)
+                {
+                    // Sending it would make the broker close the connection (MQTT 5 §3.1.2.24).
+                    wbuf.truncate(start);
+                    self.unsendable(Unsendable::TooLarge, &msg, done);
+                    continue;
+                }
                 written += 1;
                 if echo {
                     // Recorded when written, not when queued: an outage does not age it.
@@ -234,18 +279,8 @@ impl Upstream {
                     );
                 }
                 if qos == 0 {
-                    codec::encode_publish(self.proto, 0, false, &msg, prefix, 0, wbuf);
                     done.delivered(&broker.metrics.latency);
                 } else {
-                    codec::encode_publish(
-                        self.proto,
-                        self.out.peek_pkid(),
-                        false,
-                        &msg,
-                        prefix,
-                        qos,
-                        wbuf,
-                    );
                     self.out.publish(msg, qos, done);
                 }
             }

@@ -5,6 +5,7 @@
 //!
 //! A slow or dead broker only fills its own queue: the session never awaits this task.
 
+mod admit;
 mod backoff;
 mod connect;
 mod inflight;
@@ -247,13 +248,20 @@ struct Upstream {
     echoes: LoopGuard,
     proto: Protocol,
     log_limit: RateLimit,
+    /// When the current connection got its successful CONNACK (for the stable period).
+    connected_at: Option<tokio::time::Instant>,
+    /// What the current connection's CONNACK announced.
+    limits: admit::BrokerLimits,
+    poison: admit::PoisonWatch,
 }
 
 enum Exit {
     /// The upstream is finished for good.
     Done,
-    /// The connection failed; reconnect.
+    /// The connection failed after a successful CONNACK; reconnect.
     Failed(String),
+    /// No MQTT session came about (unreachable, refused, no CONNACK); reconnect.
+    NoSession(backoff::FailReason, String),
 }
 
 impl Upstream {
@@ -272,6 +280,9 @@ impl Upstream {
             echoes: LoopGuard::default(),
             proto,
             log_limit: RateLimit::new(),
+            connected_at: None,
+            limits: admit::BrokerLimits::default(),
+            poison: admit::PoisonWatch::default(),
         }
     }
 

@@ -176,7 +176,8 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
 /// Middleware on every `/api` route but login/logout and the stream (which checks itself).
 pub async fn require(State(s): State<Shared>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if path.ends_with("/login") || path.ends_with("/logout") || path.ends_with("/stream") {
+    let open = ["/login", "/logout", "/stream", "/session"];
+    if open.iter().any(|p| path.ends_with(p)) {
         return next.run(req).await;
     }
     if req.method() != Method::GET && !same_origin(req.headers()) {
@@ -238,6 +239,13 @@ pub async fn login(
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
+}
+
+/// `GET /api/session`: `{"signedIn": bool}`, so the dashboard can tell whether to show the
+/// sign-in form without provoking a 401 (which browsers log as an error).
+pub async fn session(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let signed_in = s.auth.check(&headers) == Credentials::Valid;
+    Json(serde_json::json!({ "signedIn": signed_in })).into_response()
 }
 
 pub async fn logout(State(s): State<Shared>, headers: HeaderMap) -> Response {

@@ -3,7 +3,8 @@
 //! - `{"type":"message","time":ms,"direction":"toBrokers"|"toDevice","client":…,
 //!   "topic":…,"size":n,"qos":q,"retain":b,"payload":base64 (first 256 bytes),
 //!   "truncated":b,"brokers":[{"broker":name,"outcome":"queued"|"delivered"}]}`
-//! - `{"type":"stats", …the /api/status document…, "viewerDropped":n}` every second
+//! - `{"type":"stats", …the /api/status document…, "viewerDropped":n, "notShown":n}` every
+//!   second (`notShown`: messages beyond the feed's 2,000 events/s, see [`crate::events`])
 //! - `{"type":"dropped","viewerDropped":n}` as soon as this viewer lost events.
 //!
 //! Who may watch: the `Origin`, when sent, must be this server (a page elsewhere cannot
@@ -82,6 +83,16 @@ async fn first_frame_auth(s: &Shared, socket: &mut WebSocket) -> bool {
     v["type"] == "auth" && v["token"].as_str().is_some_and(|t| s.auth.token_ok(t))
 }
 
+/// The event's JSON, rendered once and shared by every viewer.
+fn rendered(e: &MessageEvent) -> Utf8Bytes {
+    let bytes = e
+        .rendered
+        .get_or_init(|| bytes::Bytes::from(message_json(e)))
+        .clone();
+    // Rendered from a `String`, so always valid UTF-8.
+    Utf8Bytes::try_from(bytes).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
+}
+
 fn message_json(e: &MessageEvent) -> String {
     let brokers: Vec<_> = e
         .brokers
@@ -119,6 +130,7 @@ async fn viewer(s: Shared, mut socket: WebSocket, authed: bool) {
         return close(socket, CLOSE_UNAUTHORIZED, "unauthorized").await;
     }
     let mut feed = HUB.subscribe();
+    let skipped_at_start = HUB.skipped();
     let mut dropped: u64 = 0;
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -130,13 +142,13 @@ async fn viewer(s: Shared, mut socket: WebSocket, authed: bool) {
         return;
     }
     loop {
-        let out = tokio::select! {
+        let out: Utf8Bytes = tokio::select! {
             r = feed.rx.recv() => match r {
-                Ok(e) => message_json(&e),
+                Ok(e) => rendered(&e),
                 Err(RecvError::Lagged(n)) => {
                     dropped += n;
                     METRICS.stream_dropped.inc_by(n);
-                    json!({"type": "dropped", "viewerDropped": dropped}).to_string()
+                    json!({"type": "dropped", "viewerDropped": dropped}).to_string().into()
                 }
                 Err(RecvError::Closed) => return,
             },
@@ -145,7 +157,8 @@ async fn viewer(s: Shared, mut socket: WebSocket, authed: bool) {
                 v["type"] = "stats".into();
                 v["time"] = crate::brokerset::now_ms().into();
                 v["viewerDropped"] = dropped.into();
-                v.to_string()
+                v["notShown"] = HUB.skipped().saturating_sub(skipped_at_start).into();
+                v.to_string().into()
             }
             m = socket.recv() => match m {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
@@ -153,7 +166,7 @@ async fn viewer(s: Shared, mut socket: WebSocket, authed: bool) {
                 Some(Ok(_)) => continue,
             },
         };
-        if socket.send(Message::Text(out.into())).await.is_err() {
+        if socket.send(Message::Text(out)).await.is_err() {
             return;
         }
     }

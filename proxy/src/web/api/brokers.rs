@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{error, field_error, ApiError};
 use crate::broker::BrokerConfig;
-use crate::brokerset::BrokerStatus;
+use crate::brokerset::{BrokerStatus, BuildError};
+use crate::tls::TlsError;
 use crate::web::Shared;
 
 /// What the seed's UI sent in place of a password it did not know.
@@ -158,7 +159,7 @@ async fn mutate<T>(
         .app
         .control
         .prepare(&next)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+        .map_err(|e| build_error(&e, &next))?;
     if let Err(e) = store.replace_all(next) {
         let code = match e {
             crate::store::StoreError::SecretRequired { .. } => StatusCode::BAD_REQUEST,
@@ -168,6 +169,38 @@ async fn mutate<T>(
     }
     s.app.control.apply(prepared);
     Ok(out)
+}
+
+/// A set that did not build, with the field at fault named where it can be told: the form
+/// then shows "cannot read /etc/ca.pem" under "CA certificate path", not at the top.
+fn build_error(e: &BuildError, next: &[BrokerConfig]) -> ApiError {
+    let msg = e.to_string();
+    let field = match e {
+        BuildError::Invalid(b) => Some(b.field),
+        BuildError::PasswordFile { .. } => Some("passwordFile"),
+        BuildError::Tls { broker, source } => {
+            let path = match source {
+                TlsError::Read { path, .. }
+                | TlsError::NoCertificate { path }
+                | TlsError::NoKey { path } => Some(path.as_str()),
+                _ => None,
+            };
+            let b = next.iter().find(|b| &b.id == broker);
+            let is = |p: &Option<std::path::PathBuf>| {
+                p.as_ref().map(|p| p.display().to_string()).as_deref() == path
+            };
+            match b {
+                Some(b) if is(&b.ca_cert_path) => Some("caCertPath"),
+                Some(b) if is(&b.client_cert_path) => Some("clientCertPath"),
+                Some(b) if is(&b.client_key_path) => Some("clientKeyPath"),
+                _ => None,
+            }
+        }
+    };
+    match field {
+        Some(f) => field_error(f, msg),
+        None => error(StatusCode::BAD_REQUEST, msg),
+    }
 }
 
 /// Refuses a `passwordFile` the stored broker does not already have (see the module doc).

@@ -28,6 +28,7 @@ pub fn router(web: Shared) -> Router<Shared> {
         .route("/brokers/{id}/toggle", post(brokers::toggle))
         .route("/login", post(auth::login))
         .route("/logout", post(auth::logout))
+        .route("/session", get(auth::session))
         .route("/stream", get(stream::upgrade))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API route") })
         .layer(middleware::from_fn_with_state(web, auth::require))

@@ -3,6 +3,7 @@
 //! gains its state, rates, latency quantiles and drops by reason, and the answer gains the
 //! connected devices, proxy totals and uptime.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
@@ -36,14 +37,6 @@ pub fn state(status: Option<&BrokerStatus>, enabled: bool, file_mode: bool) -> &
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Drops {
-    queue_full: u64,
-    rejected: u64,
-    shutdown: u64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
 struct BrokerEntry {
     #[serde(flatten)]
     status: BrokerStatus,
@@ -53,7 +46,7 @@ struct BrokerEntry {
     port: u16,
     #[serde(flatten)]
     live: Live,
-    drops: Drops,
+    drops: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Serialize)]
@@ -68,12 +61,21 @@ struct Device {
     messages_out: u64,
 }
 
-fn drops(b: &Broker) -> Drops {
-    Drops {
-        queue_full: b.metrics.dropped_overflow.get(),
-        rejected: b.metrics.dropped_rejected.get(),
-        shutdown: b.metrics.dropped_shutdown.get(),
-    }
+/// Drops by reason, as in `mqtt_proxy_messages_dropped_total{reason}` (camelCase keys).
+fn drops(b: Option<&Broker>) -> BTreeMap<&'static str, u64> {
+    let Some(b) = b else {
+        return BTreeMap::new();
+    };
+    let m = &b.metrics;
+    BTreeMap::from([
+        ("queueFull", m.dropped_overflow.get()),
+        ("rejected", m.dropped_rejected.get()),
+        ("shutdown", m.dropped_shutdown.get()),
+        ("expired", m.dropped_expired.get()),
+        ("tooLarge", m.dropped_too_large.get()),
+        ("topicTooLong", m.dropped_topic_too_long.get()),
+        ("poison", m.dropped_poison.get()),
+    ])
 }
 
 pub async fn status(State(s): State<Shared>) -> Response {
@@ -93,28 +95,11 @@ pub async fn body(s: &Shared) -> serde_json::Value {
             BrokerEntry {
                 state: state(status.as_ref(), c.enabled, file_mode),
                 live: s.stats.live(&c.id),
-                drops: running.map_or(
-                    Drops {
-                        queue_full: 0,
-                        rejected: 0,
-                        shutdown: 0,
-                    },
-                    |b| drops(b),
-                ),
+                drops: drops(running.map(|b| &**b)),
                 status: status.unwrap_or_else(|| BrokerStatus {
                     id: c.id.clone(),
                     name: c.label().to_string(),
-                    connected: false,
-                    sessions: 0,
-                    sessions_connected: 0,
-                    last_error: None,
-                    connects: 0,
-                    reconnects: 0,
-                    queue_messages: 0,
-                    queue_bytes: 0,
-                    forwarded: 0,
-                    dropped: 0,
-                    last_publish_ms: None,
+                    ..BrokerStatus::default()
                 }),
                 enabled: c.enabled,
                 address: c.address,
