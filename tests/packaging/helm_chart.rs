@@ -298,3 +298,89 @@ async fn rbac_is_least_privilege_for_the_operator_service_account() -> Result<()
     }
     Ok(())
 }
+
+/// The README's Helm commands, as written, on the API server: `helm install … -n mqtt
+/// --create-namespace` installs the CRDs and the operator's objects and prints NOTES that
+/// show how to create a first MqttBroker and MqttProxy; `kubectl apply -f examples/` is then
+/// admitted against those CRDs. (No kubelet here, so no operator pod runs.)
+#[tokio::test]
+async fn readme_helm_install_and_examples_work_as_written() -> Result<()> {
+    let Some(api) = TestApiServer::start().await? else {
+        return Ok(());
+    };
+    let helm = cache_bin_dir().join("helm");
+    let kubeconfig = format!("--kubeconfig={}", api.kubeconfig().display());
+    let out = Command::new(&helm)
+        .current_dir(repo())
+        .args([
+            &kubeconfig,
+            "install",
+            RELEASE,
+            "charts/mqtt-proxy-operator",
+        ])
+        .args(["-n", NAMESPACE, "--create-namespace"])
+        .output()
+        .context("running helm install")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "helm install: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "STATUS: deployed",
+        "kind: MqttBroker",
+        "kind: MqttProxy",
+        "credentialsSecretRef",
+    ] {
+        ensure!(
+            stdout.contains(needle),
+            "helm install output lacks {needle:?}:\n{stdout}"
+        );
+    }
+    let k = api.kubectl();
+    k.run(
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            "crd/mqttbrokers.mqttproxy.io",
+            "crd/mqttproxies.mqttproxy.io",
+        ],
+        None,
+    )
+    .await?;
+    for (kind, name) in [
+        ("deployment", RELEASE),
+        ("serviceaccount", RELEASE),
+        ("service", "mqtt-proxy-operator-metrics"),
+    ] {
+        ensure!(
+            k.get_json(kind, name, NAMESPACE).await?.is_some(),
+            "helm install created no {kind} {name}"
+        );
+    }
+    let applied = k
+        .run(
+            &[
+                "apply",
+                "-n",
+                NAMESPACE,
+                "-f",
+                &repo().join("examples").display().to_string(),
+            ],
+            None,
+        )
+        .await?;
+    for object in [
+        "mqttbroker.mqttproxy.io/cloud",
+        "mqttbroker.mqttproxy.io/edge",
+        "mqttproxy.mqttproxy.io/factory",
+    ] {
+        ensure!(
+            applied.contains(object),
+            "kubectl apply -f examples/ did not create {object}: {applied}"
+        );
+    }
+    Ok(())
+}
