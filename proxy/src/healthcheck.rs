@@ -66,9 +66,18 @@ fn probe(url: &str) -> Result<u16, String> {
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
     )
     .map_err(io)?;
-    // The status line is all we need; bound what we read.
+    // The status line is all we need: read until it is complete (bounded), so a server that
+    // closes right after answering cannot turn a good answer into a reset error.
     let mut head = Vec::with_capacity(64);
-    stream.take(1024).read_to_end(&mut head).map_err(io)?;
+    let mut chunk = [0u8; 256];
+    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 1024 {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+            Err(e) if head.is_empty() => return Err(io(e)),
+            Err(_) => break,
+        }
+    }
     let line = String::from_utf8_lossy(&head);
     line.split_whitespace()
         .nth(1)
@@ -106,10 +115,18 @@ mod tests {
         let handle = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().expect("accept");
             conn.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-            let mut req = [0u8; 1024];
-            let n = conn.read(&mut req).unwrap_or(0);
+            // Read the whole request first, as a real server does: closing with unread
+            // bytes makes the kernel reset the connection.
+            let mut req = Vec::new();
+            let mut buf = [0u8; 256];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
             let _ = write!(conn, "{status_line}\r\ncontent-length: 2\r\n\r\nok");
-            String::from_utf8_lossy(&req[..n]).into_owned()
+            String::from_utf8_lossy(&req).into_owned()
         });
         (url, handle)
     }
