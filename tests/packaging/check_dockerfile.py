@@ -220,15 +220,17 @@ def main():
                      "npm in a stage without node instead of embedding the UI stage's dist")
 
     # --- .dockerignore -------------------------------------------------------------------------
-    ignore = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
-              if l.strip() and not l.startswith("#")]
+    ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
     for must in (".env", "target", "data", "web-ui/dist", ".git"):
         if must not in ignore:
             fail(f".dockerignore does not exclude {must}")
-    if not any("node_modules" in l for l in ignore):
+    if not any("node_modules" in entry for entry in ignore):
         fail(".dockerignore does not exclude node_modules")
-    for needed in ("Cargo.lock", "Cargo.toml", "web-ui/package-lock.json", "proxy", "web-ui"):
-        if needed in ignore:
+    # Cargo loads every workspace member's manifest and targets, even for `-p` builds.
+    member_dirs = {str(Path(p["manifest_path"]).parent.relative_to(ROOT)) for p in members.values()}
+    for needed in {"Cargo.lock", "Cargo.toml", "web-ui/package-lock.json", "web-ui", *member_dirs}:
+        if needed in ignore or f"{needed}/" in ignore:
             fail(f".dockerignore excludes {needed}, which the build needs")
 
 
