@@ -2,8 +2,9 @@
 """The compose demo's seeding and the image's health probe, run against the real proxy.
 
 Starts the mqtt-proxy binary (argv[1]) on free loopback ports with a temporary store, then:
-- `mqtt-proxy healthcheck <url>` exits 0 once the proxy serves /healthz (the image's
-  HEALTHCHECK), and 1 after the proxy has stopped;
+- `mqtt-proxy healthcheck`, run as the image's HEALTHCHECK runs it (no argument, the
+  image's MQTT_PROXY_HTTP_LISTEN), exits 0 once the proxy serves /healthz and 1 after the
+  proxy has stopped;
 - deploy/demo/seed.sh adds the demo brokers through the admin API (what the compose
   `demo-seed` service runs), and a second run finds them there (409, still exit 0);
 - GET /api/brokers then lists exactly the demo brokers with the fields of their JSON files.
@@ -50,9 +51,12 @@ def main():
              "--mqtt-listen", f"127.0.0.1:{mqtt}"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            probe = [str(binary), "healthcheck", f"{url}/healthz"]
+            # As the image's HEALTHCHECK runs it: no argument, the port from
+            # MQTT_PROXY_HTTP_LISTEN=0.0.0.0:<port> (the image's ENV), probed on loopback.
+            probe = [str(binary), "healthcheck"]
+            probe_env = {**os.environ, "MQTT_PROXY_HTTP_LISTEN": f"0.0.0.0:{http}"}
             end = time.monotonic() + DEADLINE
-            while subprocess.run(probe, capture_output=True, timeout=10).returncode != 0:
+            while subprocess.run(probe, env=probe_env, capture_output=True, timeout=10).returncode != 0:
                 if proxy.poll() is not None:
                     fail(f"proxy exited {proxy.returncode}: {proxy.stderr.read().decode()}")
                 if time.monotonic() > end:
@@ -91,7 +95,7 @@ def main():
             except subprocess.TimeoutExpired:
                 proxy.kill()
                 proxy.wait()
-        if subprocess.run(probe, capture_output=True, timeout=10).returncode != 1:
+        if subprocess.run(probe, env=probe_env, capture_output=True, timeout=10).returncode != 1:
             fail("`mqtt-proxy healthcheck` still healthy after the proxy stopped")
     print(f"ok   demo seed: healthcheck 0/1 around a real proxy; seed.sh added "
           f"{', '.join(sorted(wanted))} through the API, rerun idempotent")
