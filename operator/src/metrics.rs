@@ -57,6 +57,18 @@ impl Metrics {
         }
     }
 
+    /// Counts one reconciliation of `controller`; the guard observes its duration on drop.
+    pub fn start(&self, controller: &str) -> prometheus::HistogramTimer {
+        self.reconciliations.with_label_values(&[controller]).inc();
+        self.duration.with_label_values(&[controller]).start_timer()
+    }
+
+    /// Counts a failed reconciliation: an invalid spec (`reason` is its condition reason) or
+    /// an API error (`Error::metric_reason`).
+    pub fn invalid(&self, controller: &str, reason: &str) {
+        self.errors.with_label_values(&[controller, reason]).inc();
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = String::new();

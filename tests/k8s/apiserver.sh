@@ -3,6 +3,9 @@
 #
 #   tests/k8s/apiserver.sh build   build + cache kube-apiserver and etcd, print the bin dir
 #   tests/k8s/apiserver.sh path    print the cached kube-apiserver path (exit 1 if not built)
+#   tests/k8s/apiserver.sh start DIR   run etcd + kube-apiserver from DIR for poking at by hand
+#                                      (prints `export KUBECONFIG=…`); tests use tests/src/k8s.rs
+#   tests/k8s/apiserver.sh stop DIR    stop them (the apiserver first, then etcd)
 #
 # No package registry ships a kube-apiserver, but Debian bookworm ships the Kubernetes 1.20
 # sources (`kubernetes`, 1.20.5+really1.20.2, with vendor/) and the Go 1.19 toolchain that
@@ -97,6 +100,17 @@ apt_unpack() {
 }
 
 # --- build ----------------------------------------------------------------------------------
+# need CMD PKG: apt-installs PKG when CMD is missing (as root), else says how.
+need() {
+  command -v "$1" >/dev/null && return 0
+  [ "$(id -u)" = 0 ] || die "needs $1: sudo apt-get install -y $2"
+  log "installing $2"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends "$2" >/dev/null \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$2" >/dev/null; } \
+    || die "apt-get install $2 failed"
+}
+
 build() {
   local apiserver etcd
   if apiserver="$(cached_apiserver)" && etcd="$(cached_etcd)"; then
@@ -105,15 +119,12 @@ build() {
     return 0
   fi
   command -v apt-get >/dev/null || die "needs apt-get (Debian/Ubuntu) to fetch the sources"
-  command -v dpkg-source >/dev/null || die "needs dpkg-source (apt-get install dpkg-dev)"
-  for t in make patch; do command -v "$t" >/dev/null || die "needs $t (apt-get install $t)"; done
-  if ! command -v rsync >/dev/null; then
-    [ "$(id -u)" = 0 ] || die "the Kubernetes build needs rsync: sudo apt-get install -y rsync"
-    log "installing rsync"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rsync \
-      >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends rsync >/dev/null; }
-  fi
+  # Build tools a minimal Debian image may lack (dpkg-dev brings make and patch).
+  need dpkg-source dpkg-dev
+  need make make
+  need patch patch
+  need rsync rsync
+  need gpgv gpgv
   mkdir -p "$CACHE"
   apt_setup
 
@@ -204,6 +215,76 @@ vendor_swap() {
     -exec cp {} "$to"/ \;
 }
 
+# --- manual start/stop (the Rust harness does the same for tests) ---------------------------
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+start() {
+  local dir="$1" bin="$BIN"
+  [ -x "$bin/kube-apiserver" ] && [ -x "$bin/etcd" ] || die "not built: run $0 build"
+  mkdir -p "$dir" && dir="$(cd "$dir" && pwd)"
+  local etcd_port peer_port port token
+  etcd_port="$(free_port)" peer_port="$(free_port)" port="$(free_port)"
+  token="admin-$RANDOM$RANDOM"
+  (
+    cd "$dir"
+    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+      -subj /CN=test-ca -keyout ca.key -out ca.crt \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -subj /CN=kube-apiserver -keyout apiserver.key -out apiserver.csr 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >ext
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile ext -out apiserver.crt 2>/dev/null
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out sa.key 2>/dev/null
+    openssl pkey -in sa.key -pubout -out sa.pub
+    echo "$token,admin,admin,\"system:masters\"" >tokens.csv
+  )
+  "$bin/etcd" --name=test --data-dir="$dir/etcd" \
+    --listen-client-urls="http://127.0.0.1:$etcd_port" \
+    --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls="http://127.0.0.1:$peer_port" \
+    --initial-advertise-peer-urls="http://127.0.0.1:$peer_port" \
+    --initial-cluster="test=http://127.0.0.1:$peer_port" >"$dir/etcd.log" 2>&1 &
+  echo $! >"$dir/etcd.pid"
+  "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$port" \
+    --insecure-port=0 --cert-dir="$dir/certs" \
+    --tls-cert-file="$dir/apiserver.crt" --tls-private-key-file="$dir/apiserver.key" \
+    --client-ca-file="$dir/ca.crt" --token-auth-file="$dir/tokens.csv" \
+    --authorization-mode=RBAC --service-account-key-file="$dir/sa.pub" \
+    --service-account-signing-key-file="$dir/sa.key" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-cluster-ip-range=10.96.0.0/16 >"$dir/kube-apiserver.log" 2>&1 &
+  echo $! >"$dir/kube-apiserver.pid"
+  cat >"$dir/kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: "https://127.0.0.1:$port", certificate-authority: "$dir/ca.crt"}}]
+users: [{name: admin, user: {token: "$token"}}]
+contexts: [{name: test, context: {cluster: test, user: admin}}]
+current-context: test
+KC
+  local i
+  for i in $(seq 120); do
+    [ "$("$bin/kubectl" --kubeconfig="$dir/kubeconfig" get --raw=/readyz 2>/dev/null)" = ok ] && {
+      echo "export KUBECONFIG=$dir/kubeconfig"; return 0; }
+    sleep 0.5
+  done
+  tail -20 "$dir/kube-apiserver.log" >&2
+  stop "$dir"
+  die "kube-apiserver not ready within 60 s"
+}
+stop() {
+  local dir="$1" name pid i
+  for name in kube-apiserver etcd; do
+    [ -f "$dir/$name.pid" ] || continue
+    pid="$(cat "$dir/$name.pid")"
+    kill "$pid" 2>/dev/null || true
+    for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$dir/$name.pid"
+  done
+}
+
 case "${1:-}" in
   build)
     mkdir -p "$CACHE"
@@ -213,5 +294,7 @@ case "${1:-}" in
     build
     ;;
   path) cached_apiserver ;;
-  *) echo "usage: $0 build|path" >&2; exit 2 ;;
+  start) start "${2:?usage: $0 start DIR}" ;;
+  stop) stop "${2:?usage: $0 stop DIR}" ;;
+  *) echo "usage: $0 build|path|start DIR|stop DIR" >&2; exit 2 ;;
 esac

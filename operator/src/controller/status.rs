@@ -49,6 +49,8 @@ pub enum ProxyOutcome {
         desired: i32,
         replicas: i32,
         ready: i32,
+        /// The pods' label selector, `k=v,k=v`.
+        selector: String,
         /// `Degraded` reason and message, if any.
         degraded: Option<(&'static str, String)>,
     },
@@ -71,6 +73,7 @@ pub fn proxy_status(
             desired,
             replicas,
             ready,
+            selector,
             degraded,
         } => {
             let all_ready = ready >= desired;
@@ -80,7 +83,11 @@ pub fn proxy_status(
             } else {
                 (reason::REPLICAS_NOT_READY, degraded.clone())
             };
-            let (deg_reason, deg_msg) = deg.clone().unwrap_or((reason::AS_EXPECTED, String::new()));
+            // Never an empty message: Kubernetes 1.20's server-side apply turns "" into null,
+            // which the schema (`type: string`) then rejects.
+            let (deg_reason, deg_msg) = deg
+                .clone()
+                .unwrap_or((reason::AS_EXPECTED, "nothing degraded".to_string()));
             MqttProxyStatus {
                 conditions: vec![
                     cond(
@@ -114,6 +121,7 @@ pub fn proxy_status(
                 replicas: *replicas,
                 ready_replicas: *ready,
                 brokers: *brokers,
+                selector: Some(selector.clone()),
                 observed_generation: generation,
             }
         }

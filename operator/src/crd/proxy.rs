@@ -26,7 +26,8 @@ use super::Condition;
     doc = "A set of mqtt-proxy pods that forward device traffic to the selected MqttBrokers.",
     scale(
         spec_replicas_path = ".spec.replicas",
-        status_replicas_path = ".status.replicas"
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
     ),
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
@@ -219,6 +220,10 @@ pub struct MqttProxyStatus {
     /// MqttBrokers rendered into the proxies' broker set.
     #[serde(default)]
     pub brokers: i32,
+    /// Label selector of the pods (for the scale subresource, so a HorizontalPodAutoscaler
+    /// can target an MqttProxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// The `metadata.generation` the status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -66,3 +66,4 @@ pub fn inputs() -> Inputs {
 pub fn validated() -> ValidatedProxy {
     validate(&proxy(), &inputs(), IMAGE).expect("fixtures are valid")
 }
+pub mod apiserver;

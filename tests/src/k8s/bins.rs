@@ -87,6 +87,24 @@ fn cargo_build(package: &str, bin: &str) -> Result<PathBuf> {
         .parent()
         .context("the tests crate has no parent directory")?;
     let mut cmd = Command::new(env!("CARGO"));
+    // `cargo test` runs us with the test package's CARGO_PKG_*, OUT_DIR, … set. Build
+    // scripts that watch such variables (ring's does) would see them change between the
+    // outer `cargo test` and this build and rebuild on every alternation.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let from_test_run = [
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_MANIFEST_",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
+            || ["OUT_DIR", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&&*key);
+        if from_test_run {
+            cmd.env_remove(&*key);
+        }
+    }
     cmd.current_dir(workspace)
         .args([
             "build",

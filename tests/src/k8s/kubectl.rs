@@ -156,6 +156,21 @@ impl Kubectl {
         .await
     }
 
+    /// `kubectl auth can-i <verb> <resource> -n <ns> --as <user>`: whether RBAC lets `user`
+    /// (e.g. `system:serviceaccount:<ns>:<name>` for a chart's ServiceAccount) do it.
+    pub async fn can_i(&self, user: &str, verb: &str, resource: &str, ns: &str) -> Result<bool> {
+        let as_user = format!("--as={user}");
+        match self
+            .run(&["auth", "can-i", verb, resource, "-n", ns, &as_user], None)
+            .await
+        {
+            Ok(out) => Ok(out.trim() == "yes"),
+            // can-i exits 1 with "no" on stdout for a refusal; anything else is an error.
+            Err(e) if format!("{e:#}").trim_end().ends_with("no") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The object as JSON, `None` if it does not exist.
     pub async fn get_json(&self, resource: &str, name: &str, ns: &str) -> Result<Option<Value>> {
         let out = self
