@@ -263,7 +263,11 @@ fn rendered_brokers_file_loads_back() {
     let mut b = BrokerConfig::new("b1", "h", 1884);
     b.password = Some(Secret::new("0123"));
     b.topics = vec!["a/#".into()];
-    let brokers = vec![b, BrokerConfig::new("b2", "h2", 1883)];
+    let mut b2 = BrokerConfig::new("b2", "h2", 1883);
+    // Strings YAML would otherwise read as booleans, numbers or comments.
+    b2.username = Some("on".into());
+    b2.password = Some(Secret::new("yes: #no"));
+    let brokers = vec![b, b2];
     fs::write(&path, render_brokers_file(&brokers).expect("renders")).expect("writes");
     assert_eq!(load_brokers_file(&path).expect("loads"), brokers);
 }
