@@ -3,7 +3,7 @@
 the configuration it resolves:
 - `docker-compose config -q` passes for every profile and for all of them together;
 - it refuses to run without MQTT_PROXY_SECRET or MQTT_PROXY_ADMIN_TOKEN, naming the variable,
-  and .env.example lists every variable the file requires;
+  .env.example lists every variable the file requires, and .env is git-ignored;
 - the proxy: built from the Dockerfile's `proxy` target, store on a named volume at /data,
   read-only root, ports 1883 and 3000, a healthcheck running `mqtt-proxy healthcheck`, a
   restart policy;
@@ -84,6 +84,9 @@ def main():
         if r.returncode == 0 or var not in r.stderr:
             fail(f"compose runs without {var} (want a `${{{var}:?…}}` refusal), got: {r.stderr.strip()}")
 
+    # The secrets live in .env: git must never pick it up.
+    if subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT).returncode != 0:
+        fail(".env (the compose secrets) is not git-ignored")
     text = (ROOT / "docker-compose.yml").read_text()
     required = set(re.findall(r"\$\{(\w+):\?", text))
     example = (ROOT / ".env.example").read_text()
