@@ -229,6 +229,35 @@ async fn service_monitor_is_skipped_with_a_reason_when_its_api_group_is_missing(
 }
 
 #[tokio::test]
+async fn disabling_the_service_monitor_deletes_the_one_this_proxy_owns() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (ctx, _w) = make_ctx(Client::new(svc, "default"));
+    let mut proxy = common::proxy();
+    proxy.spec.service_monitor.enabled = false;
+    let sm_path = "/apis/monitoring.coreos.com/v1/namespaces/plant/servicemonitors/factory";
+    let owned = json!({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+        "metadata": {"name": "factory", "namespace": "plant", "ownerReferences": [{
+            "apiVersion": "mqttproxy.io/v1alpha1", "kind": "MqttProxy", "name": "factory",
+            "uid": "0b7e4a52-6a51-4c1e-9a33-7f3f6a0c2e11", "controller": true}]},
+        "spec": {}});
+    let mut script = happy_script(true);
+    script.remove(9); // no ServiceMonitor apply...
+    script.insert(9, ("GET", sm_path.into(), Reply::Json(owned)));
+    script.insert(
+        10,
+        (
+            "DELETE",
+            sm_path.into(),
+            Reply::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
+        ),
+    );
+    let task = serve(handle, script);
+    reconcile(Arc::new(proxy), ctx).await.expect("reconciles");
+    let seen = finish(task).await;
+    assert_eq!(seen[10].method, "DELETE");
+}
+
+#[tokio::test]
 async fn transient_api_error_is_an_error_for_the_retry_policy() {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let (ctx, _w) = make_ctx(Client::new(svc, "default"));

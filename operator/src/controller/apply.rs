@@ -4,9 +4,10 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::DynamicObject;
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -33,6 +34,35 @@ where
     Ok(api.patch(&name, &params(), &Patch::Apply(obj)).await?)
 }
 
+/// Deletes the ServiceMonitor `name` if the same MqttProxy controls it (owner uid as on
+/// our other children), so disabling `serviceMonitor` removes what enabling created.
+async fn prune_service_monitor(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    sibling: &Secret,
+) -> Result<(), Error> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &service_monitor_resource());
+    let Some(existing) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let owner_uid = |refs: &[OwnerReference]| {
+        refs.iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.uid.clone())
+    };
+    let ours = owner_uid(sibling.owner_references());
+    if ours.is_some() && owner_uid(existing.owner_references()) == ours {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 pub async fn apply(client: &Client, namespace: &str, bundle: &Bundle) -> Result<Applied, Error> {
     let Bundle {
         admin_secret,
@@ -40,6 +70,7 @@ pub async fn apply(client: &Client, namespace: &str, bundle: &Bundle) -> Result<
         deployment,
         service,
         service_monitor,
+        stale_service_monitor,
     } = bundle;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     if let Some(s) = admin_secret {
@@ -53,6 +84,9 @@ pub async fn apply(client: &Client, namespace: &str, bundle: &Bundle) -> Result<
             Api::namespaced_with(client.clone(), namespace, &service_monitor_resource());
         let name = sm.metadata.name.clone().unwrap_or_default();
         api.patch(&name, &params(), &Patch::Apply(sm)).await?;
+    }
+    if let Some(name) = stale_service_monitor {
+        prune_service_monitor(client, namespace, name, brokers_secret).await?;
     }
     Ok(Applied { deployment })
 }

@@ -19,7 +19,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
@@ -175,11 +175,8 @@ async fn read_inputs(proxy: &MqttProxy, ctx: &Ctx, ns: &str) -> Result<Inputs, E
             secrets.insert(name, s);
         }
     }
-    let service_monitor_available = if proxy.spec.service_monitor.enabled {
-        Some(ctx.service_monitors.available(&ctx.client).await?)
-    } else {
-        None
-    };
+    // Asked even when disabled: a ServiceMonitor left from when it was enabled is removed.
+    let service_monitor_available = Some(ctx.service_monitors.available(&ctx.client).await?);
     Ok(Inputs {
         brokers,
         secrets,
@@ -337,9 +334,4 @@ pub async fn run(
         _ = readiness => {},
     }
     info!(after = ?started.elapsed(), "controllers stopped");
-}
-
-/// A reference to `obj` as the controller keys it.
-pub fn obj_ref<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectRef<K> {
-    ObjectRef::from_obj(obj)
 }

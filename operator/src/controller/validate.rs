@@ -45,8 +45,8 @@ pub struct Inputs {
     pub secrets: BTreeMap<String, Secret>,
     /// A fresh random token, used only when the operator-owned admin Secret has none yet.
     pub new_admin_token: String,
-    /// Whether the cluster serves `monitoring.coreos.com/v1` ServiceMonitors (`None` when
-    /// the proxy does not ask for one, so nobody looked).
+    /// Whether the cluster serves `monitoring.coreos.com/v1` ServiceMonitors (`None`: not
+    /// known).
     pub service_monitor_available: Option<bool>,
 }
 
@@ -79,6 +79,8 @@ pub struct ValidatedProxy {
     pub service_monitor: Option<ServiceMonitorSpec>,
     /// Why an enabled ServiceMonitor is not built (for the `Degraded` condition).
     pub service_monitor_skipped: Option<String>,
+    /// Disabled while the CRD exists: remove the one we may have created before.
+    pub prune_service_monitor: bool,
     pub pod_template: PodTemplateSpec,
     pub admin_token: Option<AdminToken>,
     /// The broker set, sorted by id, passwords inline.
@@ -277,6 +279,8 @@ pub fn validate(
         service: spec.service.clone(),
         service_monitor,
         service_monitor_skipped,
+        prune_service_monitor: !spec.service_monitor.enabled
+            && inputs.service_monitor_available == Some(true),
         pod_template: spec.pod_template.clone(),
         admin_token,
         brokers,

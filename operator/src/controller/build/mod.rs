@@ -37,6 +37,8 @@ pub struct Bundle {
     pub service: Service,
     /// None when disabled or the CRD is missing.
     pub service_monitor: Option<DynamicObject>,
+    /// Name of a ServiceMonitor to delete if this proxy owns one (disabled, CRD present).
+    pub stale_service_monitor: Option<String>,
 }
 
 pub fn build(v: &ValidatedProxy) -> Bundle {
@@ -46,6 +48,7 @@ pub fn build(v: &ValidatedProxy) -> Bundle {
         deployment: build_deployment(v),
         service: build_service(v),
         service_monitor: build_service_monitor(v),
+        stale_service_monitor: v.prune_service_monitor.then(|| v.name.clone()),
     }
 }
 
