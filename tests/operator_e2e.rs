@@ -364,7 +364,39 @@ async fn reconcile_examples(api: &TestApiServer, op: &mut Operator) -> Result<()
         deployment["spec"]["template"] == before["spec"]["template"],
         "scaling changed the pod template"
     );
-    op.process.ensure_running()
+
+    // 5. A change that needs new pods (the image) does roll the pod template.
+    k.run(
+        &[
+            "patch",
+            "mqp",
+            "factory",
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"image":"registry.example/mqtt-proxy:e2e"}}"#,
+        ],
+        None,
+    )
+    .await?;
+    k.wait_for("deployment", "factory", NS, WAIT, |d| {
+        (d?["spec"]["template"]["spec"]["containers"][0]["image"]
+            == "registry.example/mqtt-proxy:e2e")
+            .then_some(())
+    })
+    .await
+    .context("a new image rolls the Deployment")?;
+
+    // 6. SIGTERM: the operator stops cleanly.
+    op.process.signal("TERM")?;
+    let status = op.process.wait_exit(WAIT).await?;
+    ensure!(
+        status.success(),
+        "SIGTERM exit {status}\n{}",
+        op.process.log_tail()
+    );
+    Ok(())
 }
 
 /// The resourceVersion of every child of factory and of its status: what changes on any write.

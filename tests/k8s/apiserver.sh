@@ -168,6 +168,9 @@ build_apiserver() {
     | grep -v unsandboxed >&2 || true)
   ls "$work"/kubernetes_*.dsc >/dev/null 2>&1 || die "apt-get source kubernetes=$version failed"
   # dpkg-source applies debian/patches (3.0 quilt) and checks the checksums from the .dsc.
+  # Its "cannot verify inline signature" warning is expected (the uploader's key is in
+  # debian-keyring, not installed): apt already checked the .dsc and tarballs against the
+  # Sources index of the signed Release file.
   (cd "$work" && dpkg-source -x --no-copy kubernetes_*.dsc src >/dev/null)
   src="$work/src"
 

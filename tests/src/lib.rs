@@ -11,6 +11,10 @@
 //!                                                    └─▶ Mosquitto #N ──▶ Subscriber
 //! ```
 //!
+//! [`k8s`] adds a real Kubernetes API server (etcd + kube-apiserver per test), kubectl
+//! helpers, kubelet-style Secret volumes and the operator and proxy binaries as processes,
+//! for the operator's end-to-end tests.
+//!
 //! Every wait is bounded by a deadline ([`wait_until`], `wait_for_count`,
 //! `wait_acked`, broker readiness): a test fails with a message, it never hangs
 //! and never sleeps hoping something happened.

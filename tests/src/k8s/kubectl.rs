@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 /// A single kubectl call; generous because the box is shared.
-const KUBECTL_TIMEOUT: Duration = Duration::from_secs(60);
+pub const KUBECTL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How often waits re-read the object.
 const WAIT_POLL: Duration = Duration::from_millis(200);
