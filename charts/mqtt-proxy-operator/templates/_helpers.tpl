@@ -84,7 +84,7 @@ without it; tests/packaging/helm_chart.rs applies as this ServiceAccount to prov
   verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  verbs: ["create", "patch"]
+  verbs: ["get", "create", "patch", "delete"]
 {{- end }}
 
 {{/* Cluster-scoped API calls: none today (CRD presence is checked by listing the custom
