@@ -11,6 +11,8 @@ use mqtt_proxy::web::{self, AppState};
 use mqtt_proxy::ProxyHandle;
 use tracing::{info, warn};
 
+mod healthcheck;
+
 fn init_tracing(format: LogFormat) {
     let filter = std::env::var("RUST_LOG")
         .or_else(|_| std::env::var("LOG_LEVEL"))
@@ -33,6 +35,11 @@ fn secret() -> Option<String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before clap and config: the container probe must not depend on the proxy's settings
+    // being valid in the probe's environment, and must stay out of `--help`.
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        std::process::exit(healthcheck::run(std::env::args().skip(2)));
+    }
     let cli = Cli::parse();
     let config = Config::resolve(&cli.run)?;
     if let Some(Command::Brokers { cmd }) = cli.command {
