@@ -90,11 +90,16 @@ def render(*sets):
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-def rules_of(objs, kind):
-    """{namespace or None: {(group, resource, verb)}}, failing on wildcards."""
+def is_lease_role(o):
+    return o["metadata"]["name"].endswith("-leader-election")
+
+
+def rules_of(objs, kind, leases=False):
+    """{namespace or None: {(group, resource, verb)}}, failing on wildcards; the
+    leader-election Role only when `leases`."""
     out = {}
     for o in objs:
-        if o["kind"] != kind:
+        if o["kind"] != kind or is_lease_role(o) != leases:
             continue
         ns = o["metadata"].get("namespace")
         for rule in o.get("rules", []):
@@ -153,6 +158,9 @@ def main():
         print(f"note RBAC: operator/RBAC.md lists patch without create for {fmt(apply_creates - base)}; "
               "server-side apply needs create to make new objects, so the chart grants it")
     base |= apply_creates
+    # The leader-election Lease is granted by its own Role in the release namespace.
+    lease_want = {t for t in base if t[0] == "coordination.k8s.io"}
+    base -= lease_want
     cluster_want = {t for t in base if t[1] in CLUSTER_SCOPED}
     ns_want = base - cluster_want
 
@@ -160,6 +168,10 @@ def main():
     check_bindings(objs, "default")
     default_rules = rules_of(objs, "ClusterRole").get(None, set())
     compare("watchNamespaces=[] ClusterRole", default_rules, base)
+    compare("leader-election Role in the release namespace",
+            rules_of(objs, "Role", leases=True).get("mqtt", set()), lease_want)
+    if rules_of(render("leaderElection.enabled=false"), "Role", leases=True):
+        fail("leaderElection.enabled=false still renders the leader-election Role")
     if rules_of(objs, "Role"):
         fail("watchNamespaces=[]: renders namespaced Roles")
 
