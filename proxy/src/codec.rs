@@ -123,6 +123,9 @@ impl SubFilter {
 
 /// SUBACK code meaning failure (MQTT 3.1.1 0x80; v5 uses it as "unspecified error").
 pub const SUBACK_FAILURE: u8 = 0x80;
+/// MQTT 5 reason code "Not authorized" (PUBACK, PUBREC, SUBACK); 3.1.1 has no such code,
+/// so there it becomes a plain acknowledgement (PUBACK/PUBREC) or 0x80 (SUBACK).
+pub const NOT_AUTHORIZED: u8 = 0x87;
 
 /// The packets the proxy handles, for either protocol level.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -704,19 +707,19 @@ fn to_v5(packet: &Packet) -> Result<v5::Packet, CodecError> {
         }
         Packet::PubAck { pkid, code } => v5::Packet::PubAck(v5::PubAck {
             pkid: *pkid,
-            reason: if *code == 0 {
-                v5::PubAckReason::Success
-            } else {
-                v5::PubAckReason::ImplementationSpecificError
+            reason: match *code {
+                0 => v5::PubAckReason::Success,
+                NOT_AUTHORIZED => v5::PubAckReason::NotAuthorized,
+                _ => v5::PubAckReason::ImplementationSpecificError,
             },
             properties: None,
         }),
         Packet::PubRec { pkid, code } => v5::Packet::PubRec(v5::PubRec {
             pkid: *pkid,
-            reason: if *code == 0 {
-                v5::PubRecReason::Success
-            } else {
-                v5::PubRecReason::ImplementationSpecificError
+            reason: match *code {
+                0 => v5::PubRecReason::Success,
+                NOT_AUTHORIZED => v5::PubRecReason::NotAuthorized,
+                _ => v5::PubRecReason::ImplementationSpecificError,
             },
             properties: None,
         }),
@@ -755,6 +758,8 @@ fn to_v5(packet: &Packet) -> Result<v5::Packet, CodecError> {
                 .map(|&c| {
                     if c <= 2 {
                         v5::SubscribeReasonCode::Success(qos_v5(c))
+                    } else if c == NOT_AUTHORIZED {
+                        v5::SubscribeReasonCode::NotAuthorized
                     } else {
                         v5::SubscribeReasonCode::Unspecified
                     }

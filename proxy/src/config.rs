@@ -89,6 +89,8 @@ pub struct Config {
     /// Cap on the bytes all queues of the process hold together.
     pub queue_total_max_bytes: usize,
     pub mirror: MirrorOptions,
+    /// Device authentication (users file, anonymous opt-in).
+    pub auth: crate::auth::AuthOptions,
 }
 
 impl Default for Config {
@@ -112,6 +114,11 @@ impl Default for Config {
             queue: QueueLimits::default(),
             queue_total_max_bytes: 512 << 20,
             mirror: MirrorOptions::default(),
+            auth: crate::auth::AuthOptions {
+                users_file: None,
+                allow_anonymous: false,
+                failures_per_minute: 10,
+            },
         }
     }
 }
@@ -137,6 +144,9 @@ pub struct FileConfig {
     pub instance_id: Option<String>,
     pub hop_property: Option<String>,
     pub max_hops: Option<u32>,
+    pub users_file: Option<PathBuf>,
+    pub allow_anonymous: Option<bool>,
+    pub auth_failures_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Parser)]
@@ -152,12 +162,19 @@ pub struct Cli {
     pub run: RunArgs,
 }
 
+// Parsed once per process; boxing the broker arguments would only make the API clumsier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Manage the broker store (<data-dir>/brokers.json).
     Brokers {
         #[command(subcommand)]
         cmd: crate::brokers_cmd::BrokersCommand,
+    },
+    /// Manage device users (<data-dir>/users.json or --users-file).
+    Users {
+        #[command(subcommand)]
+        cmd: crate::auth::cli::UsersCommand,
     },
 }
 
@@ -211,6 +228,18 @@ pub struct RunArgs {
     /// Hop count at which a mirrored message is not mirrored again [default: 1]
     #[arg(long, env = "MQTT_PROXY_MAX_HOPS")]
     pub max_hops: Option<u32>,
+    /// Device users file (JSON/YAML, Argon2id hashes, ACLs), hot-reloaded
+    /// [default: <data-dir>/users.json]
+    #[arg(long, env = "MQTT_PROXY_USERS_FILE", global = true)]
+    pub users_file: Option<PathBuf>,
+    /// Accept devices that send no username. Off by default: without users and without
+    /// this flag every CONNECT is refused
+    #[arg(long, env = "MQTT_PROXY_ALLOW_ANONYMOUS", global = true)]
+    pub allow_anonymous: bool,
+    /// Failed device logins per source address and minute before that address is refused
+    /// unchecked for the rest of the minute (0: no limit) [default: 10]
+    #[arg(long, env = "MQTT_PROXY_AUTH_FAILURES_PER_MINUTE")]
+    pub auth_failures_per_minute: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -265,6 +294,14 @@ impl Config {
             c.queue.overflow = o;
         }
         c.session.spool_dir = Some(c.data_dir.clone());
+        c.auth.users_file = Some(
+            args.users_file
+                .clone()
+                .or(file.users_file)
+                .unwrap_or_else(|| c.data_dir.join("users.json")),
+        );
+        c.auth.allow_anonymous = args.allow_anonymous || file.allow_anonymous.unwrap_or(false);
+        layer!(c.auth.failures_per_minute, auth_failures_per_minute);
         c.validate()?;
         Ok(c)
     }

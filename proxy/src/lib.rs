@@ -12,6 +12,7 @@
 //! its own queue. The broker set is a `watch` value; sessions diff each new version and
 //! keep the connections of brokers that did not change.
 
+pub mod auth;
 pub mod broker;
 pub mod brokers_cmd;
 pub mod brokerset;

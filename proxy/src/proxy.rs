@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::auth::{AuthOptions, Authorizer, UsersError};
 use crate::broker::BrokerConfig;
 use crate::brokerset::{BrokerSet, BrokerStatus, BuildError, Defaults};
 use crate::config::Config;
@@ -59,6 +60,7 @@ pub struct ProxyHandle {
     listener: JoinHandle<()>,
     mirror: JoinHandle<()>,
     registry: Arc<Registry>,
+    users_reload: Option<JoinHandle<()>>,
 }
 
 impl ProxyHandle {
@@ -85,7 +87,15 @@ impl ProxyHandle {
             source,
         })?;
         let registry = Arc::new(Registry::default());
+        let auth = Arc::new(Authorizer::new(&config.auth)?);
+        warn_about_auth(&config.auth, &auth);
+        let users_reload = config
+            .auth
+            .users_file
+            .clone()
+            .map(|p| crate::auth::reload::spawn(p, auth.clone(), crate::reload::POLL));
         let shared = Arc::new(Shared {
+            auth,
             brokers: brokers_rx.clone(),
             registry: registry.clone(),
             opts: config.session.clone(),
@@ -117,6 +127,7 @@ impl ProxyHandle {
             listener,
             mirror,
             registry,
+            users_reload,
         })
     }
 
@@ -172,6 +183,9 @@ impl ProxyHandle {
     /// Stops accepting, flushes sessions (bounded by the drain timeout) and returns.
     pub async fn shutdown(self) {
         let _ = self.shutdown_tx.send(true);
+        if let Some(r) = &self.users_reload {
+            r.abort();
+        }
         let _ = self.listener.await;
         let _ = self.mirror.await;
     }
@@ -220,10 +234,26 @@ fn resume_spools(
     }
 }
 
+/// Anonymous access is an explicit choice and must be visible; so must a proxy that will
+/// refuse every device because nobody was added yet.
+fn warn_about_auth(opts: &AuthOptions, auth: &Authorizer) {
+    let file = opts
+        .users_file
+        .as_ref()
+        .map_or_else(|| "(none)".to_string(), |p| p.display().to_string());
+    if auth.allows_anonymous() {
+        tracing::warn!("ANONYMOUS DEVICE ACCESS IS ON (--allow-anonymous): anyone who can reach the MQTT port can publish to every upstream broker with the proxy's credentials");
+    } else if auth.user_count() == 0 {
+        tracing::warn!(users_file = %file, "no device users and anonymous access is off: every CONNECT is refused until one is added (`mqtt-proxy users add NAME`)");
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Brokers(#[from] BuildError),
+    #[error(transparent)]
+    Users(#[from] UsersError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,

@@ -16,8 +16,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
 
+use crate::auth::{Authorizer, Credentials, Grant};
 use crate::brokerset::BrokerSet;
-use crate::codec::{self, CodecError, Connect, Packet, Protocol, SubFilter, SUBACK_FAILURE};
+use crate::codec::{
+    self, CodecError, Connect, Packet, Protocol, SubFilter, NOT_AUTHORIZED, SUBACK_FAILURE,
+};
 use crate::config::{AckPolicy, SessionOptions};
 use crate::delivery::ToDevice;
 use crate::metrics::METRICS;
@@ -33,6 +36,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub opts: SessionOptions,
     pub shutdown: watch::Receiver<bool>,
+    /// Who may connect and what each device may publish and subscribe to.
+    pub auth: Arc<Authorizer>,
 }
 
 /// The brokers' answers to one device SUBSCRIBE.
@@ -146,12 +151,32 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
         connect.client_id = format!("mqtt-proxy-{:016x}", rand::random::<u64>());
     }
+    let creds = Credentials {
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        client_id: &connect.client_id,
+        cert_identity: None,
+        peer: peer.ip(),
+    };
+    let grant = match shared.auth.authenticate(creds).await {
+        Ok(g) => g,
+        Err(denied) => {
+            refuse(&mut stream, proto, denied.connack_code(proto)).await;
+            METRICS.device_rejected.with_label_values(&["auth"]).inc();
+            if let Some(held) = AUTH_LOG.allow(10) {
+                // The username may be a mistyped password: never log it.
+                warn!(%peer, reason = denied.reason(), suppressed = held, "device authentication failed");
+            }
+            return;
+        }
+    };
     let claim = shared.registry.claim(&connect.client_id);
     METRICS.device_connections.inc();
     METRICS.devices_connected.inc();
     info!(%peer, client_id = %connect.client_id, ?proto, keep_alive = connect.keep_alive, clean = connect.clean_session, "device connected");
     let mut s = Session::new(
         connect,
+        grant,
         shared.clone(),
         claim.kicked.clone(),
         claim.previous.clone(),
@@ -162,6 +187,23 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     s.close_upstreams(with_will).await;
     METRICS.devices_connected.dec();
     drop(claim);
+}
+
+static AUTH_LOG: crate::metrics::RateLimit = crate::metrics::RateLimit::new();
+
+/// Answers a CONNECT with a refusing CONNACK (`code` in the device's protocol version).
+async fn refuse(stream: &mut TcpStream, proto: Protocol, code: u8) {
+    let mut w = BytesMut::new();
+    let nack = Packet::ConnAck {
+        session_present: false,
+        code,
+        receive_maximum: None,
+        maximum_qos: None,
+        max_packet_size: None,
+    };
+    if codec::write(proto, &nack, &mut w).is_ok() {
+        let _ = stream.write_all(&w).await;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +238,7 @@ async fn read_connect(
 
 struct Session {
     connect: Connect,
+    grant: Grant,
     proto: Protocol,
     shared: Arc<Shared>,
     brokers: watch::Receiver<Arc<BrokerSet>>,
@@ -219,6 +262,7 @@ struct Session {
 impl Session {
     fn new(
         connect: Connect,
+        grant: Grant,
         shared: Arc<Shared>,
         kicked: watch::Receiver<bool>,
         previous: Option<watch::Receiver<bool>>,
@@ -235,6 +279,7 @@ impl Session {
         );
         let mut s = Self {
             connect,
+            grant,
             proto,
             shared,
             brokers,
@@ -403,6 +448,32 @@ impl Session {
                 }
                 METRICS.messages_received.inc();
                 let qos = msg.qos;
+                if !self
+                    .shared
+                    .auth
+                    .may_publish(&mut self.grant, msg.topic_str())
+                {
+                    // Dropped (counted by the authorizer). MQTT 5 says why; 3.1.1 cannot,
+                    // so it gets the normal ack, as mosquitto does.
+                    let code = if self.proto == Protocol::V5 {
+                        NOT_AUTHORIZED
+                    } else {
+                        0
+                    };
+                    let ack = match qos {
+                        1 => Some(Packet::PubAck { pkid, code }),
+                        2 if self.proto == Protocol::V5 => Some(Packet::PubRec { pkid, code }),
+                        2 => {
+                            self.inbound.on_publish_qos2(pkid);
+                            Some(Packet::PubRec { pkid, code })
+                        }
+                        _ => None,
+                    };
+                    if let Some(ack) = ack {
+                        let _ = codec::write(self.proto, &ack, wbuf);
+                    }
+                    return Ok(());
+                }
                 if qos == 2 && !self.inbound.on_publish_qos2(pkid) {
                     // Retransmission before PUBREL: already forwarded; acknowledge again.
                     if !self.deferred.contains_key(&pkid) {
@@ -488,6 +559,10 @@ impl Session {
         for (i, f) in filters.iter().enumerate() {
             if !router::valid_filter(&f.filter) {
                 preset[i] = Some(SUBACK_FAILURE);
+                continue;
+            }
+            if !self.shared.auth.may_subscribe(&mut self.grant, &f.filter) {
+                preset[i] = Some(NOT_AUTHORIZED);
                 continue;
             }
             match self.subs.iter_mut().find(|s| s.filter == f.filter) {

@@ -268,7 +268,7 @@ impl BrokerStore {
 /// Writes `bytes` to `path` so that a crash at any point leaves the old file or the new
 /// one: a 0600 temp file in the same directory, fsync, rename over, fsync the directory
 /// (without the last step the rename itself may not survive a power loss).
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     let dir = dir.unwrap_or(Path::new("."));
     if !dir.is_dir() {

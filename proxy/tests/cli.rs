@@ -335,13 +335,20 @@ struct Served {
     log: PathBuf,
 }
 
+/// Serves `data_dir` with anonymous devices allowed (the device-auth tests use
+/// [`serve_with`] without it).
 fn serve(data_dir: &Path) -> Served {
+    serve_with(data_dir, &["--allow-anonymous"])
+}
+
+fn serve_with(data_dir: &Path, extra: &[&str]) -> Served {
     let log = data_dir.join("proxy.log");
     for _ in 0..3 {
         let (mqtt_port, http_port) = (free_port(), free_port());
         let stderr = fs::File::create(&log).expect("create proxy.log");
         let mut cmd = proxy_command();
-        cmd.arg("--mqtt-listen")
+        cmd.args(extra)
+            .arg("--mqtt-listen")
             .arg(format!("127.0.0.1:{mqtt_port}"))
             .arg("--http-listen")
             .arg(format!("127.0.0.1:{http_port}"))
@@ -369,6 +376,84 @@ fn serve(data_dir: &Path) -> Served {
         );
     }
     panic!("no free ports for mqtt-proxy after 3 attempts");
+}
+
+/// The README quick start: add a device user with the CLI, then only that user gets in.
+#[test]
+fn users_add_then_only_that_device_connects() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = broker.port.to_string();
+    let add = format!("brokers add --id up --address 127.0.0.1 --port {port}");
+    ok(&cli(dir.path(), &add, "", None), "add the broker");
+    let added = ok(
+        &cli(
+            dir.path(),
+            "users add sensor-1 --password-stdin",
+            "pw-sensor-1\n",
+            None,
+        ),
+        "users add",
+    );
+    assert!(!added.contains("pw-sensor-1"), "{added}");
+    let users = dir.path().join("users.json");
+    let mode = fs::metadata(&users)
+        .expect("users.json")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        !read_lossy(&users).contains("pw-sensor-1"),
+        "only the hash is stored"
+    );
+    let listed = ok(&cli(dir.path(), "users list", "", None), "users list");
+    assert!(
+        listed.starts_with("sensor-1\t") && !listed.contains("argon2"),
+        "{listed}"
+    );
+
+    let proxy = serve_with(dir.path(), &[]);
+    let mqtt_port = proxy.mqtt_port.to_string();
+    let publish = |creds: &[&str]| {
+        let mut cmd = Command::new("mosquitto_pub");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtt_port,
+            "-t",
+            "q/s",
+            "-m",
+            "hi",
+            "-q",
+            "1",
+        ]);
+        cmd.args(creds);
+        run(cmd, "")
+    };
+    let anonymous = publish(&[]);
+    assert!(
+        !anonymous.status.success(),
+        "anonymous device refused by default"
+    );
+    assert!(
+        text(&anonymous.stderr).contains("not authorised"),
+        "{}",
+        text(&anonymous.stderr)
+    );
+    let wrong = publish(&["-u", "sensor-1", "-P", "nope"]);
+    assert!(!wrong.status.success());
+    ok(
+        &publish(&["-u", "sensor-1", "-P", "pw-sensor-1"]),
+        "the added user",
+    );
+    let log = read_lossy(&proxy.log);
+    assert!(log.contains("device authentication failed"), "{log}");
+    assert!(
+        !log.contains("pw-sensor-1") && !log.contains("nope"),
+        "no password in logs:\n{log}"
+    );
 }
 
 #[test]
