@@ -16,7 +16,12 @@ use mqtt_proxy_tests::{mosquitto_pub, wait_until, Mosquitto, Subscriber, TestPro
 const WAIT: Duration = Duration::from_secs(10);
 
 /// (username, password, publish ACL, subscribe ACL); `None` ACL: unrestricted.
-type UserSpec<'a> = (&'a str, &'a str, Option<&'a [&'a str]>, Option<&'a [&'a str]>);
+type UserSpec<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a [&'a str]>,
+    Option<&'a [&'a str]>,
+);
 
 fn write_users(path: &Path, list: &[UserSpec]) {
     let mut users = Users::default();

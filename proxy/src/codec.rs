@@ -70,10 +70,24 @@ impl Message {
         // Validated when the message was built from the wire; an invalid topic can't exist.
         std::str::from_utf8(&self.topic).unwrap_or("")
     }
-    /// Bytes this message occupies in a queue (topic + payload); used for byte limits.
+    /// Bytes this message occupies in a queue (topic, payload and MQTT 5 properties, plus
+    /// a fixed overhead); used for byte limits.
     pub fn weight(&self) -> usize {
-        self.topic.len() + self.payload.len() + 64
+        self.topic.len() + self.payload.len() + 64 + self.props.as_deref().map_or(0, props_weight)
     }
+}
+
+/// Heap bytes of MQTT 5 publish properties (the variable-length ones dominate).
+fn props_weight(p: &v5::PublishProperties) -> usize {
+    let s = |o: &Option<String>| o.as_ref().map_or(0, String::len);
+    64 + s(&p.response_topic)
+        + s(&p.content_type)
+        + p.correlation_data.as_ref().map_or(0, Bytes::len)
+        + p.user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum::<usize>()
+        + p.subscription_identifiers.len() * 8
 }
 
 /// Will message from a device CONNECT.
@@ -83,8 +97,8 @@ pub struct Will {
     pub delay_interval: Option<u32>,
 }
 
-/// A CONNECT, version independent.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A CONNECT, version independent. Its `Debug` output redacts the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Connect {
     pub protocol: Protocol,
     pub client_id: String,
@@ -98,6 +112,26 @@ pub struct Connect {
     pub max_packet_size: Option<u32>,
 }
 
+impl std::fmt::Debug for Connect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connect")
+            .field("protocol", &self.protocol)
+            .field("client_id", &self.client_id)
+            .field("clean_session", &self.clean_session)
+            .field("keep_alive", &self.keep_alive)
+            .field(
+                "will_topic",
+                &self.will.as_ref().map(|w| w.message.topic_str()),
+            )
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("session_expiry", &self.session_expiry)
+            .field("receive_maximum", &self.receive_maximum)
+            .field("max_packet_size", &self.max_packet_size)
+            .finish()
+    }
+}
+
 /// One SUBSCRIBE filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubFilter {
@@ -107,6 +141,9 @@ pub struct SubFilter {
     pub retain_as_published: bool,
     /// 0 send retained on subscribe, 1 only on new subscription, 2 never.
     pub retain_handling: u8,
+    /// MQTT 5 Subscription Identifier of the SUBSCRIBE that made it (device side only:
+    /// never sent upstream, handed back on the deliveries it matches).
+    pub id: Option<usize>,
 }
 
 impl SubFilter {
@@ -117,6 +154,7 @@ impl SubFilter {
             no_local: false,
             retain_as_published: false,
             retain_handling: 0,
+            id: None,
         }
     }
 }
@@ -138,11 +176,18 @@ pub enum Packet {
         receive_maximum: Option<u16>,
         maximum_qos: Option<u8>,
         max_packet_size: Option<u32>,
+        /// MQTT 5: the client id the server assigned to a CONNECT with an empty one.
+        assigned_client_id: Option<String>,
+        /// MQTT 5: how many topic aliases the peer may set up towards us.
+        topic_alias_max: Option<u16>,
     },
     Publish {
         pkid: u16,
         dup: bool,
         msg: Message,
+        /// MQTT 5 Topic Alias the sender set (the topic may then be empty): resolved by the
+        /// receiving connection, never passed on.
+        topic_alias: Option<u16>,
     },
     PubAck {
         pkid: u16,
@@ -172,11 +217,16 @@ pub enum Packet {
     },
     UnsubAck {
         pkid: u16,
+        /// MQTT 5 reason code per filter (0 success, 0x11 no subscription existed); a 3.1.1
+        /// UNSUBACK carries none.
+        codes: Vec<u8>,
     },
     PingReq,
     PingResp,
     Disconnect {
         reason: u8,
+        /// MQTT 5: a new Session Expiry Interval set at disconnect.
+        session_expiry: Option<u32>,
     },
     /// MQTT 5 AUTH: not supported; sessions answer it by disconnecting.
     Auth,
@@ -303,6 +353,8 @@ fn from_v4(p: v4::Packet) -> Result<Packet, CodecError> {
             receive_maximum: None,
             maximum_qos: None,
             max_packet_size: None,
+            assigned_client_id: None,
+            topic_alias_max: None,
         },
         v4::Packet::Publish(p) => Packet::Publish {
             pkid: p.pkid,
@@ -314,6 +366,7 @@ fn from_v4(p: v4::Packet) -> Result<Packet, CodecError> {
                 retain: p.retain,
                 props: None,
             },
+            topic_alias: None,
         },
         v4::Packet::PubAck(a) => Packet::PubAck {
             pkid: a.pkid,
@@ -348,10 +401,16 @@ fn from_v4(p: v4::Packet) -> Result<Packet, CodecError> {
             pkid: u.pkid,
             filters: u.topics,
         },
-        v4::Packet::UnsubAck(u) => Packet::UnsubAck { pkid: u.pkid },
+        v4::Packet::UnsubAck(u) => Packet::UnsubAck {
+            pkid: u.pkid,
+            codes: Vec::new(),
+        },
         v4::Packet::PingReq => Packet::PingReq,
         v4::Packet::PingResp => Packet::PingResp,
-        v4::Packet::Disconnect => Packet::Disconnect { reason: 0 },
+        v4::Packet::Disconnect => Packet::Disconnect {
+            reason: 0,
+            session_expiry: None,
+        },
     })
 }
 
@@ -410,9 +469,12 @@ fn from_v5(p: v5::Packet) -> Result<Packet, CodecError> {
                 receive_maximum: props.and_then(|p| p.receive_max),
                 maximum_qos: props.and_then(|p| p.max_qos),
                 max_packet_size: props.and_then(|p| p.max_packet_size),
+                assigned_client_id: props.and_then(|p| p.assigned_client_identifier.clone()),
+                topic_alias_max: props.and_then(|p| p.topic_alias_max),
             }
         }
         v5::Packet::Publish(p) => {
+            let topic_alias = p.properties.as_ref().and_then(|pr| pr.topic_alias);
             let props = p.properties.and_then(|mut pr| {
                 // Topic aliases are per connection and subscription ids per subscriber:
                 // neither may travel to another peer.
@@ -430,6 +492,7 @@ fn from_v5(p: v5::Packet) -> Result<Packet, CodecError> {
                     retain: p.retain,
                     props,
                 },
+                topic_alias,
             }
         }
         v5::Packet::PubAck(a) => Packet::PubAck {
@@ -454,47 +517,124 @@ fn from_v5(p: v5::Packet) -> Result<Packet, CodecError> {
         },
         v5::Packet::PubRel(a) => Packet::PubRel { pkid: a.pkid },
         v5::Packet::PubComp(a) => Packet::PubComp { pkid: a.pkid },
-        v5::Packet::Subscribe(s) => Packet::Subscribe {
-            pkid: s.pkid,
-            filters: s
-                .filters
-                .into_iter()
-                .map(|f| SubFilter {
-                    filter: f.path,
-                    qos: qos_u8_v5(f.qos),
-                    no_local: f.nolocal,
-                    retain_as_published: f.preserve_retain,
-                    retain_handling: match f.retain_forward_rule {
-                        v5::RetainForwardRule::OnEverySubscribe => 0,
-                        v5::RetainForwardRule::OnNewSubscribe => 1,
-                        v5::RetainForwardRule::Never => 2,
-                    },
-                })
-                .collect(),
-        },
+        v5::Packet::Subscribe(s) => {
+            let id = s.properties.as_ref().and_then(|p| p.id);
+            Packet::Subscribe {
+                pkid: s.pkid,
+                filters: s
+                    .filters
+                    .into_iter()
+                    .map(|f| SubFilter {
+                        filter: f.path,
+                        qos: qos_u8_v5(f.qos),
+                        no_local: f.nolocal,
+                        retain_as_published: f.preserve_retain,
+                        retain_handling: match f.retain_forward_rule {
+                            v5::RetainForwardRule::OnEverySubscribe => 0,
+                            v5::RetainForwardRule::OnNewSubscribe => 1,
+                            v5::RetainForwardRule::Never => 2,
+                        },
+                        id,
+                    })
+                    .collect(),
+            }
+        }
         v5::Packet::SubAck(s) => Packet::SubAck {
             pkid: s.pkid,
-            codes: s
-                .return_codes
-                .into_iter()
-                .map(|c| match c {
-                    v5::SubscribeReasonCode::Success(q) => qos_u8_v5(q),
-                    _ => SUBACK_FAILURE,
-                })
-                .collect(),
+            codes: s.return_codes.into_iter().map(v5_suback_code).collect(),
         },
         v5::Packet::Unsubscribe(u) => Packet::Unsubscribe {
             pkid: u.pkid,
             filters: u.filters,
         },
-        v5::Packet::UnsubAck(u) => Packet::UnsubAck { pkid: u.pkid },
+        v5::Packet::UnsubAck(u) => Packet::UnsubAck {
+            pkid: u.pkid,
+            codes: u.reasons.into_iter().map(v5_unsuback_code).collect(),
+        },
         v5::Packet::PingReq(_) => Packet::PingReq,
         v5::Packet::PingResp(_) => Packet::PingResp,
         v5::Packet::Disconnect(d) => Packet::Disconnect {
-            reason: d.reason_code as u8,
+            reason: v5_disconnect_code(d.reason_code),
+            session_expiry: d.properties.and_then(|p| p.session_expiry_interval),
         },
         v5::Packet::Auth(_) => Packet::Auth,
     })
+}
+
+fn v5_suback_code(c: v5::SubscribeReasonCode) -> u8 {
+    use v5::SubscribeReasonCode as S;
+    match c {
+        S::Success(q) => qos_u8_v5(q),
+        S::ImplementationSpecific => 0x83,
+        S::NotAuthorized => 0x87,
+        S::TopicFilterInvalid => 0x8F,
+        S::PkidInUse => 0x91,
+        S::QuotaExceeded => 0x97,
+        S::SharedSubscriptionsNotSupported => 0x9E,
+        S::SubscriptionIdNotSupported => 0xA1,
+        S::WildcardSubscriptionsNotSupported => 0xA2,
+        S::Failure | S::Unspecified => SUBACK_FAILURE,
+    }
+}
+
+fn v5_suback_reason(c: u8) -> v5::SubscribeReasonCode {
+    use v5::SubscribeReasonCode as S;
+    match c {
+        0..=2 => S::Success(qos_v5(c)),
+        0x83 => S::ImplementationSpecific,
+        0x87 => S::NotAuthorized,
+        0x8F => S::TopicFilterInvalid,
+        0x91 => S::PkidInUse,
+        0x97 => S::QuotaExceeded,
+        0x9E => S::SharedSubscriptionsNotSupported,
+        0xA1 => S::SubscriptionIdNotSupported,
+        0xA2 => S::WildcardSubscriptionsNotSupported,
+        _ => S::Unspecified,
+    }
+}
+
+/// UNSUBACK reason code: no subscription existed.
+pub const UNSUBACK_NO_SUBSCRIPTION: u8 = 0x11;
+
+fn v5_unsuback_code(r: v5::UnsubAckReason) -> u8 {
+    use v5::UnsubAckReason as U;
+    match r {
+        U::Success => 0x00,
+        U::NoSubscriptionExisted => UNSUBACK_NO_SUBSCRIPTION,
+        U::UnspecifiedError => 0x80,
+        U::ImplementationSpecificError => 0x83,
+        U::NotAuthorized => 0x87,
+        U::TopicFilterInvalid => 0x8F,
+        U::PacketIdentifierInUse => 0x91,
+    }
+}
+
+fn v5_unsuback_reason(c: u8) -> v5::UnsubAckReason {
+    use v5::UnsubAckReason as U;
+    match c {
+        0x00 => U::Success,
+        UNSUBACK_NO_SUBSCRIPTION => U::NoSubscriptionExisted,
+        0x83 => U::ImplementationSpecificError,
+        0x87 => U::NotAuthorized,
+        0x8F => U::TopicFilterInvalid,
+        0x91 => U::PacketIdentifierInUse,
+        _ => U::UnspecifiedError,
+    }
+}
+
+fn v5_disconnect_code(r: v5::DisconnectReasonCode) -> u8 {
+    use v5::DisconnectReasonCode as D;
+    match r {
+        D::NormalDisconnection => 0x00,
+        D::DisconnectWithWillMessage => 0x04,
+        D::MalformedPacket => 0x81,
+        D::ProtocolError => 0x82,
+        D::ServerShuttingDown => 0x8B,
+        D::KeepAliveTimeout => 0x8D,
+        D::SessionTakenOver => 0x8E,
+        D::PacketTooLarge => 0x95,
+        _ => 0x80,
+    }
 }
 
 fn v5_connack_code(c: v5::ConnectReturnCode) -> u8 {
@@ -547,7 +687,7 @@ fn v4_connack_code(code: u8) -> v4::ConnectReturnCode {
 
 /// Writes one packet. PUBLISH goes through [`encode_publish`].
 pub fn write(proto: Protocol, packet: &Packet, buf: &mut BytesMut) -> Result<(), CodecError> {
-    if let Packet::Publish { pkid, dup, msg } = packet {
+    if let Packet::Publish { pkid, dup, msg, .. } = packet {
         encode_publish(proto, *pkid, *dup, msg, None, msg.qos, buf);
         return Ok(());
     }
@@ -618,7 +758,7 @@ fn to_v4(packet: &Packet) -> Result<v4::Packet, CodecError> {
             pkid: *pkid,
             topics: filters.clone(),
         }),
-        Packet::UnsubAck { pkid } => v4::Packet::UnsubAck(v4::UnsubAck { pkid: *pkid }),
+        Packet::UnsubAck { pkid, .. } => v4::Packet::UnsubAck(v4::UnsubAck { pkid: *pkid }),
         Packet::PingReq => v4::Packet::PingReq,
         Packet::PingResp => v4::Packet::PingResp,
         Packet::Disconnect { .. } => v4::Packet::Disconnect,
@@ -678,16 +818,17 @@ fn to_v5(packet: &Packet) -> Result<v5::Packet, CodecError> {
             receive_maximum,
             maximum_qos,
             max_packet_size,
+            assigned_client_id,
+            topic_alias_max,
         } => {
             let props = v5::ConnAckProperties {
                 receive_max: *receive_maximum,
                 max_qos: *maximum_qos,
                 max_packet_size: *max_packet_size,
-                // The proxy resolves no topic aliases from devices; say so explicitly.
-                topic_alias_max: Some(0),
+                topic_alias_max: *topic_alias_max,
                 session_expiry_interval: None,
                 retain_available: None,
-                assigned_client_identifier: None,
+                assigned_client_identifier: assigned_client_id.clone(),
                 reason_string: None,
                 user_properties: Vec::new(),
                 wildcard_subscription_available: None,
@@ -753,18 +894,7 @@ fn to_v5(packet: &Packet) -> Result<v5::Packet, CodecError> {
         }),
         Packet::SubAck { pkid, codes } => v5::Packet::SubAck(v5::SubAck {
             pkid: *pkid,
-            return_codes: codes
-                .iter()
-                .map(|&c| {
-                    if c <= 2 {
-                        v5::SubscribeReasonCode::Success(qos_v5(c))
-                    } else if c == NOT_AUTHORIZED {
-                        v5::SubscribeReasonCode::NotAuthorized
-                    } else {
-                        v5::SubscribeReasonCode::Unspecified
-                    }
-                })
-                .collect(),
+            return_codes: codes.iter().map(|&c| v5_suback_reason(c)).collect(),
             properties: None,
         }),
         Packet::Unsubscribe { pkid, filters } => v5::Packet::Unsubscribe(v5::Unsubscribe {
@@ -772,16 +902,28 @@ fn to_v5(packet: &Packet) -> Result<v5::Packet, CodecError> {
             filters: filters.clone(),
             properties: None,
         }),
-        Packet::UnsubAck { pkid } => v5::Packet::UnsubAck(v5::UnsubAck {
+        Packet::UnsubAck { pkid, codes } => v5::Packet::UnsubAck(v5::UnsubAck {
             pkid: *pkid,
-            reasons: vec![v5::UnsubAckReason::Success],
+            reasons: if codes.is_empty() {
+                vec![v5::UnsubAckReason::Success]
+            } else {
+                codes.iter().map(|&c| v5_unsuback_reason(c)).collect()
+            },
             properties: None,
         }),
         Packet::PingReq => v5::Packet::PingReq(v5::PingReq),
         Packet::PingResp => v5::Packet::PingResp(v5::PingResp),
-        Packet::Disconnect { reason } => v5::Packet::Disconnect(v5::Disconnect {
+        Packet::Disconnect {
+            reason,
+            session_expiry,
+        } => v5::Packet::Disconnect(v5::Disconnect {
             reason_code: v5_disconnect_reason(*reason),
-            properties: None,
+            properties: session_expiry.map(|e| v5::DisconnectProperties {
+                session_expiry_interval: Some(e),
+                reason_string: None,
+                user_properties: Vec::new(),
+                server_reference: None,
+            }),
         }),
         Packet::Publish { .. } | Packet::Auth => return Err(m5b::Error::MalformedPacket.into()),
     })
@@ -895,11 +1037,13 @@ mod tests {
                 pkid: 7,
                 dup: true,
                 msg: msg.clone(),
+                topic_alias: None,
             },
             Packet::Publish {
                 pkid: 0,
                 dup: false,
                 msg: Message::new("t", &b""[..], 0, false),
+                topic_alias: None,
             },
             Packet::PubAck { pkid: 3, code: 0 },
             Packet::PubRec { pkid: 4, code: 0 },
@@ -917,7 +1061,6 @@ mod tests {
                 pkid: 10,
                 filters: vec!["a/#".into()],
             },
-            Packet::UnsubAck { pkid: 10 },
             Packet::PingReq,
             Packet::PingResp,
         ];
@@ -926,6 +1069,38 @@ mod tests {
                 assert_eq!(&roundtrip(proto, p), p, "{proto:?}");
             }
         }
+        let unsuback = |codes: Vec<u8>| Packet::UnsubAck { pkid: 10, codes };
+        assert_eq!(roundtrip(Protocol::V4, &unsuback(vec![])), unsuback(vec![]));
+        let v5 = unsuback(vec![0, UNSUBACK_NO_SUBSCRIPTION, 0]);
+        assert_eq!(
+            roundtrip(Protocol::V5, &v5),
+            v5,
+            "one reason code per filter"
+        );
+        let bye = Packet::Disconnect {
+            reason: 0,
+            session_expiry: Some(30),
+        };
+        assert_eq!(roundtrip(Protocol::V5, &bye), bye);
+    }
+
+    #[test]
+    fn connect_debug_redacts_the_password() {
+        let c = Connect {
+            protocol: Protocol::V4,
+            client_id: "d".into(),
+            clean_session: true,
+            keep_alive: 1,
+            will: None,
+            username: Some("user".into()),
+            password: Some("hunter2".into()),
+            session_expiry: None,
+            receive_maximum: None,
+            max_packet_size: None,
+        };
+        let shown = format!("{:?}", Packet::Connect(Box::new(c)));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]
@@ -995,7 +1170,8 @@ mod tests {
             Packet::Publish {
                 pkid: 0,
                 dup: false,
-                msg
+                msg,
+                topic_alias: None,
             }
         );
     }

@@ -48,6 +48,27 @@ pub struct SessionOptions {
     pub receive_maximum: u16,
     /// Where brokers with `spool: true` keep their spool files (the data directory).
     pub spool_dir: Option<PathBuf>,
+    /// Bytes held for one device: messages in flight to it plus waiting (backlog).
+    pub to_device_max_bytes: usize,
+    /// A write to a device that takes longer than this closes the connection (a device
+    /// that does not read must not hold its session, keepalive, takeover or shutdown).
+    pub device_write_timeout: Duration,
+    /// Subscriptions per device session; beyond it SUBACK says failure (quota exceeded).
+    pub max_subscriptions: usize,
+    /// Persistent sessions kept for absent devices, and the bytes of messages they hold.
+    pub max_kept_sessions: usize,
+    pub max_kept_session_bytes: usize,
+    /// Topic aliases an MQTT 5 device may set up towards the proxy (Topic Alias Maximum).
+    pub topic_alias_max: u16,
+}
+
+impl SessionOptions {
+    pub fn keep_limits(&self) -> crate::registry::KeepLimits {
+        crate::registry::KeepLimits {
+            max_sessions: self.max_kept_sessions,
+            max_bytes: self.max_kept_session_bytes,
+        }
+    }
 }
 
 /// Loop prevention for mirrored messages.
@@ -110,6 +131,12 @@ impl Default for Config {
                 to_device_buffer: 10_000,
                 receive_maximum: 1024,
                 spool_dir: None,
+                to_device_max_bytes: 16 << 20,
+                device_write_timeout: Duration::from_secs(30),
+                max_subscriptions: 10_000,
+                max_kept_sessions: 10_000,
+                max_kept_session_bytes: 256 << 20,
+                topic_alias_max: 64,
             },
             queue: QueueLimits::default(),
             queue_total_max_bytes: 512 << 20,
@@ -147,6 +174,11 @@ pub struct FileConfig {
     pub users_file: Option<PathBuf>,
     pub allow_anonymous: Option<bool>,
     pub auth_failures_per_minute: Option<u32>,
+    pub to_device_max_bytes: Option<usize>,
+    pub device_write_timeout_secs: Option<u64>,
+    pub max_subscriptions: Option<usize>,
+    pub max_kept_sessions: Option<usize>,
+    pub max_kept_session_bytes: Option<usize>,
 }
 
 #[derive(Debug, Parser)]
@@ -240,6 +272,21 @@ pub struct RunArgs {
     /// unchecked for the rest of the minute (0: no limit) [default: 10]
     #[arg(long, env = "MQTT_PROXY_AUTH_FAILURES_PER_MINUTE")]
     pub auth_failures_per_minute: Option<u32>,
+    /// Bytes held per device for delivery (in flight + waiting) [default: 16777216]
+    #[arg(long, env = "MQTT_PROXY_TO_DEVICE_MAX_BYTES")]
+    pub to_device_max_bytes: Option<usize>,
+    /// Seconds a write to a device may take before it is disconnected [default: 30]
+    #[arg(long, env = "MQTT_PROXY_DEVICE_WRITE_TIMEOUT_SECS")]
+    pub device_write_timeout_secs: Option<u64>,
+    /// Subscriptions per device session [default: 10000]
+    #[arg(long, env = "MQTT_PROXY_MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<usize>,
+    /// Persistent sessions kept for absent devices [default: 10000]
+    #[arg(long, env = "MQTT_PROXY_MAX_KEPT_SESSIONS")]
+    pub max_kept_sessions: Option<usize>,
+    /// Bytes of undelivered messages all kept sessions hold together [default: 268435456]
+    #[arg(long, env = "MQTT_PROXY_MAX_KEPT_SESSION_BYTES")]
+    pub max_kept_session_bytes: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +337,16 @@ impl Config {
         layer!(c.mirror.instance_id, instance_id);
         layer!(c.mirror.hop_property, hop_property);
         layer!(c.mirror.max_hops, max_hops);
+        layer!(c.session.to_device_max_bytes, to_device_max_bytes);
+        layer!(c.session.max_subscriptions, max_subscriptions);
+        layer!(c.session.max_kept_sessions, max_kept_sessions);
+        layer!(c.session.max_kept_session_bytes, max_kept_session_bytes);
+        if let Some(s) = args
+            .device_write_timeout_secs
+            .or(file.device_write_timeout_secs)
+        {
+            c.session.device_write_timeout = Duration::from_secs(s);
+        }
         if let Some(o) = file.queue_overflow {
             c.queue.overflow = o;
         }
@@ -330,6 +387,15 @@ impl Config {
         }
         if self.session.max_packet_size < 64 || self.session.max_packet_size > 268_435_455 {
             return bad("max_packet_size", "must be between 64 and 268435455 bytes");
+        }
+        if self.session.device_write_timeout.is_zero() {
+            return bad("device_write_timeout_secs", "must be at least 1");
+        }
+        if self.session.to_device_max_bytes < self.session.max_packet_size {
+            return bad(
+                "to_device_max_bytes",
+                "must hold at least one packet of max_packet_size",
+            );
         }
         if self.queue.max_messages == 0 {
             return bad("queue_max_messages", "must be at least 1");

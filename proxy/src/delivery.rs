@@ -1,6 +1,8 @@
 //! Messages towards the device: from bidirectional brokers and the device's own publishes
-//! looped back locally. Owns the device-side outbound QoS state, a bounded backlog for when
-//! the device's in-flight window is full, and the echo guard.
+//! looped back locally. Owns the device-side outbound QoS state, a backlog for when the
+//! device's in-flight window is full (bounded by count *and* bytes, in-flight included),
+//! the device's own limits (Maximum Packet Size, message expiry while waiting), and the
+//! echo and retained-copy guards.
 //!
 //! The rule (README, "Loop prevention"): the device sees what it would see with one broker.
 //! Its own publish reaches it once, produced here from the local subscription table (as a
@@ -9,81 +11,128 @@
 //! delivered twice.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tracing::warn;
 
 use crate::brokerset::Broker;
-use crate::codec::{self, Message, Packet, Protocol, SubFilter};
+use crate::codec::{self, Message, Packet, Protocol};
+use crate::loopguard::message_hash;
 use crate::metrics::{RateLimit, METRICS};
-use crate::qos::Outbound;
-use crate::router;
+use crate::qos::{Kept, Outbound};
+use crate::subtable::{Grant, SubTable};
 use crate::upstream::FromBroker;
 
 static BACKLOG_LOG: RateLimit = RateLimit::new();
 
-pub struct ToDevice {
-    proto: Protocol,
-    out: Outbound<()>,
-    backlog: VecDeque<Message>,
-    cap: usize,
-    /// Topics whose retained message was delivered recently (per SUBSCRIBE burst).
-    retained: HashMap<String, Instant>,
-}
-
-/// How long a retained topic delivered from one broker suppresses the same topic's retained
-/// copies from the others.
+/// How long a retained topic delivered from one broker suppresses the same retained message
+/// from the others.
 const RETAINED_WINDOW: Duration = Duration::from_secs(10);
 const RETAINED_CAP: usize = 10_000;
+/// Filters remembered as unsubscribed on this connection (see [`ToDevice::unsubscribed`]).
+const UNSUBSCRIBED_CAP: usize = 64;
 
-/// The QoS a device receives `topic` at, given its subscriptions: the highest granted QoS
-/// among matching filters (MQTT §3.3.5), or `None` when nothing matches.
-pub fn granted_qos(subs: &[SubFilter], topic: &str, own: bool) -> Option<(u8, bool)> {
-    subs.iter()
-        .filter(|s| router::matches(&s.filter, topic) && !(own && s.no_local))
-        .map(|s| (s.qos, s.retain_as_published))
-        .reduce(|a, b| (a.0.max(b.0), a.1 || b.1))
+/// Limits of one device's outbound path.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// In-flight QoS 1/2 window (the device's Receive Maximum, capped).
+    pub window: u16,
+    /// Messages waiting behind the window.
+    pub backlog: usize,
+    /// Bytes held for the device: in flight plus waiting.
+    pub bytes: usize,
+    /// The device's Maximum Packet Size: bigger PUBLISHes are dropped and counted.
+    pub max_packet: usize,
+}
+
+/// A message waiting for the device, with the time it started waiting (message expiry).
+#[derive(Debug, Clone)]
+struct Waiting {
+    msg: Message,
+    since: Instant,
+}
+
+/// What a persistent session keeps for the device while it is away.
+#[derive(Debug, Default)]
+pub struct Pending {
+    inflight: Vec<(Kept, Instant)>,
+    backlog: Vec<Waiting>,
+    bytes: usize,
+}
+
+impl Pending {
+    pub fn len(&self) -> usize {
+        self.inflight.len() + self.backlog.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+pub struct ToDevice {
+    proto: Protocol,
+    /// Tag: (bytes counted, when the message was first sent) for byte accounting and expiry.
+    out: Outbound<(usize, Instant)>,
+    backlog: VecDeque<Waiting>,
+    limits: Limits,
+    /// Bytes in flight plus in the backlog.
+    bytes: usize,
+    /// Retained deliveries per topic: (broker, payload hash, when), per SUBSCRIBE burst.
+    retained: HashMap<String, (Arc<str>, u64, Instant)>,
+    /// A persistent session also delivers broker messages no local filter matches: the
+    /// broker kept them for the session (e.g. subscriptions the proxy did not know of).
+    persistent: bool,
+    unsubscribed: VecDeque<String>,
 }
 
 impl ToDevice {
-    pub fn new(proto: Protocol, window: u16, cap: usize) -> Self {
+    pub fn new(proto: Protocol, limits: Limits, persistent: bool) -> Self {
         Self {
             proto,
-            out: Outbound::new(window.max(1)),
+            out: Outbound::new(limits.window.max(1)),
             backlog: VecDeque::new(),
-            cap: cap.max(1),
+            limits: Limits {
+                backlog: limits.backlog.max(1),
+                ..limits
+            },
+            bytes: 0,
             retained: HashMap::new(),
+            persistent,
+            unsubscribed: VecDeque::new(),
         }
     }
 
     /// Can `broker` hand a device publish on `topic` back to this device? Only a 3.1.1
     /// bidirectional broker serving a matching device subscription can (MQTT 5 upstreams are
     /// subscribed with No Local).
-    pub fn expects_echo(broker: &Broker, topic: &str, subs: &[SubFilter]) -> bool {
+    pub fn expects_echo(broker: &Broker, topic: &str, subs: &SubTable) -> bool {
         broker.config.bidirectional
             && broker.config.mqtt_version != crate::broker::MqttVersion::V5
             && broker.rule.delivers(topic)
-            && granted_qos(subs, topic, false).is_some()
+            && subs.grant(topic, false).is_some()
     }
 
     /// The device's own publish, delivered back to it when it is subscribed (what a single
     /// broker would do). Live messages arrive with retain cleared unless the subscription
     /// asked for Retain As Published.
-    pub fn loopback(&mut self, msg: &Message, subs: &[SubFilter], wbuf: &mut BytesMut) {
+    pub fn loopback(&mut self, msg: &Message, subs: &SubTable, wbuf: &mut BytesMut) {
         if subs.is_empty() {
             return;
         }
-        if let Some((qos, rap)) = granted_qos(subs, msg.topic_str(), true) {
+        if let Some(g) = subs.grant(msg.topic_str(), true) {
             let mut m = msg.clone();
-            m.qos = m.qos.min(qos);
-            m.retain = m.retain && rap;
-            self.send(m, wbuf);
+            m.retain = m.retain && g.retain_as_published;
+            self.deliver(m, &g, wbuf);
         }
     }
 
     /// A message from a bidirectional broker.
-    pub fn offer(&mut self, from: FromBroker, subs: &[SubFilter], wbuf: &mut BytesMut) {
+    pub fn offer(&mut self, from: FromBroker, subs: &SubTable, wbuf: &mut BytesMut) {
         let FromBroker { broker, mut msg } = from;
         let Some(topic) = broker.rule.inbound_topic(msg.topic_str()) else {
             return;
@@ -94,7 +143,7 @@ impl ToDevice {
         if broker.rule.topic_prefix.is_some() {
             msg.topic = Bytes::copy_from_slice(topic.as_bytes());
         }
-        if msg.retain && !self.first_retained(msg.topic_str()) {
+        if msg.retain && self.retained_copy(broker.id(), &msg) {
             // Each bidirectional broker holds the same retained message; a device with one
             // broker would get it once per subscription.
             METRICS
@@ -103,26 +152,41 @@ impl ToDevice {
                 .inc();
             return;
         }
-        let Some((qos, _)) = granted_qos(subs, msg.topic_str(), false) else {
+        let grant = match subs.grant(msg.topic_str(), false) {
+            Some(g) => g,
+            // The broker kept this for the session: deliver it as it came.
+            None if self.persistent && !self.was_unsubscribed(msg.topic_str()) => Grant {
+                qos: msg.qos,
+                retain_as_published: true,
+                ids: Vec::new(),
+            },
             // Unsubscribed while the message was on its way.
-            return;
+            None => return,
         };
-        msg.qos = msg.qos.min(qos);
         METRICS.messages_to_device.inc();
-        self.send(msg, wbuf);
+        self.deliver(msg, &grant, wbuf);
     }
 
-    fn first_retained(&mut self, topic: &str) -> bool {
+    /// Is this retained message a copy of one another broker already delivered in this
+    /// SUBSCRIBE burst? A second retained message from the *same* broker is a live update
+    /// (Retain As Published) and is delivered.
+    fn retained_copy(&mut self, broker: &str, msg: &Message) -> bool {
         let now = Instant::now();
         if self.retained.len() >= RETAINED_CAP {
             self.retained
-                .retain(|_, at| now.duration_since(*at) < RETAINED_WINDOW);
+                .retain(|_, e| now.duration_since(e.2) < RETAINED_WINDOW);
         }
-        match self.retained.get(topic) {
-            Some(at) if now.duration_since(*at) < RETAINED_WINDOW => false,
-            _ => {
-                self.retained.insert(topic.to_string(), now);
+        let hash = message_hash(&msg.topic, &msg.payload);
+        match self.retained.get(msg.topic_str()) {
+            Some((b, h, at))
+                if now.duration_since(*at) < RETAINED_WINDOW && &**b != broker && *h == hash =>
+            {
                 true
+            }
+            _ => {
+                self.retained
+                    .insert(msg.topic_str().to_owned(), (Arc::from(broker), hash, now));
+                false
             }
         }
     }
@@ -132,51 +196,125 @@ impl ToDevice {
         self.retained.clear();
     }
 
+    /// The device unsubscribed `filter`: a persistent session stops delivering unmatched
+    /// broker messages on it (they are in flight from before the UNSUBSCRIBE).
+    pub fn unsubscribed(&mut self, filter: &str) {
+        if self.unsubscribed.len() >= UNSUBSCRIBED_CAP {
+            self.unsubscribed.pop_front();
+        }
+        self.unsubscribed.push_back(filter.to_owned());
+    }
+
+    fn was_unsubscribed(&self, topic: &str) -> bool {
+        self.unsubscribed
+            .iter()
+            .any(|f| crate::router::matches(crate::router::match_part(f), topic))
+    }
+
+    fn deliver(&mut self, mut msg: Message, grant: &Grant, wbuf: &mut BytesMut) {
+        msg.qos = msg.qos.min(grant.qos);
+        if self.proto == Protocol::V5 && !grant.ids.is_empty() {
+            let mut p = msg.props.as_deref().cloned().unwrap_or_default();
+            p.subscription_identifiers = grant.ids.clone();
+            msg.props = Some(Arc::new(p));
+        }
+        self.send(msg, wbuf);
+    }
+
     fn send(&mut self, msg: Message, wbuf: &mut BytesMut) {
         if msg.qos == 0 {
-            codec::encode_publish(self.proto, 0, false, &msg, None, 0, wbuf);
-        } else if self.out.has_room() && self.backlog.is_empty() {
-            let pkid = self.out.peek_pkid();
-            codec::encode_publish(self.proto, pkid, false, &msg, None, msg.qos, wbuf);
-            let qos = msg.qos;
-            self.out.publish(msg, qos, ());
-        } else {
-            if self.backlog.len() >= self.cap {
-                self.backlog.pop_front();
-                METRICS
-                    .dropped
-                    .with_label_values(&["device", "device_backlog_full"])
-                    .inc();
-                if let Some(held) = BACKLOG_LOG.allow(10) {
-                    warn!(
-                        suppressed = held,
-                        "device is not acknowledging fast enough: oldest message dropped"
-                    );
-                }
+            self.write(&msg, 0, false, wbuf);
+            return;
+        }
+        let weight = msg.weight();
+        if self.out.has_room() && self.backlog.is_empty() {
+            self.publish(msg, weight, Instant::now(), wbuf);
+            return;
+        }
+        while !self.backlog.is_empty()
+            && (self.backlog.len() >= self.limits.backlog
+                || self.bytes + weight > self.limits.bytes)
+        {
+            if let Some(old) = self.backlog.pop_front() {
+                self.bytes -= old.msg.weight();
             }
-            self.backlog.push_back(msg);
+            self.dropped("device_backlog_full");
+        }
+        if self.bytes + weight > self.limits.bytes {
+            // In-flight messages alone fill the byte bound: refuse the new one.
+            self.dropped("device_backlog_full");
+            return;
+        }
+        self.bytes += weight;
+        self.backlog.push_back(Waiting {
+            msg,
+            since: Instant::now(),
+        });
+    }
+
+    fn dropped(&self, reason: &str) {
+        METRICS.dropped.with_label_values(&["device", reason]).inc();
+        if let Some(held) = BACKLOG_LOG.allow(10) {
+            warn!(
+                reason,
+                suppressed = held,
+                "message for a device dropped (mqtt_proxy_messages_dropped_total{{broker=\"device\"}})"
+            );
+        }
+    }
+
+    /// Encodes a PUBLISH unless it exceeds the device's Maximum Packet Size (MQTT 5
+    /// §3.1.2.11.4: the server must not send it; dropped and counted). `false` when dropped.
+    fn write(&self, msg: &Message, pkid: u16, dup: bool, wbuf: &mut BytesMut) -> bool {
+        let start = wbuf.len();
+        codec::encode_publish(self.proto, pkid, dup, msg, None, msg.qos, wbuf);
+        if wbuf.len() - start > self.limits.max_packet {
+            wbuf.truncate(start);
+            self.dropped("device_packet_too_large");
+            return false;
+        }
+        true
+    }
+
+    fn publish(&mut self, mut msg: Message, weight: usize, since: Instant, wbuf: &mut BytesMut) {
+        if !remaining_expiry(&mut msg, since) {
+            self.dropped("expired");
+            return;
+        }
+        let pkid = self.out.peek_pkid();
+        if self.write(&msg, pkid, false, wbuf) {
+            let qos = msg.qos;
+            self.bytes += weight;
+            self.out.publish(msg, qos, (weight, since));
         }
     }
 
     fn pump(&mut self, wbuf: &mut BytesMut) {
         while self.out.has_room() {
-            let Some(msg) = self.backlog.pop_front() else {
+            let Some(w) = self.backlog.pop_front() else {
                 break;
             };
-            let pkid = self.out.peek_pkid();
-            codec::encode_publish(self.proto, pkid, false, &msg, None, msg.qos, wbuf);
-            let qos = msg.qos;
-            self.out.publish(msg, qos, ());
+            let weight = w.msg.weight();
+            self.bytes -= weight;
+            self.publish(w.msg, weight, w.since, wbuf);
+        }
+    }
+
+    fn settled(&mut self, tag: Option<(usize, Instant)>) {
+        if let Some((w, _)) = tag {
+            self.bytes -= w;
         }
     }
 
     pub fn on_puback(&mut self, pkid: u16, wbuf: &mut BytesMut) {
-        let _ = self.out.on_puback(pkid);
+        let tag = self.out.on_puback(pkid).ok().flatten();
+        self.settled(tag);
         self.pump(wbuf);
     }
 
     pub fn on_pubrec(&mut self, pkid: u16, wbuf: &mut BytesMut) {
-        if self.out.on_pubrec(pkid).is_ok() {
+        if let Ok(tag) = self.out.on_pubrec(pkid) {
+            self.settled(tag);
             let _ = codec::write(self.proto, &Packet::PubRel { pkid }, wbuf);
         }
     }
@@ -185,75 +323,78 @@ impl ToDevice {
         let _ = self.out.on_pubcomp(pkid);
         self.pump(wbuf);
     }
+
+    /// Bytes held for the device (in flight and waiting).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Everything not yet acknowledged, for a persistent session that outlives this
+    /// connection.
+    pub fn keep(&mut self) -> Pending {
+        let inflight = self
+            .out
+            .take_inflight()
+            .into_iter()
+            .map(|(k, tag)| (k, tag.map_or_else(Instant::now, |t| t.1)))
+            .collect();
+        let backlog: Vec<Waiting> = self.backlog.drain(..).collect();
+        let bytes = std::mem::take(&mut self.bytes);
+        Pending {
+            inflight,
+            backlog,
+            bytes,
+        }
+    }
+
+    /// Resumes a kept session: in-flight messages go out again under their packet ids with
+    /// DUP (MQTT §4.4), released QoS 2 ones as PUBREL, then the backlog.
+    pub fn resume(&mut self, p: Pending, wbuf: &mut BytesMut) {
+        for (k, since) in p.inflight {
+            if k.released {
+                // Past PUBREC: no payload held, nothing counted.
+                let _ = codec::write(self.proto, &Packet::PubRel { pkid: k.pkid }, wbuf);
+                self.out.restore(k, (0, since));
+                continue;
+            }
+            let weight = k.msg.weight();
+            let mut msg = k.msg.clone();
+            if !remaining_expiry(&mut msg, since) {
+                self.dropped("expired");
+                continue;
+            }
+            if !self.write(&msg, k.pkid, true, wbuf) {
+                continue;
+            }
+            self.bytes += weight;
+            self.out.restore(k, (weight, since));
+        }
+        for w in p.backlog {
+            self.bytes += w.msg.weight();
+            self.backlog.push_back(w);
+        }
+        self.pump(wbuf);
+    }
+}
+
+/// Applies MQTT 5 message expiry to a message that waited since `since`: `false` when it
+/// expired, otherwise its Message Expiry Interval is lowered by the time waited (§3.3.2.3.3).
+fn remaining_expiry(msg: &mut Message, since: Instant) -> bool {
+    let Some(expiry) = msg.props.as_ref().and_then(|p| p.message_expiry_interval) else {
+        return true;
+    };
+    let waited = since.elapsed().as_secs();
+    if waited >= u64::from(expiry) {
+        return false;
+    }
+    if waited > 0 {
+        let mut p = msg.props.as_deref().cloned().unwrap_or_default();
+        p.message_expiry_interval = Some(expiry - waited as u32);
+        msg.props = Some(Arc::new(p));
+    }
+    true
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sub(f: &str, qos: u8) -> SubFilter {
-        SubFilter::new(f, qos)
-    }
-
-    #[test]
-    fn granted_qos_is_the_highest_match() {
-        let subs = vec![sub("a/#", 0), sub("a/b", 2), sub("c", 1)];
-        assert_eq!(granted_qos(&subs, "a/b", false).map(|g| g.0), Some(2));
-        assert_eq!(granted_qos(&subs, "a/x", false).map(|g| g.0), Some(0));
-        assert_eq!(granted_qos(&subs, "z", false), None);
-        let mut nl = sub("a/b", 1);
-        nl.no_local = true;
-        assert_eq!(
-            granted_qos(&[nl], "a/b", true),
-            None,
-            "No Local hides the device's own publish"
-        );
-    }
-
-    #[test]
-    fn loopback_downgrades_qos_and_clears_retain() {
-        let mut d = ToDevice::new(Protocol::V4, 10, 10);
-        let mut w = BytesMut::new();
-        d.loopback(
-            &Message::new("a/b", &b"x"[..], 2, true),
-            &[sub("a/#", 1)],
-            &mut w,
-        );
-        match codec::read(Protocol::V4, &mut w, 1024)
-            .expect("read")
-            .expect("packet")
-        {
-            Packet::Publish { msg, pkid, .. } => {
-                assert_eq!(msg.qos, 1);
-                assert!(!msg.retain);
-                assert_ne!(pkid, 0);
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn backlog_waits_for_window_and_is_bounded() {
-        let mut d = ToDevice::new(Protocol::V4, 1, 2);
-        let mut w = BytesMut::new();
-        let subs = [sub("#", 1)];
-        for i in 0..4u8 {
-            d.loopback(&Message::new("t", vec![i], 1, false), &subs, &mut w);
-        }
-        assert_eq!(
-            d.backlog.len(),
-            2,
-            "bounded: the oldest waiting message was dropped"
-        );
-        let first = match codec::read(Protocol::V4, &mut w, 1024).expect("read") {
-            Some(Packet::Publish { pkid, msg, .. }) => (pkid, msg.payload[0]),
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(first.1, 0);
-        d.on_puback(first.0, &mut w);
-        match codec::read(Protocol::V4, &mut w, 1024).expect("read") {
-            Some(Packet::Publish { msg, .. }) => assert_eq!(msg.payload[0], 2),
-            other => panic!("{other:?}"),
-        }
-    }
-}
+#[path = "delivery_tests.rs"]
+mod tests;

@@ -33,6 +33,7 @@ pub mod router;
 pub mod session;
 pub mod spool;
 pub mod store;
+pub mod subtable;
 pub mod tls;
 pub mod upstream;
 pub mod web;

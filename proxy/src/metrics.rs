@@ -26,6 +26,11 @@ pub struct Metrics {
     pub queue_messages: IntGaugeVec,
     pub queue_bytes: IntGaugeVec,
     pub config_reloads: IntCounterVec,
+    // Device sessions (issue 14, device side).
+    pub sessions_kept: IntGauge,
+    pub sessions_discarded: IntCounterVec,
+    pub device_disconnects: IntCounterVec,
+    pub subscriptions_refused: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -130,6 +135,33 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "mqtt_proxy_config_reloads_total",
             "Broker set reloads by result",
             &["result"],
+        ),
+        sessions_kept: {
+            let g = IntGauge::new(
+                "mqtt_proxy_sessions_kept",
+                "Persistent device sessions kept while their device is away",
+            )
+            .expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        },
+        sessions_discarded: counter_vec(
+            &r,
+            "mqtt_proxy_sessions_discarded_total",
+            "Kept device sessions discarded: expired, or pushed out by the kept-session bounds",
+            &["reason"],
+        ),
+        device_disconnects: counter_vec(
+            &r,
+            "mqtt_proxy_device_disconnects_total",
+            "Device connections the proxy closed, by reason",
+            &["reason"],
+        ),
+        subscriptions_refused: counter_vec(
+            &r,
+            "mqtt_proxy_subscriptions_refused_total",
+            "Device subscriptions refused by the proxy itself, by reason",
+            &["reason"],
         ),
         registry: r,
         devices_connected,

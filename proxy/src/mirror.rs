@@ -229,6 +229,7 @@ async fn reconcile(
                     // Keep the retain flag as published so retained state is mirrored.
                     retain_as_published: true,
                     retain_handling: 0,
+                    id: None,
                 })
                 .collect();
             info!(broker = b.label(), ?filters, "mirroring");

@@ -40,6 +40,16 @@ pub enum Resend {
     PubRel { pkid: u16 },
 }
 
+/// An in-flight message taken out of an [`Outbound`] to outlive its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    pub pkid: u16,
+    pub msg: Message,
+    pub qos: u8,
+    /// QoS 2 past PUBREC: only PUBREL is resent.
+    pub released: bool,
+}
+
 /// Outgoing QoS 1/2 publishes waiting for their acknowledgements.
 #[derive(Debug)]
 pub struct Outbound<T> {
@@ -160,6 +170,9 @@ impl<T> Outbound<T> {
         match self.inflight.get_mut(&pkid) {
             Some(f) if f.qos == 2 => {
                 f.stage = Stage::Released;
+                // Only PUBREL is ever resent from here on: the payload is not needed.
+                f.msg.payload = bytes::Bytes::new();
+                f.msg.props = None;
                 Ok(f.tag.take())
             }
             _ => Err(ProtocolError::UnknownPacketId {
@@ -206,6 +219,48 @@ impl<T> Outbound<T> {
                 Stage::Released => Resend::PubRel { pkid },
             })
             .collect()
+    }
+
+    /// Takes everything in flight out, in send order, for a session that outlives its
+    /// connection (MQTT §4.4: resent with the same packet ids on reconnect).
+    /// Each comes with its tag while it still has one (until PUBACK / PUBREC).
+    pub fn take_inflight(&mut self) -> Vec<(Kept, Option<T>)> {
+        let mut out = Vec::with_capacity(self.inflight.len());
+        for pkid in std::mem::take(&mut self.order) {
+            if let Some(f) = self.inflight.remove(&pkid) {
+                let kept = Kept {
+                    pkid,
+                    msg: f.msg,
+                    qos: f.qos,
+                    released: f.stage == Stage::Released,
+                };
+                out.push((kept, f.tag));
+            }
+        }
+        self.inflight.clear();
+        out
+    }
+
+    /// Puts a kept in-flight message back under its packet id (see [`take_inflight`]).
+    ///
+    /// [`take_inflight`]: Self::take_inflight
+    pub fn restore(&mut self, kept: Kept, tag: T) {
+        let stage = if kept.released {
+            Stage::Released
+        } else {
+            Stage::Published
+        };
+        self.inflight.insert(
+            kept.pkid,
+            Inflight {
+                msg: kept.msg,
+                qos: kept.qos,
+                stage,
+                tag: Some(tag),
+            },
+        );
+        self.order.push_back(kept.pkid);
+        self.next_pkid = self.next_pkid.max(kept.pkid);
     }
 
     /// Gives up on everything in flight (the session ends); returns the unresolved tags.
@@ -319,6 +374,33 @@ mod tests {
             o.on_puback(p).expect("ack");
         }
         assert_eq!(o.len(), 1);
+    }
+
+    #[test]
+    fn kept_inflight_comes_back_with_its_ids_in_order() {
+        let mut o: Outbound<()> = Outbound::new(10);
+        let a = o.publish(m(1), 1, ());
+        let b = o.publish(m(2), 2, ());
+        o.on_pubrec(b).expect("pubrec");
+        let kept: Vec<Kept> = o.take_inflight().into_iter().map(|k| k.0).collect();
+        assert!(o.is_empty());
+        let mut n: Outbound<()> = Outbound::new(10);
+        for k in kept {
+            n.restore(k, ());
+        }
+        assert_eq!(
+            n.resend(),
+            vec![
+                Resend::Publish {
+                    pkid: a,
+                    msg: m(1),
+                    qos: 1
+                },
+                Resend::PubRel { pkid: b }
+            ]
+        );
+        assert_ne!(n.publish(m(3), 1, ()), a, "restored ids are not reused");
+        assert_eq!(n.on_puback(a), Ok(Some(())));
     }
 
     #[test]

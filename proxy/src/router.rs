@@ -3,9 +3,31 @@
 //!
 //! No I/O and no `.await` here, so every rule is a table test.
 
+/// A shared subscription `$share/{group}/{filter}` (MQTT 5 §4.8.2) split into its group and
+/// filter part; `None` for an ordinary filter. A malformed share (empty group, wildcard in the
+/// group, no filter part) also yields `None` and is then refused by [`valid_filter`].
+pub fn split_shared(filter: &str) -> Option<(&str, &str)> {
+    let rest = filter.strip_prefix("$share/")?;
+    let (group, f) = rest.split_once('/')?;
+    (!group.is_empty() && !group.contains(['+', '#']) && !f.is_empty()).then_some((group, f))
+}
+
+/// The part of a filter topics are matched against: the filter of a shared subscription.
+pub fn match_part(filter: &str) -> &str {
+    split_shared(filter).map_or(filter, |(_, f)| f)
+}
+
 /// MQTT topic filter validity (MQTT 3.1.1 §4.7 / 5.0 §4.7): non-empty, no NUL, `#` only as
-/// the whole last level, `+` only as a whole level.
+/// the whole last level, `+` only as a whole level; a shared subscription needs a group
+/// without wildcards and a valid filter part.
 pub fn valid_filter(filter: &str) -> bool {
+    if filter.starts_with("$share/") || filter == "$share" {
+        return split_shared(filter).is_some_and(|(_, f)| valid_plain_filter(f));
+    }
+    valid_plain_filter(filter)
+}
+
+fn valid_plain_filter(filter: &str) -> bool {
     if filter.is_empty() || filter.len() > 65535 || filter.contains('\0') {
         return false;
     }
@@ -124,9 +146,19 @@ impl RouteRule {
     /// The upstream filters that serve a device subscription `filter` on this broker,
     /// intersected with `subscriptionTopics` (when set) and prefixed. Empty when this broker
     /// does not serve it.
+    ///
+    /// A shared subscription keeps its `$share/{group}/` in front: the prefix and the
+    /// intersection apply to the filter part only.
     pub fn upstream_filters(&self, filter: &str) -> Vec<String> {
         if !self.bidirectional {
             return Vec::new();
+        }
+        if let Some((group, f)) = split_shared(filter) {
+            return self
+                .upstream_filters(f)
+                .into_iter()
+                .map(|uf| format!("$share/{group}/{uf}"))
+                .collect();
         }
         let prefixed = |f: &str| match &self.topic_prefix {
             Some(p) => format!("{p}{f}"),
@@ -182,6 +214,13 @@ mod tests {
             ("a#", false),
             ("a/b+", false),
             ("a\0b", false),
+            ("$share/g/t/#", true),
+            ("$share/g/+", true),
+            ("$share/g", false),
+            ("$share//t", false),
+            ("$share/g+/t", false),
+            ("$share/g/t/#/x", false),
+            ("$share", false),
         ] {
             assert_eq!(valid_filter(f), ok, "{f:?}");
         }
@@ -262,6 +301,14 @@ mod tests {
         assert!(r.upstream_filters("telemetry/#").is_empty());
         assert!(r.delivers("cmd/x"));
         assert!(!r.delivers("telemetry/x"));
+        assert_eq!(
+            r.upstream_filters("$share/g/cmd/#"),
+            vec!["$share/g/site1/cmd/#"],
+            "prefix applied to the filter part, not in front of $share"
+        );
+        assert_eq!(split_shared("$share/g/cmd/#"), Some(("g", "cmd/#")));
+        assert_eq!(match_part("$share/g/cmd/#"), "cmd/#");
+        assert_eq!(match_part("cmd/#"), "cmd/#");
         let one_way = RouteRule::default();
         assert!(one_way.upstream_filters("#").is_empty());
     }

@@ -67,3 +67,41 @@ pub fn mosquitto_pub(
     }
     Ok(())
 }
+
+/// Runs `mosquitto_sub -h 127.0.0.1 -p <port> <args...>` to its end (use `-E`, `-C n` or
+/// `-W secs` so it ends) and returns its stdout lines. Fails if it is still running after
+/// `timeout` or exits non-zero for another reason than `-W` expiring (exit code 27).
+pub fn mosquitto_sub(port: u16, args: &[&str], timeout: Duration) -> Result<Vec<String>> {
+    let mut child = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning mosquitto_sub (is mosquitto-clients installed?)")?;
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().context("polling mosquitto_sub")?.is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().context("collecting output")?;
+            bail!(
+                "mosquitto_sub {args:?} on port {port} still running after {timeout:?}; stdout: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    let output = child
+        .wait_with_output()
+        .context("collecting mosquitto_sub output")?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() && output.status.code() != Some(27) {
+        bail!(
+            "mosquitto_sub {args:?} on port {port} failed ({}): {stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(stdout.lines().map(str::to_owned).collect())
+}

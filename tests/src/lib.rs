@@ -22,6 +22,7 @@ mod mosquitto;
 pub mod proxy;
 mod publisher;
 mod publisher_v5;
+pub mod raw;
 pub mod sequence;
 mod subscriber;
 pub mod tls;
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use rumqttc::QoS;
 
-pub use cli::mosquitto_pub;
+pub use cli::{mosquitto_pub, mosquitto_sub};
 pub use mosquitto::{Mosquitto, MosquittoBuilder};
 pub use proxy::{ProxyRig, TestProxy};
 pub use publisher::{MqttPublisher, Publisher, PublisherBuilder};

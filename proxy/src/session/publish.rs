@@ -1,0 +1,136 @@
+//! A device PUBLISH: topic aliases resolved (MQTT 5, client → proxy), the topic checked,
+//! QoS 2 retransmissions recognised, the local loopback, the fan-out to every broker whose
+//! rules accept it, and the device's PUBACK/PUBREC (now, or when brokers confirm).
+
+use bytes::{Bytes, BytesMut};
+
+use super::{End, Session};
+use crate::codec::{self, Message, Packet, Protocol};
+use crate::config::AckPolicy;
+use crate::delivery::ToDevice;
+use crate::metrics::METRICS;
+use crate::queue::{AckTracker, Queued};
+use crate::router;
+use crate::upstream::UpstreamHandle;
+
+impl Session {
+    pub(super) fn publish(
+        &mut self,
+        pkid: u16,
+        mut msg: Message,
+        topic_alias: Option<u16>,
+        wbuf: &mut BytesMut,
+    ) -> Result<(), End> {
+        if let Some(alias) = topic_alias {
+            self.resolve_alias(alias, &mut msg, wbuf)?;
+        }
+        if !router::valid_topic(msg.topic_str()) {
+            METRICS.malformed_packets.inc();
+            return Err(End::Lost(format!(
+                "invalid topic name {:?}",
+                msg.topic_str()
+            )));
+        }
+        METRICS.messages_received.inc();
+        let qos = msg.qos;
+        if !self
+            .shared
+            .auth
+            .may_publish(&mut self.grant, msg.topic_str())
+        {
+            self.deny_publish(pkid, qos, wbuf);
+            return Ok(());
+        }
+        if qos == 2 && !self.inbound.on_publish_qos2(pkid) {
+            // Retransmission before PUBREL: already forwarded; acknowledge again.
+            if !self.deferred.contains_key(&pkid) {
+                let _ = codec::write(self.proto, &Packet::PubRec { pkid, code: 0 }, wbuf);
+            }
+            return Ok(());
+        }
+        self.to_device.loopback(&msg, &self.subs, wbuf);
+        let deferred = self.fan_out(pkid, msg);
+        match (qos, deferred) {
+            (1, false) => codec::write(self.proto, &Packet::PubAck { pkid, code: 0 }, wbuf),
+            (2, false) => codec::write(self.proto, &Packet::PubRec { pkid, code: 0 }, wbuf),
+            _ => Ok(()),
+        }
+        .map_err(|e| End::Lost(e.to_string()))
+    }
+
+    /// A PUBLISH the device's ACL refuses is dropped (the authorizer counted it). MQTT 5
+    /// says why in PUBACK/PUBREC (0x87); 3.1.1 cannot, so it gets the normal ack, as
+    /// mosquitto does, and its QoS 2 flow completes on PUBREL.
+    fn deny_publish(&mut self, pkid: u16, qos: u8, wbuf: &mut BytesMut) {
+        let v5 = self.proto == Protocol::V5;
+        let code = if v5 { codec::NOT_AUTHORIZED } else { 0 };
+        let ack = match qos {
+            1 => Packet::PubAck { pkid, code },
+            2 => {
+                if !v5 {
+                    self.inbound.on_publish_qos2(pkid);
+                }
+                Packet::PubRec { pkid, code }
+            }
+            _ => return,
+        };
+        let _ = codec::write(self.proto, &ack, wbuf);
+    }
+
+    /// MQTT 5 §3.3.2.3.4: a PUBLISH with a topic and an alias sets the alias; one with an
+    /// empty topic uses it. Aliases are per connection and never travel on.
+    fn resolve_alias(
+        &mut self,
+        alias: u16,
+        msg: &mut Message,
+        wbuf: &mut BytesMut,
+    ) -> Result<(), End> {
+        let max = self.shared.opts.topic_alias_max;
+        if self.proto != Protocol::V5 || alias == 0 || alias > max {
+            self.disconnect_with(0x94, wbuf);
+            return Err(End::Lost(format!(
+                "topic alias {alias} is invalid (maximum {max})"
+            )));
+        }
+        if msg.topic.is_empty() {
+            match self.aliases.get(&alias) {
+                Some(t) => msg.topic = t.clone(),
+                None => {
+                    self.disconnect_with(0x82, wbuf);
+                    return Err(End::Lost(format!("topic alias {alias} was never set")));
+                }
+            }
+        } else {
+            self.aliases
+                .insert(alias, Bytes::copy_from_slice(&msg.topic));
+        }
+        Ok(())
+    }
+
+    /// Queues `msg` for every broker whose rules accept it. Returns `true` when the device's
+    /// acknowledgement is deferred until brokers confirm (ack policies `any` and `all`).
+    fn fan_out(&mut self, pkid: u16, msg: Message) -> bool {
+        let topic = msg.topic_str();
+        let accepts = |u: &&UpstreamHandle| u.broker.rule.accepts(topic);
+        // Routing runs once per target; counting targets is only needed for `all`.
+        let needed = match (msg.qos, self.shared.opts.ack_policy) {
+            (0, _) | (_, AckPolicy::Queued) => 0,
+            (_, AckPolicy::Any) => usize::from(self.upstreams.iter().any(|u| accepts(&u))),
+            (_, AckPolicy::All) => self.upstreams.iter().filter(accepts).count(),
+        };
+        let tracker = (needed > 0).then(|| AckTracker::new(pkid, needed, self.acks.clone()));
+        for u in self.upstreams.iter().filter(accepts) {
+            let mut item = Queued::new(msg.clone(), u.broker.rule.qos(msg.qos), tracker.clone());
+            item.echo =
+                !self.subs.is_empty() && ToDevice::expects_echo(&u.broker, topic, &self.subs);
+            u.enqueue(item);
+        }
+        match tracker {
+            Some(_) => {
+                self.deferred.insert(pkid, msg.qos);
+                true
+            }
+            None => false,
+        }
+    }
+}

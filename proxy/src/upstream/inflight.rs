@@ -1,0 +1,125 @@
+//! Packets from the broker: acknowledgements of what we sent, and publishes for the device
+//! (with the echo check that keeps a device from hearing itself).
+
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::{FromBroker, Upstream};
+use crate::codec::{self, Message, Packet};
+use crate::loopguard::message_hash;
+use crate::metrics::METRICS;
+use crate::queue::Completion;
+
+impl Upstream {
+    pub(super) async fn on_packet(&mut self, p: Packet, wbuf: &mut BytesMut) -> Result<(), String> {
+        match p {
+            Packet::PubAck { pkid, code } => match self.out.on_puback(pkid) {
+                Ok(tag) => {
+                    if code != 0 {
+                        self.rejected(code);
+                    }
+                    resolve(tag);
+                }
+                // After a reconnect a broker may ack a resend twice; harmless.
+                Err(e) => debug!(broker = self.broker().label(), "{e}"),
+            },
+            Packet::PubRec { pkid, code } if code != 0 => {
+                self.rejected(code);
+                resolve(self.out.on_pubrec_failed(pkid));
+            }
+            Packet::PubRec { pkid, .. } => {
+                match self.out.on_pubrec(pkid) {
+                    Ok(tag) => resolve(tag),
+                    Err(e) => debug!(broker = self.broker().label(), "{e}"),
+                }
+                let _ = codec::write(self.proto, &Packet::PubRel { pkid }, wbuf);
+            }
+            Packet::PubComp { pkid } => {
+                if let Err(e) = self.out.on_pubcomp(pkid) {
+                    debug!(broker = self.broker().label(), "{e}");
+                }
+            }
+            Packet::Publish { pkid, msg, .. } => {
+                let qos = msg.qos;
+                let fresh = qos < 2 || self.inbound.on_publish_qos2(pkid);
+                if fresh && self.is_echo(&msg) {
+                    METRICS
+                        .loop_suppressed
+                        .with_label_values(&[self.broker().label(), "echo"])
+                        .inc();
+                } else if fresh {
+                    let m = FromBroker {
+                        broker: self.p.broker.clone(),
+                        msg,
+                    };
+                    // Backpressure: a slow device slows this broker's session only.
+                    if self.p.to_session.send(m).await.is_err() {
+                        return Err("device session ended".into());
+                    }
+                }
+                match qos {
+                    1 => codec::write(self.proto, &Packet::PubAck { pkid, code: 0 }, wbuf),
+                    2 => codec::write(self.proto, &Packet::PubRec { pkid, code: 0 }, wbuf),
+                    _ => Ok(()),
+                }
+                .map_err(|e| e.to_string())?;
+            }
+            Packet::PubRel { pkid } => {
+                self.inbound.on_pubrel(pkid);
+                let _ = codec::write(self.proto, &Packet::PubComp { pkid }, wbuf);
+            }
+            Packet::SubAck { pkid, codes } => {
+                self.out.release(pkid);
+                if let Some(i) = self.pending_subacks.iter().position(|(p, _)| *p == pkid) {
+                    let (_, reply) = self.pending_subacks.swap_remove(i);
+                    let _ = reply.send(codes);
+                }
+            }
+            Packet::UnsubAck { pkid, .. } => {
+                self.out.release(pkid);
+            }
+            Packet::PingResp => {}
+            Packet::Disconnect { reason, .. } => {
+                return Err(format!("broker sent DISCONNECT (reason {reason:#04x})"));
+            }
+            other => return Err(format!("unexpected packet from broker: {other:?}")),
+        }
+        Ok(())
+    }
+
+    /// Is `msg` (as received, with this broker's prefix) the echo of a device publish this
+    /// upstream wrote? Each record absorbs one copy; others' identical messages pass.
+    fn is_echo(&mut self, msg: &Message) -> bool {
+        if self.echoes.len("") == 0 {
+            return false;
+        }
+        let Some(topic) = self.p.broker.rule.inbound_topic(msg.topic_str()) else {
+            return false;
+        };
+        let h = message_hash(topic.as_bytes(), &msg.payload);
+        self.echoes.is_echo("", h, Instant::now().into_std())
+    }
+
+    fn rejected(&self, code: u8) {
+        let b = self.broker();
+        b.metrics.dropped_rejected.inc();
+        b.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(held) = self.log_limit.allow(10) {
+            warn!(
+                broker = b.label(),
+                code,
+                suppressed = held,
+                "broker rejected a message"
+            );
+        }
+    }
+}
+
+fn resolve(tag: Option<Completion>) {
+    if let Some(c) = tag {
+        c.complete();
+    }
+}

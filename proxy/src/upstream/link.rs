@@ -1,0 +1,276 @@
+//! One live connection: CONNECT/CONNACK, restore subscriptions, resend what is unacked,
+//! then write queued messages in batches while reading the broker's packets.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::FutureExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{sleep_until, timeout, Instant};
+use tracing::info;
+
+use super::{ConnectedCount, Control, Exit, Io, Upstream, BATCH, CONNECT_TIMEOUT};
+use crate::brokerset::now_ms;
+use crate::codec::{self, Packet};
+use crate::loopguard::message_hash;
+use crate::qos::Resend;
+use crate::queue::Queued;
+
+impl Upstream {
+    pub(super) async fn connected(&mut self, stream: Box<dyn Io>) -> Exit {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut rbuf = BytesMut::with_capacity(8 * 1024);
+        let mut wbuf = BytesMut::with_capacity(16 * 1024);
+        let max = self.p.max_packet_size.max(1 << 20);
+
+        if let Err(e) = codec::write(self.proto, &self.connect_packet(), &mut wbuf) {
+            return Exit::Failed(format!("encode CONNECT: {e}"));
+        }
+        if let Err(e) = wr.write_all(&wbuf).await {
+            return Exit::Failed(format!("write CONNECT: {e}"));
+        }
+        wbuf.clear();
+        let connack = timeout(CONNECT_TIMEOUT, async {
+            loop {
+                match codec::read(self.proto, &mut rbuf, max) {
+                    Ok(Some(p)) => return Ok(p),
+                    Ok(None) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                match rd.read_buf(&mut rbuf).await {
+                    Ok(0) => return Err("closed before CONNACK".to_string()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        let session_present = match connack {
+            Ok(Ok(Packet::ConnAck {
+                code: 0,
+                session_present,
+                receive_maximum,
+                ..
+            })) => {
+                if let Some(rm) = receive_maximum {
+                    self.out.set_max_inflight(rm);
+                }
+                session_present
+            }
+            Ok(Ok(Packet::ConnAck { code, .. })) => {
+                return Exit::Failed(format!("broker refused CONNECT (code {code:#04x})"))
+            }
+            Ok(Ok(other)) => return Exit::Failed(format!("expected CONNACK, got {other:?}")),
+            Ok(Err(e)) => return Exit::Failed(format!("reading CONNACK: {e}")),
+            Err(_) => return Exit::Failed("no CONNACK within 10 s".into()),
+        };
+        self.broker().stats.connects.fetch_add(1, Ordering::Relaxed);
+        let _connected = ConnectedCount::new(self.p.broker.clone());
+        if let Ok(mut l) = self.broker().stats.last_error.lock() {
+            *l = None;
+        }
+        info!(broker = self.broker().label(), client_id = %self.client_id(), session_present, "upstream connected");
+
+        // Subscriptions are restored unless the broker kept the session.
+        if !session_present && !self.subs.is_empty() {
+            let pkid = self.out.reserve();
+            let _ = codec::write(
+                self.proto,
+                &Packet::Subscribe {
+                    pkid,
+                    filters: self.subs.clone(),
+                },
+                &mut wbuf,
+            );
+        }
+        // Unacknowledged messages go first, in their original order, flagged DUP.
+        for r in self.out.resend() {
+            match r {
+                Resend::Publish { pkid, msg, qos } => {
+                    let prefix = self.broker().rule.topic_prefix.as_deref();
+                    codec::encode_publish(self.proto, pkid, true, &msg, prefix, qos, &mut wbuf);
+                }
+                Resend::PubRel { pkid } => {
+                    let _ = codec::write(self.proto, &Packet::PubRel { pkid }, &mut wbuf);
+                }
+            }
+        }
+
+        let keep_alive = Duration::from_secs(u64::from(self.p.keep_alive));
+        let mut last_write = Instant::now();
+        let mut ping_sent: Option<Instant> = None;
+        let mut batch: Vec<Queued> = Vec::new();
+        loop {
+            self.fill(&mut batch, &mut wbuf);
+            if !wbuf.is_empty() {
+                if let Err(e) = wr.write_all(&wbuf).await {
+                    return Exit::Failed(format!("write: {e}"));
+                }
+                wbuf.clear();
+                last_write = Instant::now();
+            }
+            if self.finished() {
+                if self.closing == Some(false) {
+                    let _ = codec::write(
+                        self.proto,
+                        &Packet::Disconnect {
+                            reason: 0,
+                            session_expiry: None,
+                        },
+                        &mut wbuf,
+                    );
+                    let _ = wr.write_all(&wbuf).await;
+                    let _ = wr.shutdown().await;
+                }
+                // With a will: just drop the socket, as a vanished device would.
+                return Exit::Done;
+            }
+            let ping_at = if keep_alive.is_zero() {
+                None
+            } else {
+                Some(match ping_sent {
+                    Some(at) => at + keep_alive / 2,
+                    None => last_write + keep_alive,
+                })
+            };
+            let room = self.out.has_room();
+            if room && !self.queue.is_empty() {
+                // More is queued than one write took: poll the socket without waiting (acks,
+                // PINGRESP), then write the next batch.
+                match rd.read_buf(&mut rbuf).now_or_never() {
+                    None => continue,
+                    Some(Ok(0)) => return Exit::Failed("broker closed the connection".into()),
+                    Some(Err(e)) => return Exit::Failed(format!("read: {e}")),
+                    Some(Ok(_)) => {
+                        if let Err(e) = self
+                            .read_packets(&mut rbuf, &mut wbuf, max, &mut ping_sent)
+                            .await
+                        {
+                            return Exit::Failed(e);
+                        }
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                r = rd.read_buf(&mut rbuf) => match r {
+                    Ok(0) => return Exit::Failed("broker closed the connection".into()),
+                    Ok(_) => {
+                        if let Err(e) = self.read_packets(&mut rbuf, &mut wbuf, max, &mut ping_sent).await {
+                            return Exit::Failed(e);
+                        }
+                    }
+                    Err(e) => return Exit::Failed(format!("read: {e}")),
+                },
+                _ = self.queue.notify.notified(), if room => {}
+                c = self.ctl.recv() => match c {
+                    Some(Control::Subscribe { filters, reply }) => {
+                        self.merge_subs(filters.clone());
+                        let pkid = self.out.reserve();
+                        let _ = codec::write(self.proto, &Packet::Subscribe { pkid, filters }, &mut wbuf);
+                        self.pending_subacks.push((pkid, reply));
+                    }
+                    Some(Control::Unsubscribe { filters }) => {
+                        self.subs.retain(|s| !filters.contains(&s.filter));
+                        let pkid = self.out.reserve();
+                        let _ = codec::write(self.proto, &Packet::Unsubscribe { pkid, filters }, &mut wbuf);
+                    }
+                    Some(Control::Close { with_will }) => self.closing = Some(with_will),
+                    None => {
+                        // The session vanished without closing us: behave like a lost device.
+                        self.closing = Some(true);
+                    }
+                },
+                _ = sleep_until_opt(ping_at) => {
+                    if ping_sent.is_some() {
+                        return Exit::Failed("broker did not answer PINGREQ".into());
+                    }
+                    let _ = codec::write(self.proto, &Packet::PingReq, &mut wbuf);
+                    ping_sent = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    async fn read_packets(
+        &mut self,
+        rbuf: &mut BytesMut,
+        wbuf: &mut BytesMut,
+        max: usize,
+        ping_sent: &mut Option<Instant>,
+    ) -> Result<(), String> {
+        loop {
+            match codec::read(self.proto, rbuf, max) {
+                Ok(Some(p)) => {
+                    if matches!(p, Packet::PingResp) {
+                        *ping_sent = None;
+                    }
+                    self.on_packet(p, wbuf).await?;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("malformed packet from broker: {e}")),
+            }
+        }
+    }
+
+    /// Moves queued messages into the write buffer while the in-flight window has room.
+    fn fill(&mut self, batch: &mut Vec<Queued>, wbuf: &mut BytesMut) {
+        let broker = self.p.broker.clone();
+        let prefix = broker.rule.topic_prefix.as_deref();
+        let mut written = 0u64;
+        while self.out.room() > 0 && wbuf.len() < 256 * 1024 {
+            self.queue.pop_batch(self.out.room().min(BATCH), batch);
+            if batch.is_empty() {
+                break;
+            }
+            for Queued {
+                msg,
+                qos,
+                done,
+                echo,
+            } in batch.drain(..)
+            {
+                written += 1;
+                if echo {
+                    // Recorded when written, not when queued: an outage does not age it.
+                    self.echoes.record(
+                        "",
+                        message_hash(&msg.topic, &msg.payload),
+                        Instant::now().into_std(),
+                    );
+                }
+                if qos == 0 {
+                    codec::encode_publish(self.proto, 0, false, &msg, prefix, 0, wbuf);
+                    done.complete();
+                } else {
+                    codec::encode_publish(
+                        self.proto,
+                        self.out.peek_pkid(),
+                        false,
+                        &msg,
+                        prefix,
+                        qos,
+                        wbuf,
+                    );
+                    self.out.publish(msg, qos, done);
+                }
+            }
+        }
+        if written > 0 {
+            broker.metrics.forwarded.inc_by(written);
+            broker.stats.forwarded.fetch_add(written, Ordering::Relaxed);
+            broker
+                .stats
+                .last_publish_ms
+                .store(now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

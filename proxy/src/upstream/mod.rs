@@ -1,0 +1,321 @@
+//! One task per (device session, broker): connect with backoff, speak MQTT as the device
+//! would (same client id with the broker's prefix, clean flag, keepalive and will), drain the
+//! bounded queue in batches, track acknowledgements, resend in order after a reconnect,
+//! and hand messages from bidirectional brokers back to the session.
+//!
+//! A slow or dead broker only fills its own queue: the session never awaits this task.
+
+mod backoff;
+mod connect;
+mod inflight;
+mod link;
+mod task;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tracing::{info, warn};
+
+use crate::brokerset::Broker;
+use crate::codec::{Message, Protocol, SubFilter, Will};
+use crate::loopguard::LoopGuard;
+use crate::metrics::RateLimit;
+use crate::qos::{Inbound, Outbound};
+use crate::queue::{Completion, Pushed, Queued, UpstreamQueue};
+
+pub use backoff::Backoff;
+
+/// Messages written per batch (one `write` syscall for many packets).
+const BATCH: usize = 512;
+/// In-flight QoS 1/2 window towards a broker unless it announces a smaller one.
+const DEFAULT_INFLIGHT: u16 = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+static DROP_LOG: RateLimit = RateLimit::new();
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A message from a bidirectional broker, for the device session.
+#[derive(Debug)]
+pub struct FromBroker {
+    pub broker: Arc<Broker>,
+    pub msg: Message,
+}
+
+/// What the session asks of the upstream task.
+enum Control {
+    Subscribe {
+        filters: Vec<SubFilter>,
+        reply: oneshot::Sender<Vec<u8>>,
+    },
+    Unsubscribe {
+        filters: Vec<String>,
+    },
+    /// Finish: deliver what is queued and in flight (bounded by the session's deadline),
+    /// then DISCONNECT (`with_will == false`) or just close the socket so the broker
+    /// publishes the device's will (`with_will == true`).
+    Close {
+        with_will: bool,
+    },
+}
+
+/// A SUBSCRIBE/UNSUBSCRIBE for an upstream task, not handed over yet (its control channel
+/// was full).
+pub struct Held(Control);
+
+/// Everything an upstream needs to impersonate the device towards one broker.
+pub struct UpstreamParams {
+    pub broker: Arc<Broker>,
+    pub device_id: String,
+    pub clean_session: bool,
+    pub keep_alive: u16,
+    pub will: Option<Will>,
+    pub session_expiry: Option<u32>,
+    pub max_packet_size: usize,
+    pub to_session: mpsc::Sender<FromBroker>,
+    /// Data directory holding `spool/` (for brokers with `spool: true`).
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// Wait (at most the given time) for the previous session with this client id to end.
+    pub start_after: Option<(watch::Receiver<bool>, Duration)>,
+}
+
+/// The session's side of an upstream task.
+pub struct UpstreamHandle {
+    pub broker: Arc<Broker>,
+    pub queue: Arc<UpstreamQueue>,
+    ctl: mpsc::Sender<Control>,
+    task: JoinHandle<()>,
+}
+
+impl UpstreamHandle {
+    pub fn spawn(p: UpstreamParams) -> Self {
+        let broker = p.broker.clone();
+        let gauges = Some(crate::queue::QueueCounters {
+            messages: broker.metrics.queue_messages.clone(),
+            bytes: broker.metrics.queue_bytes.clone(),
+            stats: broker.stats.clone(),
+            budget: broker.budget.clone(),
+        });
+        let queue = Arc::new(UpstreamQueue::with_gauges(broker.limits, gauges));
+        let (ctl_tx, ctl_rx) = mpsc::channel(64);
+        let task = Upstream::new(p, queue.clone(), ctl_rx);
+        let task = tokio::spawn(task.run());
+        Self {
+            broker,
+            queue,
+            ctl: ctl_tx,
+            task,
+        }
+    }
+
+    /// Forwards a device subscription; the receiver yields the broker's SUBACK codes (or
+    /// the requested QoS when the broker is down: the subscription is made on reconnect; an
+    /// empty list when the connection dropped before the SUBACK).
+    pub async fn subscribe(&self, filters: Vec<SubFilter>) -> oneshot::Receiver<Vec<u8>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self
+            .ctl
+            .send(Control::Subscribe { filters, reply: tx })
+            .await;
+        rx
+    }
+
+    pub async fn unsubscribe(&self, filters: Vec<String>) {
+        let _ = self.ctl.send(Control::Unsubscribe { filters }).await;
+    }
+
+    /// A SUBSCRIBE request to hand over with [`retry`] instead of awaiting: a device
+    /// session must never await this task (it may itself be waiting for the session to
+    /// take a message). The receiver yields what [`subscribe`](Self::subscribe)'s does.
+    ///
+    /// [`retry`]: Self::retry
+    pub fn subscribe_request(filters: Vec<SubFilter>) -> (oneshot::Receiver<Vec<u8>>, Held) {
+        let (tx, rx) = oneshot::channel();
+        (rx, Held(Control::Subscribe { filters, reply: tx }))
+    }
+
+    /// An UNSUBSCRIBE request to hand over with [`retry`](Self::retry).
+    pub fn unsubscribe_request(filters: Vec<String>) -> Held {
+        Held(Control::Unsubscribe { filters })
+    }
+
+    /// Hands a held request over if the channel has room now; `Some` while it is still full.
+    /// A request for a task that has ended is dropped (its SUBACK reply then never comes).
+    pub fn retry(&self, held: Held) -> Option<Held> {
+        match self.ctl.try_send(held.0) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
+            Err(mpsc::error::TrySendError::Full(c)) => Some(Held(c)),
+        }
+    }
+
+    /// Queues a message for this broker; what the queue's overflow policy drops is counted
+    /// (`mqtt_proxy_messages_dropped_total{reason="queue_full"}`) and logged, rate-limited.
+    pub fn enqueue(&self, item: Queued) {
+        let dropped = match self.queue.push(item) {
+            Pushed::Accepted => return,
+            Pushed::Evicted(n) => n as u64,
+            Pushed::Rejected => 1,
+        };
+        let b = &self.broker;
+        b.metrics.dropped_overflow.inc_by(dropped);
+        b.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+        if let Some(held) = DROP_LOG.allow(10) {
+            warn!(
+                broker = b.label(),
+                queued = self.queue.len(),
+                suppressed = held,
+                "queue full: message dropped (mqtt_proxy_messages_dropped_total)"
+            );
+        }
+    }
+
+    /// Delivers everything it holds with no deadline (spool recovery), unless `stop` turns
+    /// true first (the device came back): then it stops at once and the spool keeps the rest.
+    pub async fn deliver_all(self, mut stop: watch::Receiver<bool>) {
+        let _ = self.ctl.send(Control::Close { with_will: false }).await;
+        let mut task = self.task;
+        tokio::select! {
+            _ = &mut task => {}
+            _ = crate::session::wait_true(&mut stop) => {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        self.queue
+            .close()
+            .into_iter()
+            .for_each(|q| q.done.abandon());
+    }
+
+    /// Ends the upstream: drains within `deadline`, then aborts. Whatever could not be
+    /// delivered is counted as dropped (`reason="shutdown"`).
+    pub async fn close(self, with_will: bool, deadline: Duration) {
+        let _ = self.ctl.send(Control::Close { with_will }).await;
+        let mut task = self.task;
+        if timeout(deadline, &mut task).await.is_err() {
+            task.abort();
+            let _ = task.await;
+        }
+        let left = self.queue.close();
+        let (spooled, left): (Vec<_>, Vec<_>) = left.into_iter().partition(|q| q.done.is_spooled());
+        if !spooled.is_empty() {
+            info!(
+                broker = self.broker.label(),
+                spooled = spooled.len(),
+                "upstream closed; undelivered messages stay in the spool"
+            );
+            spooled.into_iter().for_each(|q| q.done.abandon());
+        }
+        if !left.is_empty() {
+            let n = left.len() as u64;
+            self.broker.metrics.dropped_shutdown.inc_by(n);
+            self.broker.stats.dropped.fetch_add(n, Ordering::Relaxed);
+            warn!(
+                broker = self.broker.label(),
+                dropped = n,
+                "upstream closed with messages still queued"
+            );
+            left.into_iter().for_each(Queued::finish);
+        }
+    }
+}
+
+/// Counts one upstream session of a broker for as long as it lives — including when its
+/// task is aborted at a drain deadline, which skips any code after the `.await`.
+struct SessionCount(Arc<Broker>);
+
+impl SessionCount {
+    fn new(b: Arc<Broker>) -> Self {
+        b.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        Self(b)
+    }
+}
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a connection as connected from its CONNACK until it ends (or is aborted).
+struct ConnectedCount(Arc<Broker>);
+
+impl ConnectedCount {
+    fn new(b: Arc<Broker>) -> Self {
+        b.stats.connected.fetch_add(1, Ordering::Relaxed);
+        b.metrics.connected.inc();
+        Self(b)
+    }
+}
+
+impl Drop for ConnectedCount {
+    fn drop(&mut self) {
+        self.0.stats.connected.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.connected.dec();
+    }
+}
+
+struct Upstream {
+    _counted: SessionCount,
+    p: UpstreamParams,
+    queue: Arc<UpstreamQueue>,
+    ctl: mpsc::Receiver<Control>,
+    out: Outbound<Completion>,
+    inbound: Inbound,
+    subs: Vec<SubFilter>,
+    pending_subacks: Vec<(u16, oneshot::Sender<Vec<u8>>)>,
+    closing: Option<bool>,
+    /// Records of messages written that this broker may hand back (see `loopguard`).
+    echoes: LoopGuard,
+    proto: Protocol,
+    log_limit: RateLimit,
+}
+
+enum Exit {
+    /// The upstream is finished for good.
+    Done,
+    /// The connection failed; reconnect.
+    Failed(String),
+}
+
+impl Upstream {
+    fn new(p: UpstreamParams, queue: Arc<UpstreamQueue>, ctl: mpsc::Receiver<Control>) -> Self {
+        let proto = Protocol::from(p.broker.config.mqtt_version);
+        Self {
+            _counted: SessionCount::new(p.broker.clone()),
+            p,
+            queue,
+            ctl,
+            out: Outbound::new(DEFAULT_INFLIGHT),
+            inbound: Inbound::default(),
+            subs: Vec::new(),
+            pending_subacks: Vec::new(),
+            closing: None,
+            echoes: LoopGuard::default(),
+            proto,
+            log_limit: RateLimit::new(),
+        }
+    }
+
+    fn broker(&self) -> &Broker {
+        &self.p.broker
+    }
+
+    fn client_id(&self) -> String {
+        format!(
+            "{}{}",
+            self.broker().config.client_id_prefix,
+            self.p.device_id
+        )
+    }
+
+    fn finished(&self) -> bool {
+        self.closing.is_some() && self.queue.is_empty() && self.out.is_empty()
+    }
+}

@@ -1,0 +1,58 @@
+//! Shared subscriptions (`$share/{group}/{filter}`, MQTT 5 §4.8.2) through the proxy: the
+//! upstream subscription is shared (a topic prefix goes on the filter part, not in front
+//! of `$share`), and deliveries match the filter part.
+
+use std::time::Duration;
+
+use mqtt_proxy::broker::MqttVersion;
+use mqtt_proxy_tests::bidi::wait_subscribed;
+use mqtt_proxy_tests::{mosquitto_pub, mosquitto_sub, Mosquitto, TestProxy};
+
+use super::persistent::WAIT;
+
+async fn shared_sub_delivers(version: MqttVersion, prefix: Option<&str>) {
+    let broker = Mosquitto::start().await.expect("broker");
+    let mut proxy = TestProxy::start(&[&broker], |_, b| {
+        b[0].bidirectional = true;
+        b[0].mqtt_version = version;
+        b[0].topic_prefix = prefix.map(str::to_owned);
+    })
+    .await
+    .expect("proxy");
+    let port = proxy.port();
+    let sub = tokio::task::spawn_blocking(move || {
+        mosquitto_sub(
+            port,
+            &["-V", "5", "-t", "$share/g/t/#", "-v", "-C", "1", "-W", "10"],
+            Duration::from_secs(15),
+        )
+    });
+    let upstream = format!("$share/g/{}t/#", prefix.unwrap_or(""));
+    wait_subscribed(&broker, &upstream, 1, WAIT)
+        .await
+        .expect("shared subscription upstream, prefix on the filter part");
+    let topic = format!("{}t/x", prefix.unwrap_or(""));
+    let bport = broker.port();
+    tokio::task::spawn_blocking(move || mosquitto_pub(bport, &topic, "shared", 1, &[]))
+        .await
+        .expect("join")
+        .expect("publish");
+    let got = sub.await.expect("join").expect("mosquitto_sub");
+    assert_eq!(got, vec!["t/x shared"], "delivered on the device's topic");
+    proxy.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscription_delivers_v5_broker() {
+    shared_sub_delivers(MqttVersion::V5, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscription_delivers_v311_broker() {
+    shared_sub_delivers(MqttVersion::V311, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscription_with_topic_prefix() {
+    shared_sub_delivers(MqttVersion::V5, Some("site1/")).await;
+}
