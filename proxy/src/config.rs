@@ -112,6 +112,8 @@ pub struct Config {
     pub mirror: MirrorOptions,
     /// Device authentication (users file, anonymous opt-in).
     pub auth: crate::auth::AuthOptions,
+    /// Device endpoints beyond `mqtt_listen` (TLS, WebSocket) and per-address limits.
+    pub listen: crate::listener::ListenOptions,
 }
 
 impl Default for Config {
@@ -146,6 +148,7 @@ impl Default for Config {
                 allow_anonymous: false,
                 failures_per_minute: 10,
             },
+            listen: crate::listener::ListenOptions::default(),
         }
     }
 }
@@ -174,6 +177,15 @@ pub struct FileConfig {
     pub users_file: Option<PathBuf>,
     pub allow_anonymous: Option<bool>,
     pub auth_failures_per_minute: Option<u32>,
+    pub no_plain: Option<bool>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    pub tls_listen: Option<SocketAddr>,
+    pub ws_listen: Option<SocketAddr>,
+    pub wss_listen: Option<SocketAddr>,
+    pub ws_path: Option<String>,
+    pub max_connections_per_address: Option<usize>,
     pub to_device_max_bytes: Option<usize>,
     pub device_write_timeout_secs: Option<u64>,
     pub max_subscriptions: Option<usize>,
@@ -272,6 +284,34 @@ pub struct RunArgs {
     /// unchecked for the rest of the minute (0: no limit) [default: 10]
     #[arg(long, env = "MQTT_PROXY_AUTH_FAILURES_PER_MINUTE")]
     pub auth_failures_per_minute: Option<u32>,
+    /// Do not serve plain (unencrypted) MQTT on --mqtt-listen: TLS/WebSocket only
+    #[arg(long, env = "MQTT_PROXY_NO_PLAIN")]
+    pub no_plain: bool,
+    /// PEM certificate chain of the device TLS listener (hot-reloaded)
+    #[arg(long, env = "MQTT_PROXY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the device TLS listener (hot-reloaded)
+    #[arg(long, env = "MQTT_PROXY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Require device certificates signed by this PEM CA bundle; the certificate's CN
+    /// (else first DNS SAN) becomes the username
+    #[arg(long, env = "MQTT_PROXY_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// TLS listener, served when a certificate is configured [default: 0.0.0.0:8883]
+    #[arg(long, env = "MQTT_PROXY_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket listener [default: off]
+    #[arg(long, env = "MQTT_PROXY_WS_LISTEN")]
+    pub ws_listen: Option<SocketAddr>,
+    /// MQTT over secure WebSocket listener (needs the TLS certificate) [default: off]
+    #[arg(long, env = "MQTT_PROXY_WSS_LISTEN")]
+    pub wss_listen: Option<SocketAddr>,
+    /// HTTP path of the WebSocket endpoints [default: /mqtt]
+    #[arg(long, env = "MQTT_PROXY_WS_PATH")]
+    pub ws_path: Option<String>,
+    /// Open device connections per source address (0: no limit) [default: 1000]
+    #[arg(long, env = "MQTT_PROXY_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
     /// Bytes held per device for delivery (in flight + waiting) [default: 16777216]
     #[arg(long, env = "MQTT_PROXY_TO_DEVICE_MAX_BYTES")]
     pub to_device_max_bytes: Option<usize>,
@@ -359,6 +399,24 @@ impl Config {
         );
         c.auth.allow_anonymous = args.allow_anonymous || file.allow_anonymous.unwrap_or(false);
         layer!(c.auth.failures_per_minute, auth_failures_per_minute);
+        c.listen.plain = !(args.no_plain || file.no_plain.unwrap_or(false));
+        c.listen.tls = crate::listener::tls_files(
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+            args.tls_client_ca.clone().or(file.tls_client_ca),
+        )
+        .map_err(|reason| ConfigError::Invalid {
+            field: "tls_cert",
+            reason,
+        })?;
+        layer!(c.listen.tls_listen, tls_listen);
+        c.listen.ws_listen = args.ws_listen.or(file.ws_listen);
+        c.listen.wss_listen = args.wss_listen.or(file.wss_listen);
+        layer!(c.listen.ws_path, ws_path);
+        layer!(
+            c.listen.max_connections_per_address,
+            max_connections_per_address
+        );
         c.validate()?;
         Ok(c)
     }

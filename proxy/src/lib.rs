@@ -35,6 +35,7 @@ pub mod spool;
 pub mod store;
 pub mod subtable;
 pub mod tls;
+pub mod transport;
 pub mod upstream;
 pub mod web;
 

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -14,6 +13,7 @@ use crate::brokerset::{BrokerSet, BrokerStatus, BuildError, Defaults};
 use crate::config::Config;
 use crate::registry::Registry;
 use crate::session::Shared;
+use crate::transport::Transport;
 
 /// Reads and replaces the broker set; cheap to clone (the reloader and the API hold one).
 #[derive(Clone)]
@@ -54,7 +54,8 @@ impl BrokerControl {
 }
 
 pub struct ProxyHandle {
-    mqtt_addr: SocketAddr,
+    /// Every device endpoint's bound address.
+    addrs: Vec<(Transport, SocketAddr)>,
     control: BrokerControl,
     shutdown_tx: watch::Sender<bool>,
     listener: JoinHandle<()>,
@@ -76,16 +77,8 @@ impl ProxyHandle {
         let set = BrokerSet::build(brokers, defaults.clone(), None)?;
         let (brokers_tx, brokers_rx) = watch::channel(Arc::new(set));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let listener = TcpListener::bind(config.mqtt_listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.mqtt_listen,
-                source,
-            })?;
-        let mqtt_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.mqtt_listen,
-            source,
-        })?;
+        let edge = crate::listener::Edge::bind(&config.listen, config.mqtt_listen).await?;
+        let addrs = edge.addrs();
         let registry = Arc::new(Registry::default());
         let auth = Arc::new(Authorizer::new(&config.auth)?);
         warn_about_auth(&config.auth, &auth);
@@ -111,8 +104,9 @@ impl ProxyHandle {
             resume_spools(dir, &brokers_rx.borrow(), &registry, &config.session);
         }
         let listener = tokio::spawn(crate::listener::serve(
-            listener,
+            edge,
             shared,
+            config.listen.clone(),
             config.max_connections,
             shutdown_rx,
         ));
@@ -121,7 +115,7 @@ impl ProxyHandle {
             defaults,
         };
         Ok(ProxyHandle {
-            mqtt_addr,
+            addrs,
             control,
             shutdown_tx,
             listener,
@@ -153,8 +147,19 @@ impl ProxyHandle {
         Arc::new(move || r.len())
     }
 
+    /// The plain MQTT endpoint (the first endpoint when plain MQTT is off).
     pub fn mqtt_addr(&self) -> SocketAddr {
-        self.mqtt_addr
+        self.addr(Transport::Tcp)
+            .or_else(|| self.addrs.first().map(|(_, a)| *a))
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The bound address of the endpoint for `transport`, if it is served.
+    pub fn addr(&self, transport: Transport) -> Option<SocketAddr> {
+        self.addrs
+            .iter()
+            .find(|(t, _)| *t == transport)
+            .map(|(_, a)| *a)
     }
 
     /// Replaces the broker set. Invalid input leaves the running set untouched.
@@ -254,6 +259,8 @@ pub enum StartError {
     Brokers(#[from] BuildError),
     #[error(transparent)]
     Users(#[from] UsersError),
+    #[error(transparent)]
+    Listen(#[from] crate::listener::ListenError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,

@@ -18,14 +18,12 @@ mod publish;
 mod subscribe;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::WriteHalf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tracing::{info, warn};
@@ -39,6 +37,7 @@ use crate::qos::Inbound;
 use crate::queue::AckSink;
 use crate::registry::{Registry, SessionRecord};
 use crate::subtable::SubTable;
+use crate::transport::{Conn, Io};
 use crate::upstream::{FromBroker, Held, UpstreamHandle, UpstreamParams};
 
 use subscribe::SubDone;
@@ -73,6 +72,15 @@ enum Event {
     RetryHeld,
 }
 
+/// Writes and flushes: TLS and WebSocket streams buffer until flushed (TCP does not care).
+async fn write_flush(
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
+    buf: &[u8],
+) -> std::io::Result<()> {
+    wr.write_all(buf).await?;
+    wr.flush().await
+}
+
 /// Resolves once the flag is `true` (or its sender is gone, which means the same).
 pub async fn wait_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
@@ -92,14 +100,27 @@ enum End {
 }
 
 /// Serves one device connection to the end.
-pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
+pub async fn run(conn: Conn, shared: Arc<Shared>) {
+    let Conn {
+        io: mut stream,
+        peer,
+        cert_identity,
+        ..
+    } = conn;
     let mut rbuf = BytesMut::with_capacity(4096);
     let Some((connect, assigned)) = connect::accept(&mut stream, &mut rbuf, peer, &shared).await
     else {
         return;
     };
-    let Some(grant) = connect::authorize(&mut stream, &connect, peer, &shared).await else {
+    let Some(grant) = connect::authorize(
+        &mut stream,
+        &connect,
+        peer,
+        cert_identity.as_deref(),
+        &shared,
+    )
+    .await
+    else {
         return;
     };
     let mut claim = shared.registry.claim(&connect.client_id);
@@ -268,7 +289,7 @@ impl Session {
     /// and shutdown: a device that does not read is disconnected, not waited for.
     async fn flush(
         &mut self,
-        wr: &mut OwnedWriteHalf,
+        wr: &mut WriteHalf<Box<dyn Io>>,
         wbuf: &mut BytesMut,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), End> {
@@ -277,7 +298,7 @@ impl Session {
         }
         let limit = self.shared.opts.device_write_timeout;
         let r = tokio::select! {
-            r = timeout(limit, wr.write_all(wbuf)) => r,
+            r = timeout(limit, write_flush(wr, wbuf)) => r,
             _ = wait_true(&mut self.kicked) => return Err(End::TakenOver),
             _ = wait_true(shutdown) => return Err(End::Shutdown),
         };
@@ -299,11 +320,11 @@ impl Session {
 
     async fn serve(
         &mut self,
-        stream: TcpStream,
+        stream: Box<dyn Io>,
         mut rbuf: BytesMut,
         assigned: Option<String>,
     ) -> End {
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let mut wbuf = BytesMut::with_capacity(4096);
         let mut shutdown = self.shared.shutdown.clone();
         let ack = self.connack(assigned);
@@ -393,10 +414,10 @@ impl Session {
     }
 
     /// A last MQTT 5 DISCONNECT with `reason` (taken over, shutting down), given a second.
-    async fn goodbye(&self, reason: u8, wr: &mut OwnedWriteHalf, wbuf: &mut BytesMut) {
+    async fn goodbye(&self, reason: u8, wr: &mut WriteHalf<Box<dyn Io>>, wbuf: &mut BytesMut) {
         if self.proto == Protocol::V5 {
             self.disconnect_with(reason, wbuf);
-            let _ = timeout(Duration::from_secs(1), wr.write_all(wbuf)).await;
+            let _ = timeout(Duration::from_secs(1), write_flush(wr, wbuf)).await;
         }
     }
 
