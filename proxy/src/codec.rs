@@ -164,6 +164,9 @@ pub const SUBACK_FAILURE: u8 = 0x80;
 /// MQTT 5 reason code "Not authorized" (PUBACK, PUBREC, SUBACK); 3.1.1 has no such code,
 /// so there it becomes a plain acknowledgement (PUBACK/PUBREC) or 0x80 (SUBACK).
 pub const NOT_AUTHORIZED: u8 = 0x87;
+/// MQTT 5 PUBACK/PUBREC reasons for a publish refused by a per-device limit.
+pub const TOPIC_NAME_INVALID: u8 = 0x90;
+pub const QUOTA_EXCEEDED: u8 = 0x97;
 
 /// The packets the proxy handles, for either protocol level.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -851,6 +854,8 @@ fn to_v5(packet: &Packet) -> Result<v5::Packet, CodecError> {
             reason: match *code {
                 0 => v5::PubAckReason::Success,
                 NOT_AUTHORIZED => v5::PubAckReason::NotAuthorized,
+                TOPIC_NAME_INVALID => v5::PubAckReason::TopicNameInvalid,
+                QUOTA_EXCEEDED => v5::PubAckReason::QuotaExceeded,
                 _ => v5::PubAckReason::ImplementationSpecificError,
             },
             properties: None,
@@ -860,6 +865,8 @@ fn to_v5(packet: &Packet) -> Result<v5::Packet, CodecError> {
             reason: match *code {
                 0 => v5::PubRecReason::Success,
                 NOT_AUTHORIZED => v5::PubRecReason::NotAuthorized,
+                TOPIC_NAME_INVALID => v5::PubRecReason::TopicNameInvalid,
+                QUOTA_EXCEEDED => v5::PubRecReason::QuotaExceeded,
                 _ => v5::PubRecReason::ImplementationSpecificError,
             },
             properties: None,
@@ -939,7 +946,9 @@ fn v5_disconnect_reason(code: u8) -> v5::DisconnectReasonCode {
         0x8B => D::ServerShuttingDown,
         0x8D => D::KeepAliveTimeout,
         0x8E => D::SessionTakenOver,
+        0x93 => D::ReceiveMaximumExceeded,
         0x95 => D::PacketTooLarge,
+        0x96 => D::MessageRateTooHigh,
         _ => D::UnspecifiedError,
     }
 }

@@ -60,6 +60,8 @@ pub struct SessionOptions {
     pub max_kept_session_bytes: usize,
     /// Topic aliases an MQTT 5 device may set up towards the proxy (Topic Alias Maximum).
     pub topic_alias_max: u16,
+    /// Per-device topic, rate and idle limits.
+    pub limits: crate::limits::DeviceLimits,
 }
 
 impl SessionOptions {
@@ -139,6 +141,7 @@ impl Default for Config {
                 max_kept_sessions: 10_000,
                 max_kept_session_bytes: 256 << 20,
                 topic_alias_max: 64,
+                limits: crate::limits::DeviceLimits::default(),
             },
             queue: QueueLimits::default(),
             queue_total_max_bytes: 512 << 20,
@@ -186,6 +189,13 @@ pub struct FileConfig {
     pub wss_listen: Option<SocketAddr>,
     pub ws_path: Option<String>,
     pub max_connections_per_address: Option<usize>,
+    pub max_inflight: Option<u16>,
+    pub max_topic_length: Option<usize>,
+    pub max_topic_levels: Option<usize>,
+    pub max_publish_rate: Option<u32>,
+    pub publish_burst: Option<u32>,
+    pub publish_rate_action: Option<crate::limits::RateAction>,
+    pub idle_timeout_secs: Option<u64>,
     pub to_device_max_bytes: Option<usize>,
     pub device_write_timeout_secs: Option<u64>,
     pub max_subscriptions: Option<usize>,
@@ -312,6 +322,28 @@ pub struct RunArgs {
     /// Open device connections per source address (0: no limit) [default: 1000]
     #[arg(long, env = "MQTT_PROXY_MAX_CONNECTIONS_PER_ADDRESS")]
     pub max_connections_per_address: Option<usize>,
+    /// QoS 1/2 publishes a device may have unacknowledged (MQTT 5 Receive Maximum; more
+    /// closes the connection) [default: 1024]
+    #[arg(long, env = "MQTT_PROXY_MAX_INFLIGHT")]
+    pub max_inflight: Option<u16>,
+    /// Bytes of a device's topic name or filter [default: 1024]
+    #[arg(long, env = "MQTT_PROXY_MAX_TOPIC_LENGTH")]
+    pub max_topic_length: Option<usize>,
+    /// Levels of a device's topic name or filter [default: 64]
+    #[arg(long, env = "MQTT_PROXY_MAX_TOPIC_LEVELS")]
+    pub max_topic_levels: Option<usize>,
+    /// Publishes per second per device (0: unlimited) [default: 10000]
+    #[arg(long, env = "MQTT_PROXY_MAX_PUBLISH_RATE")]
+    pub max_publish_rate: Option<u32>,
+    /// Publishes a device may send at once above its rate [default: 10000]
+    #[arg(long, env = "MQTT_PROXY_PUBLISH_BURST")]
+    pub publish_burst: Option<u32>,
+    /// Over the publish rate: drop the publish or disconnect the device [default: drop]
+    #[arg(long, env = "MQTT_PROXY_PUBLISH_RATE_ACTION", value_enum)]
+    pub publish_rate_action: Option<crate::limits::RateAction>,
+    /// Seconds a device with keepalive 0 may stay silent (0: forever) [default: 3600]
+    #[arg(long, env = "MQTT_PROXY_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
     /// Bytes held per device for delivery (in flight + waiting) [default: 16777216]
     #[arg(long, env = "MQTT_PROXY_TO_DEVICE_MAX_BYTES")]
     pub to_device_max_bytes: Option<usize>,
@@ -417,6 +449,15 @@ impl Config {
             c.listen.max_connections_per_address,
             max_connections_per_address
         );
+        layer!(c.session.receive_maximum, max_inflight);
+        layer!(c.session.limits.max_topic_length, max_topic_length);
+        layer!(c.session.limits.max_topic_levels, max_topic_levels);
+        layer!(c.session.limits.publish_rate, max_publish_rate);
+        layer!(c.session.limits.publish_burst, publish_burst);
+        layer!(c.session.limits.rate_action, publish_rate_action);
+        if let Some(s) = args.idle_timeout_secs.or(file.idle_timeout_secs) {
+            c.session.limits.idle_timeout = Duration::from_secs(s);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -466,6 +507,12 @@ impl Config {
         }
         if self.mirror.max_hops == 0 {
             return bad("max_hops", "must be at least 1");
+        }
+        if self.session.receive_maximum == 0 {
+            return bad("max_inflight", "must be at least 1");
+        }
+        if !self.listen.ws_path.starts_with('/') {
+            return bad("ws_path", "must start with /");
         }
         if self.queue.max_bytes < 1024 {
             return bad("queue_max_bytes", "must be at least 1024");

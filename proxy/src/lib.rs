@@ -20,6 +20,7 @@ pub mod codec;
 pub mod config;
 pub mod crypto;
 pub mod delivery;
+pub mod limits;
 pub mod listener;
 pub mod loopguard;
 pub mod metrics;

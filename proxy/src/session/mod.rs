@@ -153,6 +153,8 @@ struct Session {
     connect: Connect,
     /// What this device may publish and subscribe to.
     grant: crate::auth::Grant,
+    /// The device's publish rate limit.
+    bucket: crate::limits::TokenBucket,
     proto: Protocol,
     shared: Arc<Shared>,
     brokers: watch::Receiver<Arc<BrokerSet>>,
@@ -211,9 +213,11 @@ impl Session {
             Some(r) => (r.subs, r.inbound, Some(r.pending)),
             None => Default::default(),
         };
+        let bucket = shared.opts.limits.bucket(std::time::Instant::now());
         let mut s = Self {
             connect,
             grant,
+            bucket,
             proto,
             shared,
             brokers,
@@ -334,7 +338,11 @@ impl Session {
         if let Some(p) = self.resume.take() {
             self.to_device.resume(p, &mut wbuf);
         }
-        let ka = Duration::from_millis(u64::from(self.connect.keep_alive) * 1500);
+        let ka = self
+            .shared
+            .opts
+            .limits
+            .silence_allowed(self.connect.keep_alive);
         let mut deadline = Instant::now() + ka;
         let mut ready = Vec::new();
         // Packets already read behind the CONNECT.

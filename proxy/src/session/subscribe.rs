@@ -111,6 +111,11 @@ impl Session {
                 preset[i] = Some(if v5 { SUBACK_INVALID } else { SUBACK_FAILURE });
                 continue;
             }
+            if !self.shared.opts.limits.topic_ok(&f.filter) {
+                crate::limits::hit("topic", "refuse");
+                preset[i] = Some(if v5 { SUBACK_INVALID } else { SUBACK_FAILURE });
+                continue;
+            }
             if !self.shared.auth.may_subscribe(&mut self.grant, &f.filter) {
                 preset[i] = Some(if v5 {
                     codec::NOT_AUTHORIZED
