@@ -225,6 +225,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::brokers_cmd::BrokersCommand,
     },
+    /// Manage the store's encryption secret.
+    Secret {
+        #[command(subcommand)]
+        cmd: crate::secret_cmd::SecretCommand,
+    },
     /// Manage device users (<data-dir>/users.json or --users-file).
     Users {
         #[command(subcommand)]

@@ -31,6 +31,7 @@ pub mod queue;
 pub mod registry;
 pub mod reload;
 pub mod router;
+pub mod secret_cmd;
 pub mod session;
 pub mod spool;
 pub mod store;

@@ -39,6 +39,9 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Brokers { cmd }) => {
             return mqtt_proxy::brokers_cmd::run(cmd, &config.data_dir, secret().as_deref())
         }
+        Some(Command::Secret { cmd }) => {
+            return mqtt_proxy::secret_cmd::run(cmd, &config.data_dir, secret().as_deref())
+        }
         Some(Command::Users { cmd }) => {
             let path = config
                 .auth
