@@ -337,10 +337,10 @@ pub struct RunArgs {
     /// Levels of a device's topic name or filter [default: 64]
     #[arg(long, env = "MQTT_PROXY_MAX_TOPIC_LEVELS")]
     pub max_topic_levels: Option<usize>,
-    /// Publishes per second per device (0: unlimited) [default: 10000]
+    /// Publishes per second per device (0: unlimited) [default: 0]
     #[arg(long, env = "MQTT_PROXY_MAX_PUBLISH_RATE")]
     pub max_publish_rate: Option<u32>,
-    /// Publishes a device may send at once above its rate [default: 10000]
+    /// Publishes a device may send at once above its rate [default: 1000]
     #[arg(long, env = "MQTT_PROXY_PUBLISH_BURST")]
     pub publish_burst: Option<u32>,
     /// Over the publish rate: drop the publish or disconnect the device [default: drop]
