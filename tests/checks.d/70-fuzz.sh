@@ -21,6 +21,6 @@ for target in codec_read users_file brokers_file session_stream; do
   cp -r "corpus/$target/." "$scratch/" 2>/dev/null || true
   echo "fuzz $target for ${seconds}s"
   cargo fuzz run --sanitizer none "$target" "$scratch" -- \
-    -max_total_time="$seconds" -rss_limit_mb=1024 -timeout=10 -jobs=1 -workers=1
+    -max_total_time="$seconds" -rss_limit_mb=1024 -timeout=10
   rm -rf "$scratch"
 done
