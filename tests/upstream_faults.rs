@@ -640,3 +640,35 @@ async fn queue_bytes_count_properties_and_rss_levels_off() -> Result<()> {
     events.abort();
     Ok(())
 }
+
+/// A 3.1.1 broker cannot be told the proxy's 1 MiB inbound limit. A 2 MiB QoS 1 message
+/// for a subscribed device is acknowledged to the broker and dropped
+/// (`reason="inbound_too_large"`), the connection stays up (closing it would make a broker
+/// that keeps the session redeliver it forever), and the next message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_from_a_broker_is_skipped_not_fatal() -> Result<()> {
+    let broker = Mosquitto::start().await?;
+    let proxy = TestProxy::start(&[&broker], |_, b| b[0].bidirectional = true).await?;
+    let device = Subscriber::connect(proxy.port(), "big/#", 1).await?;
+    mqtt_proxy_tests::bidi::wait_subscribed(&broker, "big/#", 1, WAIT).await?;
+    let publisher = Publisher::builder(broker.port()).connect().await?;
+    publisher
+        .publish("big/huge", "x".repeat(2 << 20), 1, false)
+        .await?;
+    publisher.publish("big/small", "ok", 1, false).await?;
+    publisher.wait_acked(WAIT).await?;
+    let got = device.wait_for_count(1, WAIT).await;
+    ensure!(
+        got.len() == 1 && got[0].topic == "big/small",
+        "the small message after the huge one: {got:?}"
+    );
+    let status = proxy.status_of(0)?;
+    ensure!(status.reconnects == 0, "connection kept: {status:#?}");
+    let skipped = metric_value(
+        &mqtt_proxy::metrics::render(),
+        "mqtt_proxy_messages_dropped_total",
+        &[("broker", &status.name), ("reason", "inbound_too_large")],
+    );
+    ensure!(skipped == Some(1.0), "inbound_too_large: {skipped:?}");
+    Ok(())
+}

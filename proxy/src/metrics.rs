@@ -99,7 +99,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         dropped: counter_vec(
             &r,
             "mqtt_proxy_messages_dropped_total",
-            "Messages dropped before reaching a broker",
+            "Messages dropped before reaching a broker (or, inbound_too_large, a device)",
             &["broker", "reason"],
         ),
         loop_suppressed: counter_vec(
@@ -204,6 +204,7 @@ pub struct BrokerMetrics {
     pub dropped_too_large: IntCounter,
     pub dropped_topic_too_long: IntCounter,
     pub dropped_poison: IntCounter,
+    pub dropped_inbound_too_large: IntCounter,
     pub spool_full: IntCounter,
     pub spool_write_errors: IntCounter,
     pub connected: IntGauge,
@@ -224,6 +225,7 @@ impl BrokerMetrics {
             dropped_too_large: m.dropped.with_label_values(&[broker, "too_large"]),
             dropped_topic_too_long: m.dropped.with_label_values(&[broker, "topic_too_long"]),
             dropped_poison: m.dropped.with_label_values(&[broker, "poison"]),
+            dropped_inbound_too_large: m.dropped.with_label_values(&[broker, "inbound_too_large"]),
             spool_full: m.spool_failures.with_label_values(&[broker, "full"]),
             spool_write_errors: m.spool_failures.with_label_values(&[broker, "write_error"]),
             connected: m.upstream_connected.with_label_values(&[broker]),

@@ -134,6 +134,64 @@ impl PoisonWatch {
     }
 }
 
+/// A PUBLISH from the broker larger than the proxy reads (`max`): a 3.1.1 broker cannot
+/// be told the limit, and closing the connection over it would make a broker that keeps the
+/// session redeliver it forever. It is acknowledged and skipped instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Oversized {
+    pub qos: u8,
+    /// 0 for QoS 0.
+    pub pkid: u16,
+    /// Bytes of the whole packet, to skip.
+    pub frame_len: usize,
+}
+
+/// Reads the head of an oversized PUBLISH at the start of `buf`: `Ok(None)` when more bytes
+/// are needed (at most 5 + 2 + 65,535 + 2), `Err(())` when it is not a PUBLISH.
+#[allow(clippy::result_unit_err)]
+pub fn oversized_publish(buf: &[u8]) -> Result<Option<Oversized>, ()> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    if first >> 4 != 3 {
+        return Err(());
+    }
+    let qos = (first >> 1) & 3;
+    let (mut remaining, mut shift, mut at) = (0usize, 0, 1);
+    loop {
+        let Some(&b) = buf.get(at) else {
+            return Ok(None);
+        };
+        remaining |= usize::from(b & 0x7f) << shift;
+        at += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 21 {
+            return Err(());
+        }
+    }
+    let frame_len = at + remaining;
+    let pkid = if qos == 0 {
+        0
+    } else {
+        let Some(t) = buf.get(at..at + 2) else {
+            return Ok(None);
+        };
+        let topic_len = usize::from(u16::from_be_bytes([t[0], t[1]]));
+        let Some(p) = buf.get(at + 2 + topic_len..at + 4 + topic_len) else {
+            return Ok(None);
+        };
+        u16::from_be_bytes([p[0], p[1]])
+    };
+    Ok(Some(Oversized {
+        qos,
+        pkid,
+        frame_len,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +243,30 @@ mod tests {
         let (_, qos) =
             admit(Message::new("t", &b"x"[..], 2, false), 2, None, 0, &l, now).expect("admitted");
         assert_eq!(qos, 1, "capped at the broker's Maximum QoS");
+    }
+
+    #[test]
+    fn oversized_publish_head() {
+        // QoS 1, remaining length 2,000,000 (varint 80 89 7a), topic "t", packet id 0x1234.
+        let head = [0x32, 0x80, 0x89, 0x7a, 0, 1, b't', 0x12, 0x34];
+        assert_eq!(
+            oversized_publish(&head[..6]),
+            Ok(None),
+            "packet id not yet read"
+        );
+        assert_eq!(
+            oversized_publish(&head),
+            Ok(Some(Oversized {
+                qos: 1,
+                pkid: 0x1234,
+                frame_len: 4 + 2_000_000
+            }))
+        );
+        assert_eq!(
+            oversized_publish(&[0x90, 0x02]),
+            Err(()),
+            "SUBACK is not a PUBLISH"
+        );
     }
 
     #[test]

@@ -4,11 +4,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep_until, timeout, Instant};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::admit::{self, BrokerLimits, Unsendable};
 use super::backoff::FailReason;
@@ -23,6 +23,7 @@ impl Upstream {
     pub(super) async fn connected(&mut self, stream: Box<dyn Io>) -> Exit {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut rbuf = BytesMut::with_capacity(8 * 1024);
+        self.skip = 0;
         let mut wbuf = BytesMut::with_capacity(16 * 1024);
         let max = self.inbound_max();
 
@@ -245,6 +246,15 @@ impl Upstream {
         ping_sent: &mut Option<Instant>,
     ) -> Result<(), String> {
         loop {
+            if self.skip > 0 {
+                // The rest of an oversized PUBLISH, discarded as it arrives.
+                let n = self.skip.min(rbuf.len());
+                rbuf.advance(n);
+                self.skip -= n;
+                if self.skip > 0 {
+                    return Ok(());
+                }
+            }
             match codec::read(self.proto, rbuf, max) {
                 Ok(Some(p)) => {
                     if matches!(p, Packet::PingResp) {
@@ -253,9 +263,46 @@ impl Upstream {
                     self.on_packet(p, wbuf).await?;
                 }
                 Ok(None) => return Ok(()),
+                Err(e @ codec::CodecError::TooLarge { .. }) => match admit::oversized_publish(rbuf)
+                {
+                    Ok(None) => return Ok(()),
+                    Ok(Some(o)) => self.skip_oversized(o, wbuf),
+                    Err(()) => return Err(format!("packet from broker: {e}")),
+                },
                 Err(e) => return Err(format!("malformed packet from broker: {e}")),
             }
         }
+    }
+
+    /// Acknowledges a PUBLISH too large to read (so the broker does not redeliver it) and
+    /// skips its bytes; counted as `mqtt_proxy_messages_dropped_total{reason="inbound_too_large"}`.
+    fn skip_oversized(&mut self, o: admit::Oversized, wbuf: &mut BytesMut) {
+        let b = self.broker();
+        b.metrics.dropped_inbound_too_large.inc();
+        if let Some(held) = self.log_limit.allow(10) {
+            warn!(
+                broker = b.label(),
+                bytes = o.frame_len,
+                max = self.inbound_max(),
+                suppressed = held,
+                "message from the broker exceeds the maximum packet size: acknowledged and dropped"
+            );
+        }
+        let ack = match o.qos {
+            1 => Some(Packet::PubAck {
+                pkid: o.pkid,
+                code: 0,
+            }),
+            2 => Some(Packet::PubRec {
+                pkid: o.pkid,
+                code: 0,
+            }),
+            _ => None,
+        };
+        if let Some(ack) = ack {
+            let _ = codec::write(self.proto, &ack, wbuf);
+        }
+        self.skip = o.frame_len;
     }
 
     /// Moves queued messages into the write buffer while the in-flight window has room.

@@ -319,6 +319,8 @@ struct Upstream {
     link: watch::Sender<Option<bool>>,
     /// Session Expiry Interval for the final DISCONNECT (see [`Control::SessionExpiry`]).
     close_expiry: Option<u32>,
+    /// Bytes of an oversized PUBLISH from the broker still to discard.
+    skip: usize,
 }
 
 enum Exit {
@@ -353,6 +355,7 @@ impl Upstream {
             poison: admit::PoisonWatch::default(),
             link: watch::channel(None).0,
             close_expiry: None,
+            skip: 0,
         }
     }
 
