@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -359,6 +360,17 @@ impl Session {
                 Event::Reload(true) => self.reconcile(),
                 Event::Reload(false) => return End::Shutdown,
                 Event::Kicked => {
+                    // A device that reconnects right after its DISCONNECT: the DISCONNECT
+                    // (and its session expiry) is already here and decides the end.
+                    if let Some(Ok(n)) = rd.read_buf(&mut rbuf).now_or_never() {
+                        if n > 0 {
+                            if let Err(e @ (End::Clean | End::Lost(_))) =
+                                self.drain_packets(&mut rbuf, &mut wbuf)
+                            {
+                                return e;
+                            }
+                        }
+                    }
                     self.goodbye(0x8E, &mut wr, &mut wbuf).await;
                     return End::TakenOver;
                 }

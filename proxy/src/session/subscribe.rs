@@ -197,7 +197,11 @@ impl Session {
                         }
                     }
                 }
-                _ => {}
+                // The request never reached the upstream (dropped when its control channel
+                // and the held list were full, or the task is gone): not subscribed there.
+                None => failed[i] = Some(SUBACK_FAILURE),
+                // The connection dropped before the SUBACK: subscribed again on reconnect.
+                Some(_) => {}
             }
         }
         let mut codes = Vec::with_capacity(n);
