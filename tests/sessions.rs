@@ -3,7 +3,11 @@
 
 #[path = "sessions/hangs.rs"]
 mod hangs;
+#[path = "sessions/limits.rs"]
+mod limits;
 #[path = "sessions/persistent.rs"]
 mod persistent;
+#[path = "sessions/secrets.rs"]
+mod secrets;
 #[path = "sessions/shared.rs"]
 mod shared;

@@ -25,8 +25,12 @@ pub struct BrokerStats {
     pub connects: AtomicU64,
     pub forwarded: AtomicU64,
     pub dropped: AtomicU64,
+    /// Messages set aside as poison (the broker closed the connection after each).
+    pub poisoned: AtomicU64,
     pub last_publish_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Why the last attempt failed, as a fixed word (`not_authorized`, `dropped`, ...).
+    pub last_error_reason: Mutex<Option<&'static str>>,
     pub queue_messages: AtomicI64,
     pub queue_bytes: AtomicI64,
 }
@@ -38,9 +42,21 @@ pub fn now_ms() -> u64 {
 }
 
 impl BrokerStats {
-    pub fn set_error(&self, e: impl Into<String>) {
+    pub fn set_error(&self, reason: &'static str, e: impl Into<String>) {
         if let Ok(mut l) = self.last_error.lock() {
             *l = Some(e.into());
+        }
+        if let Ok(mut l) = self.last_error_reason.lock() {
+            *l = Some(reason);
+        }
+    }
+
+    pub fn clear_error(&self) {
+        if let Ok(mut l) = self.last_error.lock() {
+            *l = None;
+        }
+        if let Ok(mut l) = self.last_error_reason.lock() {
+            *l = None;
         }
     }
 }
@@ -57,12 +73,18 @@ pub struct BrokerStatus {
     pub sessions: usize,
     pub sessions_connected: usize,
     pub last_error: Option<String>,
+    /// The last error as a fixed word: `unreachable`, `no_connack`, `bad_credentials`,
+    /// `not_authorized`, `server_unavailable`, `banned`, `refused` or `dropped`.
+    pub last_error_reason: Option<String>,
     pub connects: u64,
     pub reconnects: u64,
     pub queue_messages: i64,
     pub queue_bytes: i64,
     pub forwarded: u64,
     pub dropped: u64,
+    /// Messages set aside as poison: the broker closed the connection after each of them
+    /// several times in a row (also in `dropped`).
+    pub poisoned: u64,
     /// Unix milliseconds of the last message written to this broker.
     pub last_publish_ms: Option<u64>,
 }
@@ -129,6 +151,10 @@ impl Broker {
             },
             sessions,
             sessions_connected: connected,
+            last_error_reason: last_error
+                .as_ref()
+                .and_then(|_| s.last_error_reason.lock().ok().and_then(|r| *r))
+                .map(str::to_string),
             last_error,
             connects: s.connects.load(Ordering::Relaxed),
             reconnects: s.reconnects.load(Ordering::Relaxed),
@@ -136,6 +162,7 @@ impl Broker {
             queue_bytes: s.queue_bytes.load(Ordering::Relaxed),
             forwarded: s.forwarded.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
+            poisoned: s.poisoned.load(Ordering::Relaxed),
             last_publish_ms: (last > 0).then_some(last),
         }
     }

@@ -62,6 +62,11 @@ pub struct SessionOptions {
     pub topic_alias_max: u16,
     /// Per-device topic, rate and idle limits.
     pub limits: crate::limits::DeviceLimits,
+    /// How long a device's CONNACK waits for its bidirectional upstreams' first CONNACK, so
+    /// that `session present` reflects theirs and its first SUBSCRIBE is in force upstream
+    /// when its SUBACK comes (a broker that is down answers at once by refusing the TCP
+    /// connection; one that hangs costs at most this).
+    pub connack_wait: Duration,
 }
 
 impl SessionOptions {
@@ -142,6 +147,7 @@ impl Default for Config {
                 max_kept_session_bytes: 256 << 20,
                 topic_alias_max: 64,
                 limits: crate::limits::DeviceLimits::default(),
+                connack_wait: Duration::from_secs(2),
             },
             queue: QueueLimits::default(),
             queue_total_max_bytes: 512 << 20,
@@ -201,6 +207,7 @@ pub struct FileConfig {
     pub max_subscriptions: Option<usize>,
     pub max_kept_sessions: Option<usize>,
     pub max_kept_session_bytes: Option<usize>,
+    pub connack_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Parser)]
@@ -423,6 +430,9 @@ impl Config {
             .or(file.device_write_timeout_secs)
         {
             c.session.device_write_timeout = Duration::from_secs(s);
+        }
+        if let Some(ms) = file.connack_wait_ms {
+            c.session.connack_wait = Duration::from_millis(ms);
         }
         if let Some(o) = file.queue_overflow {
             c.queue.overflow = o;

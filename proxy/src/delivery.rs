@@ -114,7 +114,7 @@ impl ToDevice {
         broker.config.bidirectional
             && broker.config.mqtt_version != crate::broker::MqttVersion::V5
             && broker.rule.delivers(topic)
-            && subs.grant(topic, false).is_some()
+            && subs.matches_unshared(topic)
     }
 
     /// The device's own publish, delivered back to it when it is subscribed (what a single
@@ -227,7 +227,10 @@ impl ToDevice {
             return;
         }
         let weight = msg.weight();
-        if self.out.has_room() && self.backlog.is_empty() {
+        if self.out.has_room()
+            && self.backlog.is_empty()
+            && self.bytes + weight <= self.limits.bytes
+        {
             self.publish(msg, weight, Instant::now(), wbuf);
             return;
         }

@@ -99,6 +99,22 @@ fn bytes_held_for_the_device_are_bounded() {
         assert!(d.bytes() <= 35_000, "held {} bytes", d.bytes());
     }
     assert_eq!(d.backlog.len(), 2, "1 in flight + 2 waiting fit in 35 kB");
+    let mut wide = ToDevice::new(
+        Protocol::V4,
+        Limits {
+            bytes: 35_000,
+            ..limits(100, 1000)
+        },
+        false,
+    );
+    for _ in 0..10 {
+        wide.loopback(&big, &subs, &mut BytesMut::new());
+    }
+    assert!(
+        wide.bytes() <= 35_000,
+        "in flight counts too: {}",
+        wide.bytes()
+    );
     let sent = publishes(Protocol::V4, &mut w);
     d.on_puback(sent[0].0, &mut w);
     assert!(d.bytes() <= 35_000);

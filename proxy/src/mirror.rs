@@ -107,6 +107,15 @@ impl MirrorGuard {
     }
 
     fn recently_mirrored(&mut self, h: u64, now: Instant) -> bool {
+        self.prune(now);
+        self.recent
+            .get(&h)
+            .is_some_and(|at| now.duration_since(*at) < RING_WINDOW)
+    }
+
+    /// Forgets ingress records older than the window or beyond the capacity. Runs on every
+    /// ingress too: with only MQTT 5 sources nothing else would ever prune the table.
+    fn prune(&mut self, now: Instant) {
         while let Some(&(at, old)) = self.recent_order.front() {
             if now.duration_since(at) < RING_WINDOW && self.recent_order.len() <= RING_CAPACITY {
                 break;
@@ -116,9 +125,6 @@ impl MirrorGuard {
                 self.recent.remove(&old);
             }
         }
-        self.recent
-            .get(&h)
-            .is_some_and(|at| now.duration_since(*at) < RING_WINDOW)
     }
 
     /// Forwarded `msg` (device-visible topic) from `source` to `target`.
@@ -137,6 +143,7 @@ impl MirrorGuard {
         let h = message_hash(&msg.topic, &msg.payload);
         self.recent.insert(h, now);
         self.recent_order.push_back((now, h));
+        self.prune(now);
     }
 }
 
@@ -189,9 +196,14 @@ async fn reconcile(
 ) {
     let active = set.brokers.iter().any(|b| b.config.mirror);
     let old = std::mem::take(upstreams);
-    for u in old {
+    for mut u in old {
         match set.get(u.broker.id()) {
             Some(b) if active && Arc::ptr_eq(b, &u.broker) => upstreams.push(u),
+            // Changed: the same upstream continues with the new settings (one connection).
+            Some(b) if active => {
+                u.handover(b.clone(), mirror_filters(b)).await;
+                upstreams.push(u);
+            }
             _ => {
                 tokio::spawn(u.close(false, session.drain_timeout));
             }
@@ -216,27 +228,34 @@ async fn reconcile(
             spool_dir: None,
             start_after: None,
         });
-        if b.config.mirror {
-            let no_local = b.config.mqtt_version == MqttVersion::V5;
-            let filters: Vec<SubFilter> = b
-                .config
-                .subscription_topics
-                .iter()
-                .map(|f| SubFilter {
-                    filter: b.rule.outbound_topic(f).unwrap_or_else(|| f.clone()),
-                    qos: b.rule.qos(2),
-                    no_local,
-                    // Keep the retain flag as published so retained state is mirrored.
-                    retain_as_published: true,
-                    retain_handling: 0,
-                    id: None,
-                })
-                .collect();
+        let filters = mirror_filters(b);
+        if !filters.is_empty() {
             info!(broker = b.label(), ?filters, "mirroring");
             drop(h.subscribe(filters).await);
         }
         upstreams.push(h);
     }
+}
+
+/// What the mirror subscribes to on `b` (nothing unless it is a mirror source).
+fn mirror_filters(b: &Broker) -> Vec<SubFilter> {
+    if !b.config.mirror {
+        return Vec::new();
+    }
+    let no_local = b.config.mqtt_version == MqttVersion::V5;
+    b.config
+        .subscription_topics
+        .iter()
+        .map(|f| SubFilter {
+            filter: b.rule.outbound_topic(f).unwrap_or_else(|| f.clone()),
+            qos: b.rule.qos(2),
+            no_local,
+            // Keep the retain flag as published so retained state is mirrored.
+            retain_as_published: true,
+            retain_handling: 0,
+            id: None,
+        })
+        .collect()
 }
 
 fn forward(m: FromBroker, upstreams: &[UpstreamHandle], guard: &mut MirrorGuard) {
@@ -349,5 +368,26 @@ mod tests {
         assert_eq!(g.judge("y", true, &m, later), Verdict::Forward { hops: 1 });
         // MQTT 5 sources rely on the hop marker, not on the window.
         assert_eq!(g.judge("v5", false, &m, now), Verdict::Forward { hops: 1 });
+    }
+
+    #[test]
+    fn ingress_table_is_bounded_with_only_v5_sources() {
+        let mut g = MirrorGuard::new(opts());
+        let start = Instant::now();
+        for i in 0..(RING_CAPACITY as u64 + 10_000) {
+            let m = Message::new("t", i.to_le_bytes().to_vec(), 1, false);
+            // Only v5 sources: `judge` never takes the 3.1.1 path that used to prune.
+            let now = start + Duration::from_micros(i);
+            assert!(matches!(
+                g.judge("v5", false, &m, now),
+                Verdict::Forward { .. }
+            ));
+            g.ingress(&m, now);
+        }
+        assert!(g.recent.len() <= RING_CAPACITY + 1, "{}", g.recent.len());
+        assert!(g.recent_order.len() <= RING_CAPACITY + 1);
+        let later = start + RING_WINDOW * 3;
+        g.ingress(&Message::new("t", &b"late"[..], 1, false), later);
+        assert_eq!(g.recent.len(), 1, "records older than the window are gone");
     }
 }

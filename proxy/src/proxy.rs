@@ -197,45 +197,55 @@ impl ProxyHandle {
 }
 
 /// Spooled messages from a previous run are delivered at startup even if their device
-/// never comes back. Each runs under the device's client id (claimed in the registry), so
-/// a device that reconnects takes over and its own session continues from the spool.
+/// never comes back. Each device runs under its client id (claimed once in the registry,
+/// for all its spooled brokers together: a second claim would kick the first and stop its
+/// delivery), so a device that reconnects takes over and its own session continues from
+/// the spools.
 fn resume_spools(
     dir: &std::path::Path,
     set: &BrokerSet,
     registry: &Arc<Registry>,
     opts: &crate::config::SessionOptions,
 ) {
+    let mut by_device: std::collections::BTreeMap<String, Vec<Arc<crate::brokerset::Broker>>> =
+        Default::default();
     for broker in set.brokers.iter().filter(|b| b.config.spool) {
         for (client_id, path) in crate::spool::pending_files(dir, broker.id()) {
-            let Some(device_id) = client_id
-                .strip_prefix(&broker.config.client_id_prefix)
-                .map(str::to_string)
-            else {
+            let Some(device_id) = client_id.strip_prefix(&broker.config.client_id_prefix) else {
                 continue;
             };
             tracing::info!(broker = broker.label(), %client_id, file = %path.display(), "delivering spooled messages from a previous run");
-            let (broker, registry, opts) = (broker.clone(), registry.clone(), opts.clone());
-            tokio::spawn(async move {
-                let claim = registry.claim(&device_id);
-                let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+            by_device
+                .entry(device_id.to_string())
+                .or_default()
+                .push(broker.clone());
+        }
+    }
+    for (device_id, brokers) in by_device {
+        let (registry, opts) = (registry.clone(), opts.clone());
+        tokio::spawn(async move {
+            let claim = registry.claim(&device_id);
+            let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+            let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+            let deliveries = brokers.into_iter().map(|broker| {
                 let h = crate::upstream::UpstreamHandle::spawn(crate::upstream::UpstreamParams {
                     broker,
-                    device_id,
+                    device_id: device_id.clone(),
                     clean_session: true,
                     keep_alive: 30,
                     will: None,
                     session_expiry: None,
                     max_packet_size: opts.max_packet_size,
-                    to_session: tx,
+                    to_session: tx.clone(),
                     spool_dir: opts.spool_dir.clone(),
                     start_after: None,
                 });
-                let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-                h.deliver_all(claim.kicked.clone()).await;
-                drain.abort();
-                drop(claim);
+                h.deliver_all(claim.kicked.clone())
             });
-        }
+            futures_util::future::join_all(deliveries).await;
+            drain.abort();
+            drop(claim);
+        });
     }
 }
 

@@ -81,8 +81,14 @@ impl<T> Outbound<T> {
         self.max_inflight = usize::from(max.max(1));
     }
 
+    /// Room for one more publish: the window has space and a packet id is free (ids lent to
+    /// SUBSCRIBE/UNSUBSCRIBE share the 65,535 ids, so both together can exhaust them).
     pub fn has_room(&self) -> bool {
-        self.inflight.len() < self.max_inflight
+        self.inflight.len() < self.max_inflight && self.ids_free() > 0
+    }
+
+    fn ids_free(&self) -> usize {
+        usize::from(u16::MAX).saturating_sub(self.inflight.len() + self.reserved.len())
     }
 
     pub fn len(&self) -> usize {
@@ -91,18 +97,28 @@ impl<T> Outbound<T> {
 
     /// How many more publishes the window takes.
     pub fn room(&self) -> usize {
-        self.max_inflight.saturating_sub(self.inflight.len())
+        self.max_inflight
+            .saturating_sub(self.inflight.len())
+            .min(self.ids_free())
     }
 
     /// The id the next [`publish`](Self::publish) will use (lets a caller encode first).
+    /// Call only when [`has_room`](Self::has_room) (else 0, which is never a valid id).
     pub fn peek_pkid(&self) -> u16 {
-        let mut p = self.next_pkid;
-        loop {
+        self.find_free(self.next_pkid).unwrap_or(0)
+    }
+
+    /// The first free id after `from`, looking at each id at most once: never spins, even
+    /// when every id is taken.
+    fn find_free(&self, from: u16) -> Option<u16> {
+        let mut p = from;
+        for _ in 0..=u16::MAX {
             p = p.wrapping_add(1);
             if p != 0 && !self.inflight.contains_key(&p) && !self.reserved.contains(&p) {
-                return p;
+                return Some(p);
             }
         }
+        None
     }
 
     pub fn is_empty(&self) -> bool {
@@ -113,7 +129,8 @@ impl<T> Outbound<T> {
     /// [`has_room`](Self::has_room); ids still in flight are skipped.
     pub fn publish(&mut self, msg: Message, qos: u8, tag: T) -> u16 {
         debug_assert!(qos > 0);
-        let pkid = self.next_free_pkid();
+        // `has_room` guarantees a free id; 0 is never handed out otherwise.
+        let pkid = self.next_free_pkid().unwrap_or(0);
         self.inflight.insert(
             pkid,
             Inflight {
@@ -127,25 +144,50 @@ impl<T> Outbound<T> {
         pkid
     }
 
-    fn next_free_pkid(&mut self) -> u16 {
-        loop {
-            self.next_pkid = self.next_pkid.wrapping_add(1);
-            let p = self.next_pkid;
-            if p != 0 && !self.inflight.contains_key(&p) && !self.reserved.contains(&p) {
-                return p;
-            }
-        }
+    fn next_free_pkid(&mut self) -> Option<u16> {
+        let p = self.find_free(self.next_pkid)?;
+        self.next_pkid = p;
+        Some(p)
     }
 
-    /// A packet id for a SUBSCRIBE/UNSUBSCRIBE; give it back with [`release`](Self::release).
-    pub fn reserve(&mut self) -> u16 {
-        let p = self.next_free_pkid();
+    /// A packet id for a SUBSCRIBE/UNSUBSCRIBE; give it back with [`release`](Self::release)
+    /// or [`release_all`](Self::release_all). `None` when all 65,535 ids are taken.
+    pub fn reserve(&mut self) -> Option<u16> {
+        let p = self.next_free_pkid()?;
         self.reserved.insert(p);
-        p
+        Some(p)
     }
 
     pub fn release(&mut self, pkid: u16) -> bool {
         self.reserved.remove(&pkid)
+    }
+
+    /// The connection ended: no SUBACK/UNSUBACK will come for the ids lent out on it.
+    pub fn release_all(&mut self) {
+        self.reserved.clear();
+    }
+
+    /// Ids lent to SUBSCRIBE/UNSUBSCRIBE and not yet given back.
+    pub fn reserved(&self) -> usize {
+        self.reserved.len()
+    }
+
+    /// The oldest message still waiting for its first acknowledgement (packet id, message).
+    pub fn oldest_unacked(&self) -> Option<(u16, &Message)> {
+        self.order.iter().find_map(|pkid| {
+            self.inflight
+                .get(pkid)
+                .filter(|f| f.stage == Stage::Published)
+                .map(|f| (*pkid, &f.msg))
+        })
+    }
+
+    /// Takes a message out of the window without an acknowledgement (set aside as poison,
+    /// or expired); its tag is returned.
+    pub fn remove(&mut self, pkid: u16) -> Option<T> {
+        let entry = self.inflight.remove(&pkid);
+        self.compact();
+        entry.and_then(|e| e.tag)
     }
 
     /// PUBACK: the QoS 1 message is delivered; its tag is returned.
@@ -184,9 +226,7 @@ impl<T> Outbound<T> {
 
     /// A PUBREC with a failure reason code (MQTT 5): the message is finished, not delivered.
     pub fn on_pubrec_failed(&mut self, pkid: u16) -> Option<T> {
-        let entry = self.inflight.remove(&pkid);
-        self.compact();
-        entry.and_then(|e| e.tag)
+        self.remove(pkid)
     }
 
     /// PUBCOMP ends the QoS 2 exchange.
@@ -405,6 +445,34 @@ mod tests {
         );
         assert_ne!(n.publish(m(3), 1, ()), a, "restored ids are not reused");
         assert_eq!(n.on_puback(a), Ok(Some(())));
+    }
+
+    #[test]
+    fn reserved_ids_are_released_and_exhaustion_does_not_spin() {
+        let mut o: Outbound<()> = Outbound::new(u16::MAX);
+        for _ in 0..u16::MAX {
+            assert!(o.reserve().is_some());
+        }
+        // Every id is lent out: no spinning, no id, no room to publish.
+        assert_eq!(o.reserve(), None);
+        assert!(!o.has_room());
+        assert_eq!(o.room(), 0);
+        o.release_all();
+        assert_eq!(o.reserved(), 0);
+        assert!(o.has_room());
+        assert_ne!(o.publish(m(1), 1, ()), 0);
+    }
+
+    #[test]
+    fn oldest_unacked_and_remove() {
+        let mut o: Outbound<u8> = Outbound::new(10);
+        let a = o.publish(m(1), 1, 1);
+        let b = o.publish(m(2), 2, 2);
+        assert_eq!(o.oldest_unacked().map(|(p, _)| p), Some(a));
+        assert_eq!(o.remove(a), Some(1));
+        assert_eq!(o.oldest_unacked().map(|(p, _)| p), Some(b));
+        o.on_pubrec(b).expect("pubrec");
+        assert_eq!(o.oldest_unacked(), None, "released QoS 2 is acknowledged");
     }
 
     #[test]

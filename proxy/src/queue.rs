@@ -6,7 +6,7 @@
 //! pointer moves and never across an `.await`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus::IntGauge;
@@ -55,11 +55,24 @@ impl Default for QueueLimits {
     }
 }
 
+/// MQTT 5 PUBACK/PUBREC reason codes the proxy itself gives a device whose message it
+/// could not deliver (a broker's own negative code is passed on as it is).
+pub mod reason {
+    /// Unspecified error: e.g. the message expired while queued.
+    pub const UNSPECIFIED: u8 = 0x80;
+    /// Implementation specific error: the broker cannot take it (too large, poison).
+    pub const IMPLEMENTATION_SPECIFIC: u8 = 0x83;
+    /// Quota exceeded: evicted or refused by the queue's limits.
+    pub const QUOTA_EXCEEDED: u8 = 0x97;
+}
+
 /// Where a device's PUBACK/PUBREC waits for broker acknowledgements (policies `any`/`all`).
-/// Each tracker fires once, when its count reaches zero.
+/// Each tracker fires once, when its count reaches zero, with the first failure reason
+/// any broker (or the proxy) gave, or 0 when every resolution was a success.
 pub struct AckTracker {
     remaining: AtomicUsize,
     pkid: u16,
+    code: AtomicU8,
     sink: Arc<AckSink>,
 }
 
@@ -68,6 +81,7 @@ impl AckTracker {
         Arc::new(Self {
             remaining: AtomicUsize::new(needed.max(1)),
             pkid,
+            code: AtomicU8::new(0),
             sink,
         })
     }
@@ -79,27 +93,37 @@ impl AckTracker {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .unwrap_or(0);
         if prev == 1 {
-            self.sink.push(self.pkid);
+            self.sink.push(self.pkid, self.code.load(Ordering::Acquire));
         }
+    }
+
+    /// One broker refused the message or it could not be delivered: `code` (>= 0x80) is
+    /// what an MQTT 5 device is told, unless an earlier failure already set one.
+    pub fn reject(&self, code: u8) {
+        let _ = self
+            .code
+            .compare_exchange(0, code.max(0x80), Ordering::AcqRel, Ordering::Acquire);
+        self.resolve();
     }
 }
 
-/// Packet ids whose device acknowledgement is due. Bounded by the 65,535 packet ids a
-/// device can have in flight.
+/// Packet ids whose device acknowledgement is due, each with its reason code (0 success).
+/// Bounded by the 65,535 packet ids a device can have in flight.
 #[derive(Default)]
 pub struct AckSink {
-    ready: Mutex<Vec<u16>>,
+    ready: Mutex<Vec<(u16, u8)>>,
     pub notify: Notify,
 }
 
 impl AckSink {
-    fn push(&self, pkid: u16) {
+    fn push(&self, pkid: u16, code: u8) {
         if let Ok(mut v) = self.ready.lock() {
-            v.push(pkid);
+            v.push((pkid, code));
         }
         self.notify.notify_one();
     }
-    pub fn take(&self, out: &mut Vec<u16>) {
+    /// The acknowledgements due: (packet id, reason code).
+    pub fn take(&self, out: &mut Vec<(u16, u8)>) {
         if let Ok(mut v) = self.ready.lock() {
             out.append(&mut v);
         }
@@ -119,6 +143,16 @@ impl Completion {
     pub fn complete(self) {
         if let Some(a) = self.ack {
             a.resolve();
+        }
+        if let Some(s) = self.spool {
+            s.ack();
+        }
+    }
+    /// Not delivered and never will be (refused by the broker, too large, expired): the
+    /// device is told `code` where it still waits, and the spool forgets the message.
+    pub fn fail(self, code: u8) {
+        if let Some(a) = self.ack {
+            a.reject(code);
         }
         if let Some(s) = self.spool {
             s.ack();
@@ -145,15 +179,26 @@ pub struct Queued {
     /// The broker can hand this message back (the device is subscribed to it there): the
     /// upstream records it when written so the returning copy is recognised as an echo.
     pub echo: bool,
+    /// When its MQTT 5 Message Expiry Interval runs out (counted from when it was queued).
+    pub expires_at: Option<std::time::Instant>,
 }
 
 impl Queued {
     pub fn new(msg: Message, qos: u8, ack: Option<Arc<AckTracker>>) -> Self {
+        // Only messages that carry an expiry pay for reading the clock.
+        let expires_at = msg
+            .props
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
+            .and_then(|s| {
+                std::time::Instant::now().checked_add(std::time::Duration::from_secs(s.into()))
+            });
         Self {
             msg,
             qos,
             done: Completion { ack, spool: None },
             echo: false,
+            expires_at,
         }
     }
     /// The message left the proxy's hands (acked, written at QoS 0, or dropped).
@@ -185,11 +230,12 @@ struct Inner {
     items: VecDeque<Queued>,
     bytes: usize,
     closed: bool,
+    /// Under the lock so a changed broker's new limits apply to the queue it inherits.
+    limits: QueueLimits,
 }
 
 pub struct UpstreamQueue {
     inner: Mutex<Inner>,
-    limits: QueueLimits,
     pub notify: Notify,
     depth: AtomicUsize,
     /// Per-broker totals across all device sessions (metrics gauges and live stats).
@@ -210,8 +256,8 @@ impl UpstreamQueue {
                 items: VecDeque::new(),
                 bytes: 0,
                 closed: false,
+                limits,
             }),
-            limits,
             notify: Notify::new(),
             depth: AtomicUsize::new(0),
             gauges,
@@ -258,7 +304,6 @@ impl UpstreamQueue {
     /// Adds a message, applying the overflow policy. Evicted or rejected messages are
     /// finished (their ack trackers resolved) by the caller's count, not silently.
     pub fn push(&self, mut item: Queued) -> Pushed {
-        let limits = self.limits;
         let weight = item.msg.weight();
         let mut evicted = Vec::new();
         let result = {
@@ -270,6 +315,7 @@ impl UpstreamQueue {
                 item.finish();
                 return Pushed::Rejected;
             }
+            let limits = q.limits;
             // The proxy-wide budget: every queue of every session together.
             let (total, budget) = match &self.gauges {
                 Some(c) => (c.budget.used(), c.budget.limit),
@@ -278,7 +324,7 @@ impl UpstreamQueue {
             if total + weight > budget.saturating_add(q.bytes) {
                 // Even emptying this queue would not make room: refuse rather than evict.
                 drop(q);
-                item.finish();
+                item.done.fail(reason::QUOTA_EXCEEDED);
                 return Pushed::Rejected;
             }
             let full = |q: &Inner, freed: usize| {
@@ -288,7 +334,7 @@ impl UpstreamQueue {
             };
             if full(&q, 0) && limits.overflow == OverflowPolicy::DropNewest {
                 drop(q);
-                item.finish();
+                item.done.fail(reason::QUOTA_EXCEEDED);
                 return Pushed::Rejected;
             }
             if item.qos > 0 && item.done.spool.is_none() {
@@ -325,7 +371,7 @@ impl UpstreamQueue {
             }
         };
         for e in evicted {
-            e.finish();
+            e.done.fail(reason::QUOTA_EXCEEDED);
         }
         if result.1 {
             self.notify.notify_one();
@@ -351,6 +397,17 @@ impl UpstreamQueue {
 
     pub fn len(&self) -> usize {
         self.depth.load(Ordering::Relaxed)
+    }
+
+    /// New limits for what is pushed from now on (a changed broker took the queue over).
+    pub fn set_limits(&self, limits: QueueLimits) {
+        if let Ok(mut q) = self.inner.lock() {
+            q.limits = limits;
+        }
+    }
+
+    pub fn has_spool(&self) -> bool {
+        self.spool.get().is_some()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -470,7 +527,30 @@ mod tests {
         t.resolve();
         t.resolve();
         sink.take(&mut out);
-        assert_eq!(out, vec![9]);
+        assert_eq!(out, vec![(9, 0)]);
+    }
+
+    #[test]
+    fn a_rejection_reaches_the_device_with_its_code() {
+        let sink = Arc::new(AckSink::default());
+        let t = AckTracker::new(4, 2, sink.clone());
+        let mut out = Vec::new();
+        t.reject(0x87);
+        t.resolve();
+        sink.take(&mut out);
+        assert_eq!(
+            out,
+            vec![(4, 0x87)],
+            "one broker's refusal is not a success"
+        );
+        let t = AckTracker::new(5, 1, sink.clone());
+        Completion {
+            ack: Some(t),
+            spool: None,
+        }
+        .fail(reason::QUOTA_EXCEEDED);
+        sink.take(&mut out);
+        assert_eq!(out[1], (5, 0x97));
     }
 
     #[test]
@@ -486,6 +566,10 @@ mod tests {
         q.push(item(1));
         let mut out = Vec::new();
         sink.take(&mut out);
-        assert_eq!(out, vec![1], "a dropped message still answers the device");
+        assert_eq!(
+            out,
+            vec![(1, reason::QUOTA_EXCEEDED)],
+            "a dropped message still answers the device, with a reason"
+        );
     }
 }

@@ -121,16 +121,30 @@ impl SubTable {
         self.exact.values().flatten().chain(self.wild.iter())
     }
 
-    /// How a message on `topic` is delivered, or `None` when no subscription matches.
-    /// `own` marks the device's own publish, which No Local subscriptions skip.
-    pub fn grant(&self, topic: &str, own: bool) -> Option<Grant> {
+    fn matching<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a SubFilter> + 'a {
         let exact = self.exact.get(topic).into_iter().flatten();
         let wild = self
             .wild
             .iter()
-            .filter(|s| router::matches(router::match_part(&s.filter), topic));
+            .filter(move |s| router::matches(router::match_part(&s.filter), topic));
+        exact.chain(wild)
+    }
+
+    /// Does an ordinary (not shared) subscription match `topic`? A broker hands a client's
+    /// own publish back on those (without No Local).
+    pub fn matches_unshared(&self, topic: &str) -> bool {
+        self.matching(topic)
+            .any(|s| router::split_shared(&s.filter).is_none())
+    }
+
+    /// How a message on `topic` is delivered, or `None` when no subscription matches.
+    /// `own` marks the device's own publish, delivered locally: No Local subscriptions skip
+    /// it, and so do shared ones (the broker picks the one member of the group that gets
+    /// it, which may be this device's upstream).
+    pub fn grant(&self, topic: &str, own: bool) -> Option<Grant> {
         let mut grant: Option<Grant> = None;
-        for s in exact.chain(wild).filter(|s| !(own && s.no_local)) {
+        let skip = |s: &SubFilter| own && (s.no_local || router::split_shared(&s.filter).is_some());
+        for s in self.matching(topic).filter(|s| !skip(s)) {
             let g = grant.get_or_insert(Grant {
                 qos: 0,
                 retain_as_published: false,
@@ -191,6 +205,13 @@ mod tests {
         t.insert(nl);
         assert_eq!(t.grant("n", true), None, "No Local hides the device's own");
         assert!(t.grant("n", false).is_some());
+        assert_eq!(
+            t.grant("x/1", true),
+            None,
+            "the device's own publish is not looped back to a shared subscription"
+        );
+        assert!(!t.matches_unshared("x/1"));
+        assert!(t.matches_unshared("a/b"));
     }
 
     #[test]

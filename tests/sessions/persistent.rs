@@ -213,8 +213,9 @@ async fn session_expiry_is_honoured() {
     let (c, ack) = connect(false, Some(2)).await.expect("connect");
     assert!(ack.session_present, "within the expiry: kept");
     c.disconnect().await.expect("disconnect");
-    // Expired after 2 s: poll with fresh connections would renew it, so wait it out once.
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    // Expired after 2 s (mosquitto checks expiry about once a second): polling with new
+    // connections would renew it, so wait it out once.
+    tokio::time::sleep(Duration::from_millis(3600)).await;
     let (c, ack) = connect(false, Some(0)).await.expect("connect");
     assert!(!ack.session_present, "expired");
     c.disconnect().await.expect("disconnect");
@@ -233,4 +234,91 @@ async fn session_expiry_is_honoured() {
     assert!(!ack.session_present, "DISCONNECT set expiry 0");
     c.disconnect().await.expect("disconnect");
     proxy.shutdown().await.expect("shutdown");
+}
+
+/// A SUBACK means the subscription is in force: a message another client publishes on
+/// the broker right after it reaches the device (Paho `test_request_response` raced the
+/// device's upstream connection, which used to come up only after the device's CONNACK).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connack_waits_for_the_upstream_and_a_suback_is_in_force() {
+    let (broker, mut proxy) = bidi_rig(MqttVersion::V5).await;
+    let (mut other, _) =
+        Raw5::connect(broker.port(), Raw5::connect_packet("racer-pub", true, None))
+            .await
+            .expect("publisher on the broker");
+    for round in 0..5 {
+        let id = format!("racer-{round}");
+        let (mut dev, _) = Raw5::connect(proxy.port(), Raw5::connect_packet(&id, true, None))
+            .await
+            .expect("connect");
+        // The device's CONNACK waited for its upstream's.
+        assert_eq!(
+            broker.client_connects(&id),
+            1,
+            "upstream connected before CONNACK"
+        );
+        let topic = format!("race/{round}");
+        dev.subscribe(
+            1,
+            vec![v5::Filter::new(topic.clone(), QoS::AtLeastOnce)],
+            None,
+        )
+        .await
+        .expect("suback");
+        let mut p = v5::Publish::new(topic, QoS::AtMostOnce, "now".to_owned(), None);
+        p.pkid = 0;
+        other.send(v5::Packet::Publish(p)).await.expect("publish");
+        let got = dev.wait_publishes(1, WAIT, true).await;
+        assert!(
+            got.is_ok(),
+            "round {round}: published right after SUBACK, lost: {got:?}"
+        );
+        dev.disconnect().await.expect("disconnect");
+    }
+    proxy.shutdown().await.expect("shutdown");
+}
+
+/// `session present` reflects the brokers' sessions: after a proxy restart (the proxy's
+/// own record is gone) the broker still holds the device's session, and what it kept is
+/// delivered although the device does not subscribe again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_present_comes_from_the_broker_after_a_proxy_restart() {
+    let (broker, mut proxy) = bidi_rig(MqttVersion::V5).await;
+    let id = format!("restart-{}", std::process::id());
+    let (mut dev, _) = Raw4::connect(proxy.port(), &id, false)
+        .await
+        .expect("connect");
+    dev.subscribe(1, "rs/#", 1).await.expect("suback");
+    wait_subscribed(&broker, "rs/#", 1, WAIT)
+        .await
+        .expect("upstream subscribed");
+    dev.disconnect().await.expect("disconnect");
+    wait_no_upstreams(&proxy).await;
+    proxy.shutdown().await.expect("shutdown");
+    publish_on_broker(broker.port(), "rs/a", &["kept1", "kept2"], 1, false).await;
+
+    let (_, mut fresh) = bidi_rig_on(&broker, MqttVersion::V5).await;
+    let (mut dev, ack) = Raw4::connect(fresh.port(), &id, false)
+        .await
+        .expect("reconnect");
+    assert!(ack.session_present, "the broker kept the session");
+    let got = dev
+        .wait_publishes(2, WAIT, true)
+        .await
+        .expect("kept messages");
+    let payloads: Vec<&[u8]> = got.iter().map(|p| &p.payload[..]).collect();
+    assert_eq!(payloads, vec![&b"kept1"[..], b"kept2"]);
+    dev.disconnect().await.expect("disconnect");
+    fresh.shutdown().await.expect("shutdown");
+}
+
+/// A second proxy in front of an existing broker.
+async fn bidi_rig_on(broker: &Mosquitto, version: MqttVersion) -> ((), TestProxy) {
+    let proxy = TestProxy::start(&[broker], |_, b| {
+        b[0].bidirectional = true;
+        b[0].mqtt_version = version;
+    })
+    .await
+    .expect("proxy");
+    ((), proxy)
 }

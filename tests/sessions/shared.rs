@@ -56,3 +56,62 @@ async fn shared_subscription_delivers_v311_broker() {
 async fn shared_subscription_with_topic_prefix() {
     shared_sub_delivers(MqttVersion::V5, Some("site1/")).await;
 }
+
+/// Paho `test_shared_subscriptions`: two devices in one share group, one of them publishes
+/// on the shared topic: the message is delivered once in the group (the broker picks the
+/// member), not looped back to the publisher on top.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_gets_each_message_once() {
+    use mqtt_proxy_tests::raw::Raw5;
+    use rumqttc::v5::mqttbytes::{v5, QoS};
+    let broker = Mosquitto::start().await.expect("broker");
+    let mut proxy = TestProxy::start(&[&broker], |_, b| {
+        b[0].bidirectional = true;
+        b[0].mqtt_version = MqttVersion::V5;
+    })
+    .await
+    .expect("proxy");
+    let mut members = Vec::new();
+    for id in ["share-a", "share-b"] {
+        let (mut c, _) = Raw5::connect(proxy.port(), Raw5::connect_packet(id, true, None))
+            .await
+            .expect("connect");
+        let filters = vec![
+            v5::Filter::new("$share/grp/sh/x", QoS::AtMostOnce),
+            v5::Filter::new("sh/control", QoS::AtMostOnce),
+        ];
+        c.subscribe(1, filters, None).await.expect("suback");
+        members.push(c);
+    }
+    wait_subscribed(&broker, "$share/grp/sh/x", 2, WAIT)
+        .await
+        .expect("both members upstream");
+    let publish =
+        |t: &str| v5::Packet::Publish(v5::Publish::new(t, QoS::AtMostOnce, "m".to_owned(), None));
+    members[1]
+        .send(publish("sh/x"))
+        .await
+        .expect("publish shared");
+    // A control message after it, to both, on the same path: once it is in, so is the rest.
+    members[1]
+        .send(publish("sh/control"))
+        .await
+        .expect("publish control");
+    let mut shared = 0;
+    for m in &mut members {
+        let got = m
+            .wait_publishes(1, WAIT, false)
+            .await
+            .expect("control or shared");
+        let mut all = got;
+        all.extend(
+            m.publishes(Duration::from_millis(700), false)
+                .await
+                .expect("read"),
+        );
+        shared += all.iter().filter(|p| &p.topic[..] == b"sh/x").count();
+        assert!(all.iter().any(|p| &p.topic[..] == b"sh/control"), "{all:?}");
+    }
+    assert_eq!(shared, 1, "one copy in the share group");
+    proxy.shutdown().await.expect("shutdown");
+}

@@ -24,6 +24,42 @@ pub fn mosquitto_pub(
     qos: u8,
     extra_args: &[&str],
 ) -> Result<()> {
+    let output = mosquitto_pub_output(port, topic, payload, qos, extra_args)?;
+    if !output.status.success() {
+        bail!(
+            "mosquitto_pub to port {port} topic {topic:?} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// [`mosquitto_pub`] that returns what the client printed (stdout, then stderr) whatever
+/// its exit status: with `-d` it shows each packet, e.g. `received PUBACK (Mid: 1, RC:135)`.
+pub fn mosquitto_pub_log(
+    port: u16,
+    topic: &str,
+    payload: &str,
+    qos: u8,
+    extra_args: &[&str],
+) -> Result<String> {
+    let output = mosquitto_pub_output(port, topic, payload, qos, extra_args)?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    ))
+}
+
+fn mosquitto_pub_output(
+    port: u16,
+    topic: &str,
+    payload: &str,
+    qos: u8,
+    extra_args: &[&str],
+) -> Result<std::process::Output> {
     let mut child = Command::new("mosquitto_pub")
         .args([
             "-h",
@@ -54,18 +90,9 @@ pub fn mosquitto_pub(
         }
         std::thread::sleep(POLL_INTERVAL);
     }
-    let output = child
+    child
         .wait_with_output()
-        .context("collecting mosquitto_pub output")?;
-    if !output.status.success() {
-        bail!(
-            "mosquitto_pub to port {port} topic {topic:?} failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
+        .context("collecting mosquitto_pub output")
 }
 
 /// Runs `mosquitto_sub -h 127.0.0.1 -p <port> <args...>` to its end (use `-E`, `-C n` or

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use rumqttc::QoS;
 
-pub use cli::{mosquitto_pub, mosquitto_sub};
+pub use cli::{mosquitto_pub, mosquitto_pub_log, mosquitto_sub};
 pub use mosquitto::{Mosquitto, MosquittoBuilder};
 pub use proxy::{ProxyRig, TestProxy};
 pub use publisher::{MqttPublisher, Publisher, PublisherBuilder};

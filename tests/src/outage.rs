@@ -179,6 +179,13 @@ impl Gate {
     }
 
     pub async fn open(&mut self) -> Result<()> {
+        self.open_cutting(None).await
+    }
+
+    /// Like [`open`](Self::open), but each relayed connection is cut as soon as the broker
+    /// has sent `after` bytes towards the client: with `after = 4` a broker that accepts
+    /// (CONNACK) and then drops the connection at once.
+    pub async fn open_cutting(&mut self, after: Option<usize>) -> Result<()> {
         if self.accept.is_some() {
             return Ok(());
         }
@@ -203,7 +210,13 @@ impl Gate {
                     {
                         let _ = inbound.set_nodelay(true);
                         let _ = outbound.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        match after {
+                            None => {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                                    .await;
+                            }
+                            Some(limit) => relay_until(&mut inbound, &mut outbound, limit).await,
+                        }
                     }
                 });
                 relays
@@ -228,6 +241,34 @@ impl Gate {
         {
             relay.abort();
         }
+    }
+}
+
+/// Relays both ways until `target` has sent `limit` bytes to `client`, then returns (the
+/// caller drops both sockets).
+async fn relay_until(client: &mut TcpStream, target: &mut TcpStream, limit: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut cr, mut cw) = client.split();
+    let (mut tr, mut tw) = target.split();
+    let up = tokio::io::copy(&mut cr, &mut tw);
+    let down = async {
+        let mut sent = 0;
+        let mut buf = [0u8; 4096];
+        while sent < limit {
+            match tr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    sent += n;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        () = down => {}
     }
 }
 

@@ -214,6 +214,11 @@ impl Authorizer {
                 return Ok(grant(Some(id), u.acl(id, c.client_id)));
             }
         }
+        // As mosquitto without a password file: when anonymous access is on and there are
+        // no users to check against, credentials are not checked either.
+        if self.allow_anonymous && users.users.is_empty() {
+            return Ok(grant(None, Acl::AllowAll));
+        }
         let Some(username) = c.username else {
             return if self.allow_anonymous {
                 Ok(grant(None, Acl::AllowAll))

@@ -63,6 +63,23 @@ async fn default_refuses_everyone_and_anonymous_is_opt_in() {
         .await
         .expect("anonymous");
     assert_eq!(g.username, None);
+    // Without users there is nothing to check credentials against (as mosquitto).
+    assert!(open
+        .authenticate(creds(Some("x"), Some("y"), [1, 1, 1, 1]))
+        .await
+        .is_ok());
+    // With users, anonymous stays open but a wrong login is still refused.
+    open.set_users(users(&[("alice", "pw-a", None)]));
+    assert!(open
+        .authenticate(creds(None, None, [1, 1, 1, 1]))
+        .await
+        .is_ok());
+    assert_eq!(
+        open.authenticate(creds(Some("alice"), Some("x"), [1, 1, 1, 1]))
+            .await
+            .err(),
+        Some(Denied::BadPassword)
+    );
 }
 
 #[tokio::test]

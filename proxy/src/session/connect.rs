@@ -159,10 +159,11 @@ async fn read_connect(
 }
 
 impl Session {
-    /// The CONNACK: `session present` when a kept session was resumed; the proxy's limits.
+    /// The CONNACK: `session present` when a kept session was resumed or a bidirectional
+    /// broker kept one (e.g. after a proxy restart); the proxy's limits.
     pub(super) fn connack(&self, assigned: Option<String>) -> Packet {
         Packet::ConnAck {
-            session_present: self.resume.is_some(),
+            session_present: self.resume.is_some() || self.upstream_present,
             code: 0,
             receive_maximum: Some(self.shared.opts.receive_maximum),
             maximum_qos: None,

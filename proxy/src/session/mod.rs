@@ -12,8 +12,10 @@
 //! - `connect.rs`: CONNECT, refusals, client id, the CONNACK
 //! - `publish.rs`: device PUBLISH (topic aliases, fan-out, acks)
 //! - `subscribe.rs`: SUBSCRIBE / UNSUBSCRIBE / SUBACK, reloads
+//! - `persist.rs`: waiting for the upstreams, closing them, the kept session record
 
 mod connect;
+mod persist;
 mod publish;
 mod subscribe;
 
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use tokio::io::WriteHalf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -140,6 +143,7 @@ pub async fn run(conn: Conn, shared: Arc<Shared>) {
         claim.previous.clone(),
         record,
     );
+    s.wait_upstreams().await;
     let end = s.serve(stream, rbuf, assigned).await;
     let with_will = matches!(end, End::Lost(_));
     info!(client_id = %s.connect.client_id, ?end, "device disconnected");
@@ -181,6 +185,8 @@ struct Session {
     expiry: u32,
     /// Kept deliveries to resend once CONNACK is out.
     resume: Option<crate::delivery::Pending>,
+    /// A bidirectional broker still had a session for this (persistent) device.
+    upstream_present: bool,
 }
 
 impl Session {
@@ -237,6 +243,7 @@ impl Session {
             aliases: HashMap::new(),
             expiry,
             resume,
+            upstream_present: false,
         };
         let set = s.brokers.borrow().clone();
         for b in &set.brokers {
@@ -251,17 +258,6 @@ impl Session {
             }
         }
         s
-    }
-
-    /// The record a persistent session leaves behind (`None` for a clean one).
-    fn into_record(mut self) -> Option<SessionRecord> {
-        if self.expiry == 0 {
-            return None;
-        }
-        let pending = self.to_device.keep();
-        let subs = std::mem::take(&mut self.subs);
-        let inbound = std::mem::take(&mut self.inbound);
-        Some(SessionRecord::new(subs, pending, inbound, self.expiry))
     }
 
     fn spawn_upstream(&self, broker: Arc<crate::brokerset::Broker>) -> UpstreamHandle {
@@ -378,12 +374,13 @@ impl Session {
                 Event::Read(Err(e)) => return End::Lost(format!("read: {e}")),
                 Event::Acks => {
                     self.acks.take(&mut ready);
-                    for pkid in ready.drain(..) {
+                    // `code` is a broker's (or the proxy's) failure reason, 0 on success.
+                    for (pkid, code) in ready.drain(..) {
                         if let Some(qos) = self.deferred.remove(&pkid) {
                             let p = if qos == 1 {
-                                Packet::PubAck { pkid, code: 0 }
+                                Packet::PubAck { pkid, code }
                             } else {
-                                Packet::PubRec { pkid, code: 0 }
+                                Packet::PubRec { pkid, code }
                             };
                             let _ = codec::write(self.proto, &p, &mut wbuf);
                         }
@@ -402,6 +399,17 @@ impl Session {
                 Event::Reload(true) => self.reconcile(),
                 Event::Reload(false) => return End::Shutdown,
                 Event::Kicked => {
+                    // A device that reconnects right after its DISCONNECT: the DISCONNECT
+                    // (and its session expiry) is already here and decides the end.
+                    if let Some(Ok(n)) = rd.read_buf(&mut rbuf).now_or_never() {
+                        if n > 0 {
+                            if let Err(e @ (End::Clean | End::Lost(_))) =
+                                self.drain_packets(&mut rbuf, &mut wbuf)
+                            {
+                                return e;
+                            }
+                        }
+                    }
                     self.goodbye(0x8E, &mut wr, &mut wbuf).await;
                     return End::TakenOver;
                 }
@@ -520,31 +528,6 @@ impl Session {
             }
         }
         Ok(())
-    }
-
-    /// Ends every upstream (deliver what is queued, then DISCONNECT or drop for the will),
-    /// meanwhile taking what brokers still hand over: a persistent session keeps it.
-    async fn close_upstreams(&mut self, with_will: bool) {
-        let drain = self.shared.opts.drain_timeout;
-        let closing: Vec<_> = self
-            .upstreams
-            .drain(..)
-            .map(|u| tokio::spawn(u.close(with_will, drain)))
-            .collect();
-        let all = futures_util::future::join_all(closing);
-        tokio::pin!(all);
-        let mut scratch = BytesMut::new();
-        loop {
-            tokio::select! {
-                _ = &mut all => break,
-                Some(m) = self.from_brokers.recv() => {
-                    // Written to nowhere: QoS 0 is gone with the connection; QoS 1/2 stays
-                    // in flight and is resent (DUP) if the session is resumed.
-                    self.to_device.offer(m, &self.subs, &mut scratch);
-                    scratch.clear();
-                }
-            }
-        }
     }
 }
 

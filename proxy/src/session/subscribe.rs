@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::{Session, HELD_MAX};
+use crate::brokerset::Broker;
 use crate::codec::{self, Packet, Protocol, SubFilter, SUBACK_FAILURE, UNSUBACK_NO_SUBSCRIPTION};
 use crate::metrics::METRICS;
 use crate::router;
@@ -33,11 +34,10 @@ pub(super) struct SubDone {
 /// The filters serving device filter `f` on broker `u` (prefix, `subscriptionTopics`,
 /// `$share/{group}/` kept in front); MQTT 5 upstreams subscribe with No Local, so a broker
 /// never returns the proxy's own publishes and the device's echo is produced locally.
-fn upstream_filters(u: &UpstreamHandle, f: &SubFilter) -> Vec<SubFilter> {
-    let no_local = u.broker.config.mqtt_version == crate::broker::MqttVersion::V5
+fn upstream_filters(b: &Broker, f: &SubFilter) -> Vec<SubFilter> {
+    let no_local = b.config.mqtt_version == crate::broker::MqttVersion::V5
         && router::split_shared(&f.filter).is_none();
-    u.broker
-        .rule
+    b.rule
         .upstream_filters(&f.filter)
         .into_iter()
         .map(|uf| SubFilter {
@@ -140,7 +140,7 @@ impl Session {
                 if !u.broker.config.bidirectional {
                     continue;
                 }
-                let up = upstream_filters(u, f);
+                let up = upstream_filters(&u.broker, f);
                 if !up.is_empty() {
                     let n = up.len();
                     let (rx, held) = UpstreamHandle::subscribe_request(up);
@@ -210,7 +210,11 @@ impl Session {
                         }
                     }
                 }
-                _ => {}
+                // The request never reached the upstream (dropped when its control channel
+                // and the held list were full, or the task is gone): not subscribed there.
+                None => failed[i] = Some(SUBACK_FAILURE),
+                // The connection dropped before the SUBACK: subscribed again on reconnect.
+                Some(_) => {}
             }
         }
         let mut codes = Vec::with_capacity(n);
@@ -279,6 +283,18 @@ impl Session {
         codes
     }
 
+    /// The device's subscriptions as upstream filters for broker `b` (none unless it is
+    /// bidirectional).
+    fn upstream_subs(&self, b: &Broker) -> Vec<SubFilter> {
+        if !b.config.bidirectional {
+            return Vec::new();
+        }
+        self.subs
+            .iter()
+            .flat_map(|f| upstream_filters(b, f))
+            .collect()
+    }
+
     /// Subscribes upstream `at` to every device subscription (a broker added by a reload,
     /// or a resumed session's upstreams). Restored subscriptions ask MQTT 5 brokers for
     /// retained messages only if the subscription is new to them (the broker may have kept
@@ -289,9 +305,8 @@ impl Session {
             return;
         }
         let up: Vec<SubFilter> = self
-            .subs
-            .iter()
-            .flat_map(|f| upstream_filters(u, f))
+            .upstream_subs(&u.broker)
+            .into_iter()
             .map(|mut f| {
                 if restored {
                     f.retain_handling = f.retain_handling.max(1);
@@ -306,21 +321,31 @@ impl Session {
     }
 
     /// Applies a new broker set: unchanged brokers (same `Arc`) keep their upstream and
-    /// its connection; removed and changed ones drain and close in the background.
+    /// its connection; changed ones hand their queue and spool over to the new settings in
+    /// the same upstream (one connection at a time); removed ones drain and close in the
+    /// background.
     pub(super) fn reconcile(&mut self) {
         let set = self.brokers.borrow_and_update().clone();
         let old = std::mem::take(&mut self.upstreams);
-        let mut kept = Vec::new();
-        for u in old {
+        let mut handovers = Vec::new();
+        for mut u in old {
             match set.get(u.broker.id()) {
-                Some(b) if std::sync::Arc::ptr_eq(b, &u.broker) => kept.push(u),
-                _ => {
+                Some(b) if std::sync::Arc::ptr_eq(b, &u.broker) => self.upstreams.push(u),
+                Some(b) => {
+                    let subs = self.upstream_subs(b);
+                    let held = u.handover_request(b.clone(), subs);
+                    self.upstreams.push(u);
+                    handovers.push((self.upstreams.len() - 1, held));
+                }
+                None => {
                     let drain = self.shared.opts.drain_timeout;
                     tokio::spawn(u.close(false, drain));
                 }
             }
         }
-        self.upstreams = kept;
+        for (at, held) in handovers {
+            self.submit(at, held);
+        }
         for b in &set.brokers {
             if self.upstreams.iter().any(|u| u.broker.id() == b.id()) {
                 continue;

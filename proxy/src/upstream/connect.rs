@@ -36,6 +36,11 @@ impl Upstream {
         }
     }
 
+    /// The largest packet read from the broker.
+    pub(super) fn inbound_max(&self) -> usize {
+        self.p.max_packet_size.max(1 << 20)
+    }
+
     pub(super) fn connect_packet(&self) -> Packet {
         let b = self.broker();
         // The will follows the same rules as a publish: topic filters, prefix, QoS cap.
@@ -69,7 +74,10 @@ impl Upstream {
                 None
             },
             receive_maximum: None,
-            max_packet_size: None,
+            // Our own inbound limit, so an MQTT 5 broker drops what we could not read
+            // instead of closing the connection over it (3.1.1 has no way to say this).
+            max_packet_size: (self.proto == Protocol::V5)
+                .then(|| u32::try_from(self.inbound_max()).unwrap_or(u32::MAX)),
         }))
     }
 }

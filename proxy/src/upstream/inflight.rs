@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::admit::Unsendable;
 use super::{FromBroker, Upstream};
 use crate::codec::{self, Message, Packet};
 use crate::loopguard::message_hash;
@@ -17,18 +18,18 @@ impl Upstream {
     pub(super) async fn on_packet(&mut self, p: Packet, wbuf: &mut BytesMut) -> Result<(), String> {
         match p {
             Packet::PubAck { pkid, code } => match self.out.on_puback(pkid) {
-                Ok(tag) => {
-                    if code != 0 {
-                        self.rejected(code);
-                    }
-                    resolve(tag);
+                // A negative PUBACK is not a delivery: the device hears the broker's reason.
+                Ok(tag) if code >= 0x80 => {
+                    self.rejected(code);
+                    fail(tag, code);
                 }
+                Ok(tag) => resolve(tag),
                 // After a reconnect a broker may ack a resend twice; harmless.
                 Err(e) => debug!(broker = self.broker().label(), "{e}"),
             },
-            Packet::PubRec { pkid, code } if code != 0 => {
+            Packet::PubRec { pkid, code } if code >= 0x80 => {
                 self.rejected(code);
-                resolve(self.out.on_pubrec_failed(pkid));
+                fail(self.out.on_pubrec_failed(pkid), code);
             }
             Packet::PubRec { pkid, .. } => {
                 match self.out.on_pubrec(pkid) {
@@ -103,6 +104,35 @@ impl Upstream {
         self.echoes.is_echo("", h, Instant::now().into_std())
     }
 
+    /// Drops a message this broker cannot take, counted by reason; a device still waiting
+    /// for its acknowledgement hears an MQTT 5 reason code.
+    pub(super) fn unsendable(&self, why: Unsendable, msg: &Message, done: Completion) {
+        let b = self.broker();
+        let m = &b.metrics;
+        match why {
+            Unsendable::Expired => &m.dropped_expired,
+            Unsendable::TooLarge => &m.dropped_too_large,
+            Unsendable::TopicTooLong => &m.dropped_topic_too_long,
+            Unsendable::Poison => &m.dropped_poison,
+        }
+        .inc();
+        b.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        if why == Unsendable::Poison {
+            b.stats.poisoned.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(held) = self.log_limit.allow(10) {
+            warn!(
+                broker = b.label(),
+                reason = why.label(),
+                topic_bytes = msg.topic.len(),
+                payload_bytes = msg.payload.len(),
+                suppressed = held,
+                "message not sent to the broker (mqtt_proxy_messages_dropped_total)"
+            );
+        }
+        done.fail(why.device_code());
+    }
+
     fn rejected(&self, code: u8) {
         let b = self.broker();
         b.metrics.dropped_rejected.inc();
@@ -115,6 +145,12 @@ impl Upstream {
                 "broker rejected a message"
             );
         }
+    }
+}
+
+fn fail(tag: Option<Completion>, code: u8) {
+    if let Some(c) = tag {
+        c.fail(code);
     }
 }
 

@@ -4,15 +4,17 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep_until, timeout, Instant};
-use tracing::info;
+use tracing::{info, warn};
 
+use super::admit::{self, BrokerLimits, Unsendable};
+use super::backoff::FailReason;
 use super::{ConnectedCount, Control, Exit, Io, Upstream, BATCH, CONNECT_TIMEOUT};
 use crate::brokerset::now_ms;
-use crate::codec::{self, Packet};
+use crate::codec::{self, Packet, Protocol};
 use crate::loopguard::message_hash;
 use crate::qos::Resend;
 use crate::queue::Queued;
@@ -21,14 +23,15 @@ impl Upstream {
     pub(super) async fn connected(&mut self, stream: Box<dyn Io>) -> Exit {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut rbuf = BytesMut::with_capacity(8 * 1024);
+        self.skip = 0;
         let mut wbuf = BytesMut::with_capacity(16 * 1024);
-        let max = self.p.max_packet_size.max(1 << 20);
+        let max = self.inbound_max();
 
         if let Err(e) = codec::write(self.proto, &self.connect_packet(), &mut wbuf) {
-            return Exit::Failed(format!("encode CONNECT: {e}"));
+            return Exit::NoSession(FailReason::NoConnack, format!("encode CONNECT: {e}"));
         }
         if let Err(e) = wr.write_all(&wbuf).await {
-            return Exit::Failed(format!("write CONNECT: {e}"));
+            return Exit::NoSession(FailReason::NoConnack, format!("write CONNECT: {e}"));
         }
         wbuf.clear();
         let connack = timeout(CONNECT_TIMEOUT, async {
@@ -51,30 +54,46 @@ impl Upstream {
                 code: 0,
                 session_present,
                 receive_maximum,
+                maximum_qos,
+                max_packet_size,
                 ..
             })) => {
                 if let Some(rm) = receive_maximum {
                     self.out.set_max_inflight(rm);
                 }
+                self.limits = BrokerLimits::from_connack(max_packet_size, maximum_qos);
                 session_present
             }
             Ok(Ok(Packet::ConnAck { code, .. })) => {
-                return Exit::Failed(format!("broker refused CONNECT (code {code:#04x})"))
+                return Exit::NoSession(
+                    FailReason::from_connack(code),
+                    format!("broker refused CONNECT (code {code:#04x})"),
+                )
             }
-            Ok(Ok(other)) => return Exit::Failed(format!("expected CONNACK, got {other:?}")),
-            Ok(Err(e)) => return Exit::Failed(format!("reading CONNACK: {e}")),
-            Err(_) => return Exit::Failed("no CONNACK within 10 s".into()),
+            Ok(Ok(other)) => {
+                return Exit::NoSession(
+                    FailReason::NoConnack,
+                    format!("expected CONNACK, got {other:?}"),
+                )
+            }
+            Ok(Err(e)) => {
+                return Exit::NoSession(FailReason::NoConnack, format!("reading CONNACK: {e}"))
+            }
+            Err(_) => {
+                return Exit::NoSession(FailReason::NoConnack, "no CONNACK within 10 s".into())
+            }
         };
         self.broker().stats.connects.fetch_add(1, Ordering::Relaxed);
         let _connected = ConnectedCount::new(self.p.broker.clone());
-        if let Ok(mut l) = self.broker().stats.last_error.lock() {
-            *l = None;
-        }
+        self.broker().stats.clear_error();
+        self.connected_at = Some(Instant::now());
         info!(broker = self.broker().label(), client_id = %self.client_id(), session_present, "upstream connected");
+        let _ = self.link.send(Some(session_present));
 
         // Subscriptions are restored unless the broker kept the session.
-        if !session_present && !self.subs.is_empty() {
-            let pkid = self.out.reserve();
+        if let (false, false, Some(pkid)) =
+            (session_present, self.subs.is_empty(), self.out.reserve())
+        {
             let _ = codec::write(
                 self.proto,
                 &Packet::Subscribe {
@@ -101,6 +120,15 @@ impl Upstream {
         let mut last_write = Instant::now();
         let mut ping_sent: Option<Instant> = None;
         let mut batch: Vec<Queued> = Vec::new();
+        // A broker that kept the session sends what it queued right behind the CONNACK,
+        // often in the same read: handle it now, not at the next read (maybe a keepalive
+        // later).
+        if let Err(e) = self
+            .read_packets(&mut rbuf, &mut wbuf, max, &mut ping_sent)
+            .await
+        {
+            return Exit::Failed(e);
+        }
         loop {
             self.fill(&mut batch, &mut wbuf);
             if !wbuf.is_empty() {
@@ -116,7 +144,9 @@ impl Upstream {
                         self.proto,
                         &Packet::Disconnect {
                             reason: 0,
-                            session_expiry: None,
+                            session_expiry: self
+                                .close_expiry
+                                .filter(|_| self.proto == Protocol::V5),
                         },
                         &mut wbuf,
                     );
@@ -167,16 +197,31 @@ impl Upstream {
                 c = self.ctl.recv() => match c {
                     Some(Control::Subscribe { filters, reply }) => {
                         self.merge_subs(filters.clone());
-                        let pkid = self.out.reserve();
+                        let Some(pkid) = self.out.reserve() else {
+                            // Every packet id is in use: refuse rather than wait.
+                            let _ = reply.send(vec![codec::SUBACK_FAILURE; filters.len()]);
+                            continue;
+                        };
                         let _ = codec::write(self.proto, &Packet::Subscribe { pkid, filters }, &mut wbuf);
                         self.pending_subacks.push((pkid, reply));
                     }
                     Some(Control::Unsubscribe { filters }) => {
                         self.subs.retain(|s| !filters.contains(&s.filter));
-                        let pkid = self.out.reserve();
-                        let _ = codec::write(self.proto, &Packet::Unsubscribe { pkid, filters }, &mut wbuf);
+                        if let Some(pkid) = self.out.reserve() {
+                            let _ = codec::write(self.proto, &Packet::Unsubscribe { pkid, filters }, &mut wbuf);
+                        }
                     }
                     Some(Control::Close { with_will }) => self.closing = Some(with_will),
+                    Some(Control::SessionExpiry(e)) => self.close_expiry = Some(e),
+                    Some(Control::Handover { broker, subs }) => {
+                        // One connection per client id: DISCONNECT (no will) before the
+                        // successor connects; what is unacked is resent there, in order.
+                        let _ = codec::write(self.proto, &Packet::Disconnect { reason: 0, session_expiry: None }, &mut wbuf);
+                        let _ = wr.write_all(&wbuf).await;
+                        let _ = wr.shutdown().await;
+                        self.take_over(broker, subs);
+                        return Exit::Handover;
+                    }
                     None => {
                         // The session vanished without closing us: behave like a lost device.
                         self.closing = Some(true);
@@ -201,6 +246,15 @@ impl Upstream {
         ping_sent: &mut Option<Instant>,
     ) -> Result<(), String> {
         loop {
+            if self.skip > 0 {
+                // The rest of an oversized PUBLISH, discarded as it arrives.
+                let n = self.skip.min(rbuf.len());
+                rbuf.advance(n);
+                self.skip -= n;
+                if self.skip > 0 {
+                    return Ok(());
+                }
+            }
             match codec::read(self.proto, rbuf, max) {
                 Ok(Some(p)) => {
                     if matches!(p, Packet::PingResp) {
@@ -209,28 +263,89 @@ impl Upstream {
                     self.on_packet(p, wbuf).await?;
                 }
                 Ok(None) => return Ok(()),
+                Err(e @ codec::CodecError::TooLarge { .. }) => match admit::oversized_publish(rbuf)
+                {
+                    Ok(None) => return Ok(()),
+                    Ok(Some(o)) => self.skip_oversized(o, wbuf),
+                    Err(()) => return Err(format!("packet from broker: {e}")),
+                },
                 Err(e) => return Err(format!("malformed packet from broker: {e}")),
             }
         }
+    }
+
+    /// Acknowledges a PUBLISH too large to read (so the broker does not redeliver it) and
+    /// skips its bytes; counted as `mqtt_proxy_messages_dropped_total{reason="inbound_too_large"}`.
+    fn skip_oversized(&mut self, o: admit::Oversized, wbuf: &mut BytesMut) {
+        let b = self.broker();
+        b.metrics.dropped_inbound_too_large.inc();
+        if let Some(held) = self.log_limit.allow(10) {
+            warn!(
+                broker = b.label(),
+                bytes = o.frame_len,
+                max = self.inbound_max(),
+                suppressed = held,
+                "message from the broker exceeds the maximum packet size: acknowledged and dropped"
+            );
+        }
+        let ack = match o.qos {
+            1 => Some(Packet::PubAck {
+                pkid: o.pkid,
+                code: 0,
+            }),
+            2 => Some(Packet::PubRec {
+                pkid: o.pkid,
+                code: 0,
+            }),
+            _ => None,
+        };
+        if let Some(ack) = ack {
+            let _ = codec::write(self.proto, &ack, wbuf);
+        }
+        self.skip = o.frame_len;
     }
 
     /// Moves queued messages into the write buffer while the in-flight window has room.
     fn fill(&mut self, batch: &mut Vec<Queued>, wbuf: &mut BytesMut) {
         let broker = self.p.broker.clone();
         let prefix = broker.rule.topic_prefix.as_deref();
+        let prefix_len = prefix.map_or(0, str::len);
         let mut written = 0u64;
         while self.out.room() > 0 && wbuf.len() < 256 * 1024 {
             self.queue.pop_batch(self.out.room().min(BATCH), batch);
             if batch.is_empty() {
                 break;
             }
+            let now = std::time::Instant::now();
             for Queued {
                 msg,
                 qos,
                 done,
                 echo,
+                expires_at,
             } in batch.drain(..)
             {
+                let (msg, qos) =
+                    match admit::admit(msg, qos, expires_at, prefix_len, &self.limits, now) {
+                        Ok(ok) => ok,
+                        Err((why, msg)) => {
+                            self.unsendable(why, &msg, done);
+                            continue;
+                        }
+                    };
+                let start = wbuf.len();
+                let pkid = if qos == 0 { 0 } else { self.out.peek_pkid() };
+                codec::encode_publish(self.proto, pkid, false, &msg, prefix, qos, wbuf);
+                if self
+                    .limits
+                    .max_packet
+                    .is_some_and(|max| wbuf.len() - start > max)
+                {
+                    // Sending it would make the broker close the connection (MQTT 5 §3.1.2.24).
+                    wbuf.truncate(start);
+                    self.unsendable(Unsendable::TooLarge, &msg, done);
+                    continue;
+                }
                 written += 1;
                 if echo {
                     // Recorded when written, not when queued: an outage does not age it.
@@ -241,18 +356,8 @@ impl Upstream {
                     );
                 }
                 if qos == 0 {
-                    codec::encode_publish(self.proto, 0, false, &msg, prefix, 0, wbuf);
                     done.complete();
                 } else {
-                    codec::encode_publish(
-                        self.proto,
-                        self.out.peek_pkid(),
-                        false,
-                        &msg,
-                        prefix,
-                        qos,
-                        wbuf,
-                    );
                     self.out.publish(msg, qos, done);
                 }
             }

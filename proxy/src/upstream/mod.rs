@@ -5,8 +5,10 @@
 //!
 //! A slow or dead broker only fills its own queue: the session never awaits this task.
 
+mod admit;
 mod backoff;
 mod connect;
+mod handover;
 mod inflight;
 mod link;
 mod task;
@@ -63,6 +65,15 @@ enum Control {
     Close {
         with_will: bool,
     },
+    /// The device changed its Session Expiry Interval at DISCONNECT: the DISCONNECT to an
+    /// MQTT 5 broker carries it, so the broker's session ends when the device's does.
+    SessionExpiry(u32),
+    /// The broker's config changed: continue as `broker`, with the same queue, spool and
+    /// in-flight messages, after ending the current connection (see `handover`).
+    Handover {
+        broker: Arc<Broker>,
+        subs: Vec<SubFilter>,
+    },
 }
 
 /// A SUBSCRIBE/UNSUBSCRIBE for an upstream task, not handed over yet (its control channel
@@ -91,9 +102,18 @@ pub struct UpstreamHandle {
     pub queue: Arc<UpstreamQueue>,
     ctl: mpsc::Sender<Control>,
     task: JoinHandle<()>,
+    /// `None` until the first connection attempt ended: then `Some(session present)`
+    /// (`Some(false)` when it failed). Updated on every later CONNACK.
+    link: watch::Receiver<Option<bool>>,
 }
 
 impl UpstreamHandle {
+    /// The outcome of the latest connection attempt (see the field): lets a device session
+    /// answer CONNECT once its upstreams did (bounded), with their `session present`.
+    pub fn link(&self) -> watch::Receiver<Option<bool>> {
+        self.link.clone()
+    }
+
     pub fn spawn(p: UpstreamParams) -> Self {
         let broker = p.broker.clone();
         let gauges = Some(crate::queue::QueueCounters {
@@ -104,13 +124,16 @@ impl UpstreamHandle {
         });
         let queue = Arc::new(UpstreamQueue::with_gauges(broker.limits, gauges));
         let (ctl_tx, ctl_rx) = mpsc::channel(64);
-        let task = Upstream::new(p, queue.clone(), ctl_rx);
+        let (link_tx, link) = watch::channel(None);
+        let mut task = Upstream::new(p, queue.clone(), ctl_rx);
+        task.link = link_tx;
         let task = tokio::spawn(task.run());
         Self {
             broker,
             queue,
             ctl: ctl_tx,
             task,
+            link,
         }
     }
 
@@ -130,6 +153,11 @@ impl UpstreamHandle {
         let _ = self.ctl.send(Control::Unsubscribe { filters }).await;
     }
 
+    /// See [`Control::SessionExpiry`]; sent before [`close`](Self::close).
+    pub async fn set_session_expiry(&self, expiry: u32) {
+        let _ = self.ctl.send(Control::SessionExpiry(expiry)).await;
+    }
+
     /// A SUBSCRIBE request to hand over with [`retry`] instead of awaiting: a device
     /// session must never await this task (it may itself be waiting for the session to
     /// take a message). The receiver yields what [`subscribe`](Self::subscribe)'s does.
@@ -138,6 +166,13 @@ impl UpstreamHandle {
     pub fn subscribe_request(filters: Vec<SubFilter>) -> (oneshot::Receiver<Vec<u8>>, Held) {
         let (tx, rx) = oneshot::channel();
         (rx, Held(Control::Subscribe { filters, reply: tx }))
+    }
+
+    /// [`handover`](Self::handover) as a request to hand over with [`retry`](Self::retry),
+    /// for a device session, which must not await this task.
+    pub fn handover_request(&mut self, broker: Arc<Broker>, subs: Vec<SubFilter>) -> Held {
+        self.broker = broker.clone();
+        Held(Control::Handover { broker, subs })
     }
 
     /// An UNSUBSCRIBE request to hand over with [`retry`](Self::retry).
@@ -275,13 +310,28 @@ struct Upstream {
     echoes: LoopGuard,
     proto: Protocol,
     log_limit: RateLimit,
+    /// When the current connection got its successful CONNACK (for the stable period).
+    connected_at: Option<tokio::time::Instant>,
+    /// What the current connection's CONNACK announced.
+    limits: admit::BrokerLimits,
+    poison: admit::PoisonWatch,
+    /// Tells the session how connection attempts end (see [`UpstreamHandle::link`]).
+    link: watch::Sender<Option<bool>>,
+    /// Session Expiry Interval for the final DISCONNECT (see [`Control::SessionExpiry`]).
+    close_expiry: Option<u32>,
+    /// Bytes of an oversized PUBLISH from the broker still to discard.
+    skip: usize,
 }
 
 enum Exit {
     /// The upstream is finished for good.
     Done,
-    /// The connection failed; reconnect.
+    /// The connection failed after a successful CONNACK; reconnect.
     Failed(String),
+    /// No MQTT session came about (unreachable, refused, no CONNACK); reconnect.
+    NoSession(backoff::FailReason, String),
+    /// The connection was ended for a changed broker config; connect with it at once.
+    Handover,
 }
 
 impl Upstream {
@@ -300,6 +350,12 @@ impl Upstream {
             echoes: LoopGuard::default(),
             proto,
             log_limit: RateLimit::new(),
+            connected_at: None,
+            limits: admit::BrokerLimits::default(),
+            poison: admit::PoisonWatch::default(),
+            link: watch::channel(None).0,
+            close_expiry: None,
+            skip: 0,
         }
     }
 
