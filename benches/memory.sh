@@ -181,7 +181,7 @@ start_proxy() {
 	for attempt in 1 2 3; do
 		PROXY_PORT=$(free_port)
 		http=$(free_port)
-		RUST_LOG=${RUST_LOG:-warn} "$PROXY" \
+		RUST_LOG=${RUST_LOG:-warn} "$PROXY" --allow-anonymous \
 			--mqtt-listen "127.0.0.1:$PROXY_PORT" --http-listen "127.0.0.1:$http" \
 			--data-dir "$dir/data" --brokers-file "$dir/brokers.json" "$@" \
 			>"$WORK/proxy.log" 2>&1 &

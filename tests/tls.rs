@@ -297,10 +297,11 @@ async fn mqtt5_upstream_over_tls_forwards() {
 /// `ProxyHandle::start` with one TLS broker; the error text, or a panic if it
 /// started.
 async fn start_error(broker: BrokerConfig) -> String {
-    let config = Config {
+    let mut config = Config {
         mqtt_listen: ([127, 0, 0, 1], 0).into(),
         ..Config::default()
     };
+    config.auth.allow_anonymous = true;
     match ProxyHandle::start(&config, &[broker]).await {
         Ok(handle) => {
             handle.shutdown().await;

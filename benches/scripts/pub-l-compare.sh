@@ -23,7 +23,7 @@ for i in 1 2 3; do
 done
 PP=$(port); HP=$(port)
 printf '{"brokers":[{"id":"b1","address":"127.0.0.1","port":%s},{"id":"b2","address":"127.0.0.1","port":%s},{"id":"b3","address":"127.0.0.1","port":%s}]}' "${BP[@]}" > "$T/brokers.json"
-RUST_LOG=warn "$BIN" --mqtt-listen 127.0.0.1:$PP --http-listen 127.0.0.1:$HP --data-dir "$T/data" --brokers-file "$T/brokers.json" >"$T/proxy.log" 2>&1 & PIDS+=($!)
+RUST_LOG=warn "$BIN" --allow-anonymous --mqtt-listen 127.0.0.1:$PP --http-listen 127.0.0.1:$HP --data-dir "$T/data" --brokers-file "$T/brokers.json" >"$T/proxy.log" 2>&1 & PIDS+=($!)
 sleep 1
 python3 -c "
 for i in range($N): print('%064d' % i)" > "$T/lines"

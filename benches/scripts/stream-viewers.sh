@@ -26,7 +26,7 @@ for i in 1 2 3; do
 done
 PP=$(port); HP=$(port); TOKEN=bench-token
 printf '{"brokers":[{"id":"b1","address":"127.0.0.1","port":%s},{"id":"b2","address":"127.0.0.1","port":%s},{"id":"b3","address":"127.0.0.1","port":%s}]}' "${BP[@]}" > "$T/brokers.json"
-MQTT_PROXY_ADMIN_TOKEN=$TOKEN RUST_LOG=warn "$BIN/mqtt-proxy" --mqtt-listen 127.0.0.1:$PP \
+MQTT_PROXY_ADMIN_TOKEN=$TOKEN RUST_LOG=warn "$BIN/mqtt-proxy" --allow-anonymous --mqtt-listen 127.0.0.1:$PP \
   --http-listen 127.0.0.1:$HP --data-dir "$T/data" --brokers-file "$T/brokers.json" >"$T/proxy.log" 2>&1 & PIDS+=($!)
 PROXY_PID=$!
 # CPU seconds (user + system) the proxy process has used so far.

@@ -1,5 +1,5 @@
 //! The proxy under test as a child process, started with the CLI contract
-//! `--mqtt-listen --http-listen --data-dir --brokers-file --log-format text`
+//! `--mqtt-listen --http-listen --data-dir --brokers-file --log-format text --allow-anonymous`
 //! and a generated brokers.json, ready once its MQTT port accepts TCP.
 
 use std::path::{Path, PathBuf};
@@ -90,6 +90,7 @@ impl ProxyProc {
             .arg(&brokers_file)
             .arg("--log-format")
             .arg("text")
+            .arg("--allow-anonymous")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

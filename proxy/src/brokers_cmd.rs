@@ -148,22 +148,27 @@ fn run_with(
     Ok(())
 }
 
+/// Reads a password from stdin to EOF; one trailing newline (LF or CRLF) is trimmed.
+pub fn read_password_stdin(stdin: &mut dyn BufRead) -> anyhow::Result<String> {
+    let mut pw = String::new();
+    stdin
+        .read_to_string(&mut pw)
+        .context("reading the password from stdin")?;
+    if pw.ends_with('\n') {
+        pw.pop();
+        if pw.ends_with('\r') {
+            pw.pop();
+        }
+    }
+    if pw.is_empty() {
+        bail!("--password-stdin: stdin was empty");
+    }
+    Ok(pw)
+}
+
 fn build(a: AddArgs, stdin: &mut dyn BufRead) -> anyhow::Result<BrokerConfig> {
     let password = if a.password_stdin {
-        let mut pw = String::new();
-        stdin
-            .read_to_string(&mut pw)
-            .context("reading the password from stdin")?;
-        if pw.ends_with('\n') {
-            pw.pop();
-            if pw.ends_with('\r') {
-                pw.pop();
-            }
-        }
-        if pw.is_empty() {
-            bail!("--password-stdin: stdin was empty");
-        }
-        Some(Secret::new(pw))
+        Some(Secret::new(read_password_stdin(stdin)?))
     } else {
         a.password.filter(|p| !p.expose().is_empty())
     };

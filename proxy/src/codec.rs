@@ -176,6 +176,12 @@ impl SubFilter {
 
 /// SUBACK code meaning failure (MQTT 3.1.1 0x80; v5 uses it as "unspecified error").
 pub const SUBACK_FAILURE: u8 = 0x80;
+/// MQTT 5 reason code "Not authorized" (PUBACK, PUBREC, SUBACK); 3.1.1 has no such code,
+/// so there it becomes a plain acknowledgement (PUBACK/PUBREC) or 0x80 (SUBACK).
+pub const NOT_AUTHORIZED: u8 = 0x87;
+/// MQTT 5 PUBACK/PUBREC reasons for a publish refused by a per-device limit.
+pub const TOPIC_NAME_INVALID: u8 = 0x90;
+pub const QUOTA_EXCEEDED: u8 = 0x97;
 
 /// The packets the proxy handles, for either protocol level.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -171,6 +171,7 @@ pub(super) fn v5_connack_reason(code: u8) -> v5::ConnectReturnCode {
         0x88 => C::ServerUnavailable,
         0x89 => C::ServerBusy,
         0x95 => C::PacketTooLarge,
+        0x9F => C::ConnectionRateExceeded,
         _ => C::UnspecifiedError,
     }
 }
@@ -197,7 +198,9 @@ pub(super) fn v5_disconnect_reason(code: u8) -> v5::DisconnectReasonCode {
         0x8B => D::ServerShuttingDown,
         0x8D => D::KeepAliveTimeout,
         0x8E => D::SessionTakenOver,
+        0x93 => D::ReceiveMaximumExceeded,
         0x95 => D::PacketTooLarge,
+        0x96 => D::MessageRateTooHigh,
         _ => D::UnspecifiedError,
     }
 }

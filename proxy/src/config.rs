@@ -60,6 +60,8 @@ pub struct SessionOptions {
     pub max_kept_session_bytes: usize,
     /// Topic aliases an MQTT 5 device may set up towards the proxy (Topic Alias Maximum).
     pub topic_alias_max: u16,
+    /// Per-device topic, rate and idle limits.
+    pub limits: crate::limits::DeviceLimits,
     /// How long a device's CONNACK waits for its bidirectional upstreams' first CONNACK, so
     /// that `session present` reflects theirs and its first SUBSCRIBE is in force upstream
     /// when its SUBACK comes (a broker that is down answers at once by refusing the TCP
@@ -115,6 +117,10 @@ pub struct Config {
     /// Cap on the bytes all queues of the process hold together.
     pub queue_total_max_bytes: usize,
     pub mirror: MirrorOptions,
+    /// Device authentication (users file, anonymous opt-in).
+    pub auth: crate::auth::AuthOptions,
+    /// Device endpoints beyond `mqtt_listen` (TLS, WebSocket) and per-address limits.
+    pub listen: crate::listener::ListenOptions,
 }
 
 impl Default for Config {
@@ -140,11 +146,18 @@ impl Default for Config {
                 max_kept_sessions: 10_000,
                 max_kept_session_bytes: 256 << 20,
                 topic_alias_max: 64,
+                limits: crate::limits::DeviceLimits::default(),
                 connack_wait: Duration::from_secs(2),
             },
             queue: QueueLimits::default(),
             queue_total_max_bytes: 512 << 20,
             mirror: MirrorOptions::default(),
+            auth: crate::auth::AuthOptions {
+                users_file: None,
+                allow_anonymous: false,
+                failures_per_minute: 10,
+            },
+            listen: crate::listener::ListenOptions::default(),
         }
     }
 }
@@ -170,6 +183,25 @@ pub struct FileConfig {
     pub instance_id: Option<String>,
     pub hop_property: Option<String>,
     pub max_hops: Option<u32>,
+    pub users_file: Option<PathBuf>,
+    pub allow_anonymous: Option<bool>,
+    pub auth_failures_per_minute: Option<u32>,
+    pub no_plain: Option<bool>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    pub tls_listen: Option<SocketAddr>,
+    pub ws_listen: Option<SocketAddr>,
+    pub wss_listen: Option<SocketAddr>,
+    pub ws_path: Option<String>,
+    pub max_connections_per_address: Option<usize>,
+    pub max_inflight: Option<u16>,
+    pub max_topic_length: Option<usize>,
+    pub max_topic_levels: Option<usize>,
+    pub max_publish_rate: Option<u32>,
+    pub publish_burst: Option<u32>,
+    pub publish_rate_action: Option<crate::limits::RateAction>,
+    pub idle_timeout_secs: Option<u64>,
     pub to_device_max_bytes: Option<usize>,
     pub device_write_timeout_secs: Option<u64>,
     pub max_subscriptions: Option<usize>,
@@ -191,12 +223,24 @@ pub struct Cli {
     pub run: RunArgs,
 }
 
+// Parsed once per process; boxing the broker arguments would only make the API clumsier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Manage the broker store (<data-dir>/brokers.json).
     Brokers {
         #[command(subcommand)]
         cmd: crate::brokers_cmd::BrokersCommand,
+    },
+    /// Manage the store's encryption secret.
+    Secret {
+        #[command(subcommand)]
+        cmd: crate::secret_cmd::SecretCommand,
+    },
+    /// Manage device users (<data-dir>/users.json or --users-file).
+    Users {
+        #[command(subcommand)]
+        cmd: crate::auth::cli::UsersCommand,
     },
 }
 
@@ -250,6 +294,68 @@ pub struct RunArgs {
     /// Hop count at which a mirrored message is not mirrored again [default: 1]
     #[arg(long, env = "MQTT_PROXY_MAX_HOPS")]
     pub max_hops: Option<u32>,
+    /// Device users file (JSON/YAML, Argon2id hashes, ACLs), hot-reloaded
+    /// [default: <data-dir>/users.json]
+    #[arg(long, env = "MQTT_PROXY_USERS_FILE", global = true)]
+    pub users_file: Option<PathBuf>,
+    /// Accept devices that send no username. Off by default: without users and without
+    /// this flag every CONNECT is refused
+    #[arg(long, env = "MQTT_PROXY_ALLOW_ANONYMOUS", global = true)]
+    pub allow_anonymous: bool,
+    /// Failed device logins per source address and minute before that address is refused
+    /// unchecked for the rest of the minute (0: no limit) [default: 10]
+    #[arg(long, env = "MQTT_PROXY_AUTH_FAILURES_PER_MINUTE")]
+    pub auth_failures_per_minute: Option<u32>,
+    /// Do not serve plain (unencrypted) MQTT on --mqtt-listen: TLS/WebSocket only
+    #[arg(long, env = "MQTT_PROXY_NO_PLAIN")]
+    pub no_plain: bool,
+    /// PEM certificate chain of the device TLS listener (hot-reloaded)
+    #[arg(long, env = "MQTT_PROXY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the device TLS listener (hot-reloaded)
+    #[arg(long, env = "MQTT_PROXY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Require device certificates signed by this PEM CA bundle; the certificate's CN
+    /// (else first DNS SAN) becomes the username
+    #[arg(long, env = "MQTT_PROXY_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// TLS listener, served when a certificate is configured [default: 0.0.0.0:8883]
+    #[arg(long, env = "MQTT_PROXY_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket listener [default: off]
+    #[arg(long, env = "MQTT_PROXY_WS_LISTEN")]
+    pub ws_listen: Option<SocketAddr>,
+    /// MQTT over secure WebSocket listener (needs the TLS certificate) [default: off]
+    #[arg(long, env = "MQTT_PROXY_WSS_LISTEN")]
+    pub wss_listen: Option<SocketAddr>,
+    /// HTTP path of the WebSocket endpoints [default: /mqtt]
+    #[arg(long, env = "MQTT_PROXY_WS_PATH")]
+    pub ws_path: Option<String>,
+    /// Open device connections per source address (0: no limit) [default: 1000]
+    #[arg(long, env = "MQTT_PROXY_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
+    /// QoS 1/2 publishes a device may have unacknowledged (MQTT 5 Receive Maximum; more
+    /// closes the connection) [default: 1024]
+    #[arg(long, env = "MQTT_PROXY_MAX_INFLIGHT")]
+    pub max_inflight: Option<u16>,
+    /// Bytes of a device's topic name or filter [default: 1024]
+    #[arg(long, env = "MQTT_PROXY_MAX_TOPIC_LENGTH")]
+    pub max_topic_length: Option<usize>,
+    /// Levels of a device's topic name or filter [default: 64]
+    #[arg(long, env = "MQTT_PROXY_MAX_TOPIC_LEVELS")]
+    pub max_topic_levels: Option<usize>,
+    /// Publishes per second per device (0: unlimited) [default: 0]
+    #[arg(long, env = "MQTT_PROXY_MAX_PUBLISH_RATE")]
+    pub max_publish_rate: Option<u32>,
+    /// Publishes a device may send at once above its rate [default: 1000]
+    #[arg(long, env = "MQTT_PROXY_PUBLISH_BURST")]
+    pub publish_burst: Option<u32>,
+    /// Over the publish rate: drop the publish or disconnect the device [default: drop]
+    #[arg(long, env = "MQTT_PROXY_PUBLISH_RATE_ACTION", value_enum)]
+    pub publish_rate_action: Option<crate::limits::RateAction>,
+    /// Seconds a device with keepalive 0 may stay silent (0: forever) [default: 3600]
+    #[arg(long, env = "MQTT_PROXY_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
     /// Bytes held per device for delivery (in flight + waiting) [default: 16777216]
     #[arg(long, env = "MQTT_PROXY_TO_DEVICE_MAX_BYTES")]
     pub to_device_max_bytes: Option<usize>,
@@ -332,6 +438,41 @@ impl Config {
             c.queue.overflow = o;
         }
         c.session.spool_dir = Some(c.data_dir.clone());
+        c.auth.users_file = Some(
+            args.users_file
+                .clone()
+                .or(file.users_file)
+                .unwrap_or_else(|| c.data_dir.join("users.json")),
+        );
+        c.auth.allow_anonymous = args.allow_anonymous || file.allow_anonymous.unwrap_or(false);
+        layer!(c.auth.failures_per_minute, auth_failures_per_minute);
+        c.listen.plain = !(args.no_plain || file.no_plain.unwrap_or(false));
+        c.listen.tls = crate::listener::tls_files(
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+            args.tls_client_ca.clone().or(file.tls_client_ca),
+        )
+        .map_err(|reason| ConfigError::Invalid {
+            field: "tls_cert",
+            reason,
+        })?;
+        layer!(c.listen.tls_listen, tls_listen);
+        c.listen.ws_listen = args.ws_listen.or(file.ws_listen);
+        c.listen.wss_listen = args.wss_listen.or(file.wss_listen);
+        layer!(c.listen.ws_path, ws_path);
+        layer!(
+            c.listen.max_connections_per_address,
+            max_connections_per_address
+        );
+        layer!(c.session.receive_maximum, max_inflight);
+        layer!(c.session.limits.max_topic_length, max_topic_length);
+        layer!(c.session.limits.max_topic_levels, max_topic_levels);
+        layer!(c.session.limits.publish_rate, max_publish_rate);
+        layer!(c.session.limits.publish_burst, publish_burst);
+        layer!(c.session.limits.rate_action, publish_rate_action);
+        if let Some(s) = args.idle_timeout_secs.or(file.idle_timeout_secs) {
+            c.session.limits.idle_timeout = Duration::from_secs(s);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -381,6 +522,12 @@ impl Config {
         }
         if self.mirror.max_hops == 0 {
             return bad("max_hops", "must be at least 1");
+        }
+        if self.session.receive_maximum == 0 {
+            return bad("max_inflight", "must be at least 1");
+        }
+        if !self.listen.ws_path.starts_with('/') {
+            return bad("ws_path", "must start with /");
         }
         if self.queue.max_bytes < 1024 {
             return bad("queue_max_bytes", "must be at least 1024");

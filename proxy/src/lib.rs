@@ -13,6 +13,7 @@
 //! keep the connections of brokers that did not change.
 
 pub mod ack;
+pub mod auth;
 pub mod broker;
 pub mod brokers_cmd;
 pub mod brokerset;
@@ -22,6 +23,7 @@ pub mod crypto;
 pub mod delivery;
 pub mod devices;
 pub mod events;
+pub mod limits;
 pub mod listener;
 pub mod loopguard;
 pub mod metrics;
@@ -32,11 +34,13 @@ pub mod queue;
 pub mod registry;
 pub mod reload;
 pub mod router;
+pub mod secret_cmd;
 pub mod session;
 pub mod spool;
 pub mod store;
 pub mod subtable;
 pub mod tls;
+pub mod transport;
 pub mod upstream;
 pub mod web;
 

@@ -42,8 +42,22 @@ fn main() -> anyhow::Result<()> {
     }
     let cli = Cli::parse();
     let config = Config::resolve(&cli.run)?;
-    if let Some(Command::Brokers { cmd }) = cli.command {
-        return mqtt_proxy::brokers_cmd::run(cmd, &config.data_dir, secret().as_deref());
+    match cli.command {
+        Some(Command::Brokers { cmd }) => {
+            return mqtt_proxy::brokers_cmd::run(cmd, &config.data_dir, secret().as_deref())
+        }
+        Some(Command::Secret { cmd }) => {
+            return mqtt_proxy::secret_cmd::run(cmd, &config.data_dir, secret().as_deref())
+        }
+        Some(Command::Users { cmd }) => {
+            let path = config
+                .auth
+                .users_file
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("users.json"));
+            return mqtt_proxy::auth::cli::run(cmd, &path);
+        }
+        None => {}
     }
     init_tracing(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()

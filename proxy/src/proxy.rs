@@ -4,15 +4,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::auth::{AuthOptions, Authorizer, UsersError};
 use crate::broker::BrokerConfig;
 use crate::brokerset::{BrokerSet, BrokerStatus, BuildError, Defaults};
 use crate::config::Config;
 use crate::registry::Registry;
 use crate::session::Shared;
+use crate::transport::Transport;
 
 /// Reads and replaces the broker set; cheap to clone (the reloader and the API hold one).
 #[derive(Clone)]
@@ -59,12 +60,14 @@ impl BrokerControl {
 }
 
 pub struct ProxyHandle {
-    mqtt_addr: SocketAddr,
+    /// Every device endpoint's bound address.
+    addrs: Vec<(Transport, SocketAddr)>,
     control: BrokerControl,
     shutdown_tx: watch::Sender<bool>,
     listener: JoinHandle<()>,
     mirror: JoinHandle<()>,
     registry: Arc<Registry>,
+    users_reload: Option<JoinHandle<()>>,
 }
 
 impl ProxyHandle {
@@ -80,18 +83,18 @@ impl ProxyHandle {
         let set = BrokerSet::build(brokers, defaults.clone(), None)?;
         let (brokers_tx, brokers_rx) = watch::channel(Arc::new(set));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let listener = TcpListener::bind(config.mqtt_listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.mqtt_listen,
-                source,
-            })?;
-        let mqtt_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.mqtt_listen,
-            source,
-        })?;
+        let edge = crate::listener::Edge::bind(&config.listen, config.mqtt_listen).await?;
+        let addrs = edge.addrs();
         let registry = Arc::new(Registry::default());
+        let auth = Arc::new(Authorizer::new(&config.auth)?);
+        warn_about_auth(&config.auth, &auth);
+        let users_reload = config
+            .auth
+            .users_file
+            .clone()
+            .map(|p| crate::auth::reload::spawn(p, auth.clone(), crate::reload::POLL));
         let shared = Arc::new(Shared {
+            auth,
             brokers: brokers_rx.clone(),
             registry: registry.clone(),
             opts: config.session.clone(),
@@ -107,8 +110,9 @@ impl ProxyHandle {
             resume_spools(dir, &brokers_rx.borrow(), &registry, &config.session);
         }
         let listener = tokio::spawn(crate::listener::serve(
-            listener,
+            edge,
             shared,
+            config.listen.clone(),
             config.max_connections,
             shutdown_rx,
         ));
@@ -118,12 +122,13 @@ impl ProxyHandle {
             registry: registry.clone(),
         };
         Ok(ProxyHandle {
-            mqtt_addr,
+            addrs,
             control,
             shutdown_tx,
             listener,
             mirror,
             registry,
+            users_reload,
         })
     }
 
@@ -149,8 +154,19 @@ impl ProxyHandle {
         Arc::new(move || r.len())
     }
 
+    /// The plain MQTT endpoint (the first endpoint when plain MQTT is off).
     pub fn mqtt_addr(&self) -> SocketAddr {
-        self.mqtt_addr
+        self.addr(Transport::Tcp)
+            .or_else(|| self.addrs.first().map(|(_, a)| *a))
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The bound address of the endpoint for `transport`, if it is served.
+    pub fn addr(&self, transport: Transport) -> Option<SocketAddr> {
+        self.addrs
+            .iter()
+            .find(|(t, _)| *t == transport)
+            .map(|(_, a)| *a)
     }
 
     /// Replaces the broker set. Invalid input leaves the running set untouched.
@@ -179,6 +195,9 @@ impl ProxyHandle {
     /// Stops accepting, flushes sessions (bounded by the drain timeout) and returns.
     pub async fn shutdown(self) {
         let _ = self.shutdown_tx.send(true);
+        if let Some(r) = &self.users_reload {
+            r.abort();
+        }
         let _ = self.listener.await;
         let _ = self.mirror.await;
     }
@@ -237,10 +256,28 @@ fn resume_spools(
     }
 }
 
+/// Anonymous access is an explicit choice and must be visible; so must a proxy that will
+/// refuse every device because nobody was added yet.
+fn warn_about_auth(opts: &AuthOptions, auth: &Authorizer) {
+    let file = opts
+        .users_file
+        .as_ref()
+        .map_or_else(|| "(none)".to_string(), |p| p.display().to_string());
+    if auth.allows_anonymous() {
+        tracing::warn!("ANONYMOUS DEVICE ACCESS IS ON (--allow-anonymous): anyone who can reach the MQTT port can publish to every upstream broker with the proxy's credentials");
+    } else if auth.user_count() == 0 {
+        tracing::warn!(users_file = %file, "no device users and anonymous access is off: every CONNECT is refused until one is added (`mqtt-proxy users add NAME`)");
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Brokers(#[from] BuildError),
+    #[error(transparent)]
+    Users(#[from] UsersError),
+    #[error(transparent)]
+    Listen(#[from] crate::listener::ListenError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,

@@ -343,6 +343,10 @@ impl Inbound {
     pub fn pending(&self) -> usize {
         self.awaiting_rel.len()
     }
+    /// Is `pkid` a QoS 2 publish still waiting for its PUBREL (a retransmission)?
+    pub fn is_awaiting(&self, pkid: u16) -> bool {
+        self.awaiting_rel.contains(&pkid)
+    }
 }
 
 #[cfg(test)]

@@ -46,16 +46,10 @@ pub async fn watch(path: PathBuf, control: BrokerControl, every: Duration) {
         .iter()
         .map(|b| b.config.clone())
         .collect();
-    let mut last = fingerprint(&path, &known);
+    let mut poller = ChangePoller::new(every, fingerprint(&path, &known));
     let mut last_error: Option<String> = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        let now = fingerprint(&path, &known);
-        if now.is_none() || now == last {
-            continue;
-        }
+        let now = poller.changed(|| fingerprint(&path, &known)).await;
         let path2 = path.clone();
         let loaded =
             tokio::task::spawn_blocking(move || crate::store::load_brokers_file(&path2)).await;
@@ -71,7 +65,7 @@ pub async fn watch(path: PathBuf, control: BrokerControl, every: Duration) {
             Ok(brokers) => {
                 METRICS.config_reloads.with_label_values(&["success"]).inc();
                 info!(file = %path.display(), brokers = brokers.len(), "broker set reloaded");
-                last = fingerprint(&path, &brokers);
+                poller.set(fingerprint(&path, &brokers));
                 known = brokers;
                 last_error = None;
             }
@@ -82,8 +76,56 @@ pub async fn watch(path: PathBuf, control: BrokerControl, every: Duration) {
                     error!(file = %path.display(), error = %e, "invalid brokers file: keeping the previous broker set");
                 }
                 last_error = Some(e);
-                last = now;
+                poller.set(Some(now));
             }
         }
     }
+}
+
+/// The piece every hot-reloaded file shares (brokers file, users file, TLS certificates):
+/// poll a content fingerprint on a fixed tick and wake only when it is readable and
+/// differs from the last one the caller accepted.
+pub struct ChangePoller {
+    tick: tokio::time::Interval,
+    last: Option<u64>,
+}
+
+impl ChangePoller {
+    pub fn new(every: Duration, last: Option<u64>) -> Self {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { tick, last }
+    }
+
+    /// Waits for a tick at which `fingerprint` is `Some` and new; returns it. The caller
+    /// records what it accepted with [`ChangePoller::set`].
+    pub async fn changed(&mut self, mut fingerprint: impl FnMut() -> Option<u64>) -> u64 {
+        loop {
+            self.tick.tick().await;
+            match fingerprint() {
+                Some(now) if Some(now) != self.last => return now,
+                _ => {}
+            }
+        }
+    }
+
+    pub fn set(&mut self, last: Option<u64>) {
+        self.last = last;
+    }
+}
+
+/// Hash of the contents of `paths` (a missing file hashes as empty, so its appearance is a
+/// change); `None` only when none of them can be read.
+pub fn hash_files<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Option<u64> {
+    let mut h = Xxh3::new();
+    let mut any = false;
+    for p in paths {
+        h.update(p.as_os_str().as_encoded_bytes());
+        if let Ok(bytes) = std::fs::read(p) {
+            any = true;
+            h.update(&(bytes.len() as u64).to_le_bytes());
+            h.update(&bytes);
+        }
+    }
+    any.then(|| h.digest())
 }

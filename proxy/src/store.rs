@@ -226,6 +226,44 @@ impl BrokerStore {
         Ok(())
     }
 
+    /// Re-encrypts every password under `new_secret` (and a fresh salt). The old file is
+    /// copied aside first and put back unless the rewritten store opens with the new
+    /// secret and yields the same brokers; it is removed only after that check.
+    pub fn rotate_secret(&mut self, new_secret: &str) -> Result<(), StoreError> {
+        let werr = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Write { path, source }
+        };
+        let old_bytes = fs::read(&self.path).map_err(|source| StoreError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
+        let backup = self.path.with_extension("json.pre-rotate");
+        write_atomic(&backup, &old_bytes).map_err(werr(&backup))?;
+        let previous = self.crypto.replace(PasswordCrypto::new(new_secret, None));
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let verified = self
+            .save(&self.brokers)
+            .and_then(|()| BrokerStore::open(dir, Some(new_secret)))
+            .and_then(|reopened| {
+                if reopened.brokers == self.brokers {
+                    Ok(())
+                } else {
+                    Err(StoreError::Write {
+                        path: self.path.clone(),
+                        source: io::Error::other("the re-encrypted store reads back differently"),
+                    })
+                }
+            });
+        if let Err(e) = verified {
+            self.crypto = previous;
+            write_atomic(&self.path, &old_bytes).map_err(werr(&self.path))?;
+            let _ = fs::remove_file(&backup);
+            return Err(e);
+        }
+        fs::remove_file(&backup).map_err(werr(&backup))
+    }
+
     fn save(&self, brokers: &[BrokerConfig]) -> Result<(), StoreError> {
         let mut sealed = brokers.to_vec();
         for b in &mut sealed {
@@ -268,7 +306,7 @@ impl BrokerStore {
 /// Writes `bytes` to `path` so that a crash at any point leaves the old file or the new
 /// one: a 0600 temp file in the same directory, fsync, rename over, fsync the directory
 /// (without the last step the rename itself may not survive a power loss).
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     let dir = dir.unwrap_or(Path::new("."));
     if !dir.is_dir() {

@@ -34,11 +34,11 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let p = path.display().to_string();
     let f = File::open(path).map_err(|source| TlsError::Read {
         path: p.clone(),
@@ -56,7 +56,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let p = path.display().to_string();
     let f = File::open(path).map_err(|source| TlsError::Read {
         path: p.clone(),

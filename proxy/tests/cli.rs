@@ -332,16 +332,25 @@ fn port_accepts(port: u16) -> bool {
 struct Served {
     proc: Proc,
     mqtt_port: u16,
+    http_port: u16,
     log: PathBuf,
 }
 
+/// Serves `data_dir` with anonymous devices allowed (the device-auth tests use
+/// [`serve_with`] without it).
 fn serve(data_dir: &Path) -> Served {
+    serve_with(data_dir, &["--allow-anonymous"], &[])
+}
+
+fn serve_with(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Served {
     let log = data_dir.join("proxy.log");
     for _ in 0..3 {
         let (mqtt_port, http_port) = (free_port(), free_port());
         let stderr = fs::File::create(&log).expect("create proxy.log");
         let mut cmd = proxy_command();
-        cmd.arg("--mqtt-listen")
+        cmd.envs(env.iter().copied());
+        cmd.args(extra)
+            .arg("--mqtt-listen")
             .arg(format!("127.0.0.1:{mqtt_port}"))
             .arg("--http-listen")
             .arg(format!("127.0.0.1:{http_port}"))
@@ -359,6 +368,7 @@ fn serve(data_dir: &Path) -> Served {
             return Served {
                 proc,
                 mqtt_port,
+                http_port,
                 log,
             };
         }
@@ -369,6 +379,207 @@ fn serve(data_dir: &Path) -> Served {
         );
     }
     panic!("no free ports for mqtt-proxy after 3 attempts");
+}
+
+/// The README quick start: add a device user with the CLI, then only that user gets in.
+#[test]
+fn users_add_then_only_that_device_connects() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = broker.port.to_string();
+    let add = format!("brokers add --id up --address 127.0.0.1 --port {port}");
+    ok(&cli(dir.path(), &add, "", None), "add the broker");
+    let added = ok(
+        &cli(
+            dir.path(),
+            "users add sensor-1 --password-stdin",
+            "pw-sensor-1\n",
+            None,
+        ),
+        "users add",
+    );
+    assert!(!added.contains("pw-sensor-1"), "{added}");
+    let users = dir.path().join("users.json");
+    let mode = fs::metadata(&users)
+        .expect("users.json")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        !read_lossy(&users).contains("pw-sensor-1"),
+        "only the hash is stored"
+    );
+    let listed = ok(&cli(dir.path(), "users list", "", None), "users list");
+    assert!(
+        listed.starts_with("sensor-1\t") && !listed.contains("argon2"),
+        "{listed}"
+    );
+
+    let proxy = serve_with(dir.path(), &[], &[]);
+    let mqtt_port = proxy.mqtt_port.to_string();
+    let publish = |creds: &[&str]| {
+        let mut cmd = Command::new("mosquitto_pub");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtt_port,
+            "-t",
+            "q/s",
+            "-m",
+            "hi",
+            "-q",
+            "1",
+        ]);
+        cmd.args(creds);
+        run(cmd, "")
+    };
+    let anonymous = publish(&[]);
+    assert!(
+        !anonymous.status.success(),
+        "anonymous device refused by default"
+    );
+    assert!(
+        text(&anonymous.stderr).contains("not authorised"),
+        "{}",
+        text(&anonymous.stderr)
+    );
+    let wrong = publish(&["-u", "sensor-1", "-P", "nope"]);
+    assert!(!wrong.status.success());
+    ok(
+        &publish(&["-u", "sensor-1", "-P", "pw-sensor-1"]),
+        "the added user",
+    );
+    let log = read_lossy(&proxy.log);
+    assert!(log.contains("device authentication failed"), "{log}");
+    assert!(
+        !log.contains("pw-sensor-1") && !log.contains("nope"),
+        "no password in logs:\n{log}"
+    );
+}
+
+/// A full flow at `trace` with known secrets (stored broker password, device password, a
+/// wrong one, the store secret, the admin token, the TLS key): none of them may appear in
+/// the log, and the API must not return the broker password.
+#[test]
+fn trace_logs_and_the_api_never_show_secrets() {
+    const BROKER_PW: &str = "brokerpw-5f2c1a";
+    const DEVICE_PW: &str = "devicepw-9e7d3b";
+    const WRONG_PW: &str = "wrongpw-1c4e8f";
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = broker.port.to_string();
+    let add = format!(
+        "brokers add --id up --address 127.0.0.1 --port {port} --username upuser --password-stdin"
+    );
+    ok(
+        &cli(dir.path(), &add, &format!("{BROKER_PW}\n"), Some(SECRET)),
+        "add",
+    );
+    let users = "users add dev --password-stdin";
+    ok(
+        &cli(dir.path(), users, &format!("{DEVICE_PW}\n"), None),
+        "users add",
+    );
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let mut gen = Command::new("openssl");
+    gen.args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+    ])
+    .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+    .args(["-addext", "subjectAltName=DNS:localhost", "-keyout"])
+    .arg(&key)
+    .arg("-out")
+    .arg(&cert);
+    ok(&run(gen, ""), "openssl req");
+    let tls_port = free_port();
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let proxy = serve_with(
+        dir.path(),
+        &[
+            "--tls-cert",
+            &cert_s,
+            "--tls-key",
+            &key_s,
+            "--tls-listen",
+            &tls_listen,
+        ],
+        &[("RUST_LOG", "trace"), ("MQTT_PROXY_SECRET", SECRET)],
+    );
+    let mqtt_port = proxy.mqtt_port.to_string();
+    let publish = |port: &str, pw: &str, tls: bool| {
+        let mut cmd = Command::new("mosquitto_pub");
+        cmd.args([
+            "-h",
+            "localhost",
+            "-p",
+            port,
+            "-t",
+            "s/t",
+            "-m",
+            "x",
+            "-q",
+            "1",
+        ]);
+        cmd.args(["-u", "dev", "-P", pw]);
+        if tls {
+            cmd.arg("--cafile").arg(&cert);
+        }
+        run(cmd, "")
+    };
+    ok(&publish(&mqtt_port, DEVICE_PW, false), "device login");
+    assert!(!publish(&mqtt_port, WRONG_PW, false).status.success());
+    ok(
+        &publish(&tls_port.to_string(), DEVICE_PW, true),
+        "device login over TLS",
+    );
+    assert!(!publish(&tls_port.to_string(), WRONG_PW, true)
+        .status
+        .success());
+    // The proxy logged in upstream with the broker password (traced by its MQTT client).
+    assert!(
+        wait_until(WAIT, || broker.log().contains("u'upuser'")),
+        "upstream login:\n{}",
+        broker.log()
+    );
+    let token = fs::read_to_string(dir.path().join("admin-token")).expect("admin token");
+    let token = token.trim();
+    let mut api = Command::new("curl");
+    api.args(["-s", "-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("http://127.0.0.1:{}/api/brokers", proxy.http_port));
+    let body = ok(&run(api, ""), "GET /api/brokers");
+    assert!(body.contains("\"up\""), "the API answered: {body}");
+    assert!(
+        !body.contains(BROKER_PW),
+        "API leaks the broker password: {body}"
+    );
+    drop(proxy.proc);
+
+    let log = read_lossy(&proxy.log);
+    assert!(log.contains("TRACE"), "the run was traced");
+    let key_pem = fs::read_to_string(&key).expect("key");
+    let key_lines = key_pem
+        .lines()
+        .filter(|l| l.len() > 16 && !l.starts_with("-----"));
+    for (what, secret) in [
+        ("broker password", BROKER_PW),
+        ("device password", DEVICE_PW),
+        ("wrong password", WRONG_PW),
+        ("store secret", SECRET),
+        ("admin token", token),
+    ]
+    .into_iter()
+    .chain(key_lines.map(|l| ("TLS key", l)))
+    {
+        assert!(!log.contains(secret), "{what} appears in the trace log");
+    }
 }
 
 #[test]

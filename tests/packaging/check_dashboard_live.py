@@ -119,7 +119,8 @@ def live(binary, tmp):
         http, mqtt = free_port(), free_port()
         procs.append(start([binary, "--brokers-file", brokers, "--data-dir", tmp,
                             "--http-listen", f"127.0.0.1:{http}", "--mqtt-listen", f"127.0.0.1:{mqtt}"],
-                           log, env={**os.environ, "RUST_LOG": "warn", "MQTT_PROXY_ADMIN_TOKEN": "dash"}))
+                           log, env={**os.environ, "RUST_LOG": "warn", "MQTT_PROXY_ADMIN_TOKEN": "dash",
+                                           "MQTT_PROXY_ALLOW_ANONYMOUS": "true"}))
         wait("the proxy's /healthz", lambda: subprocess.run(
             [binary, "healthcheck", f"http://127.0.0.1:{http}/healthz"], capture_output=True).returncode == 0)
 

@@ -149,3 +149,83 @@ async fn takeover_and_shutdown_work_while_a_device_is_stuck() {
     proxy.shutdown().await.expect("shutdown in time");
     eprintln!("shutdown took {:?}", started.elapsed());
 }
+
+/// SUBSCRIBEs while the upstream task is blocked (its broker stopped reading, so its
+/// write waits) must not stall the device's session: the session never awaits the
+/// upstream's control channel, so a PINGREQ behind 200 SUBSCRIBEs is answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribes_to_a_blocked_upstream_do_not_stall_the_session() {
+    use rumqttc::mqttbytes::{v4, QoS};
+    let broker = Mosquitto::start().await.expect("broker");
+    let mut proxy = TestProxy::start(&[&broker], |_, b| {
+        b[0].bidirectional = true;
+    })
+    .await
+    .expect("proxy");
+    let (mut dev, _) = Raw4::connect(proxy.port(), "sub-storm", true)
+        .await
+        .expect("connect");
+    proxy
+        .wait_upstreams_connected(1, WAIT)
+        .await
+        .expect("upstream");
+    broker.pause().expect("SIGSTOP");
+    // 32 MiB towards the stopped broker: the upstream's socket fills and its write waits.
+    let payload = bytes::Bytes::from(vec![b'p'; 64 * 1024]);
+    for _ in 0..512 {
+        let p = v4::Publish::from_bytes("storm/x", QoS::AtMostOnce, payload.clone());
+        dev.send(v4::Packet::Publish(p)).await.expect("publish");
+    }
+    let busy = || {
+        mqtt_proxy_tests::outage::metric_value(
+            &mqtt_proxy::metrics::render(),
+            "mqtt_proxy_subscriptions_refused_total",
+            &[("reason", "upstream_busy")],
+        )
+        .unwrap_or(0.0)
+    };
+    let busy_before = busy();
+    for i in 0..200u16 {
+        let mut s = v4::Subscribe::new(format!("storm/{i}"), QoS::AtMostOnce);
+        s.pkid = i + 1;
+        dev.send(v4::Packet::Subscribe(s)).await.expect("subscribe");
+    }
+    dev.send(v4::Packet::PingReq).await.expect("ping");
+    let started = Instant::now();
+    let mut subacks = Vec::new();
+    let answered = loop {
+        match dev.recv(Duration::from_secs(5)).await {
+            Ok(v4::Packet::PingResp) => break true,
+            Ok(v4::Packet::SubAck(a)) => subacks.push(a),
+            Ok(_) => continue,
+            Err(_) => break false,
+        }
+    };
+    broker.resume().expect("SIGCONT");
+    while subacks.len() < 200 {
+        match dev.recv(Duration::from_secs(10)).await {
+            Ok(v4::Packet::SubAck(a)) => subacks.push(a),
+            Ok(_) => continue,
+            Err(e) => panic!("{} of 200 SUBACKs: {e}", subacks.len()),
+        }
+    }
+    let refused = subacks
+        .iter()
+        .filter(|a| a.return_codes == vec![v4::SubscribeReasonCode::Failure])
+        .count();
+    assert!(
+        answered,
+        "no PINGRESP: the session is stuck behind the blocked upstream"
+    );
+    eprintln!("PINGRESP after {:?}", started.elapsed());
+    // The upstream really was blocked: its control channel and the session's bounded
+    // list of held requests filled up, and what did not fit was counted, not awaited,
+    // and refused in its SUBACK (it never reached the broker).
+    let dropped = busy() - busy_before;
+    assert!(dropped > 0.0, "the upstream's control channel never filled");
+    assert_eq!(
+        refused as f64, dropped,
+        "what was not forwarded got a failure SUBACK"
+    );
+    proxy.shutdown().await.expect("shutdown");
+}

@@ -21,10 +21,11 @@ use crate::{wait_until, Mosquitto};
 
 /// Starts the proxy on an ephemeral port of 127.0.0.1 with default settings.
 pub async fn start_proxy(brokers: &[BrokerConfig]) -> Result<ProxyHandle> {
-    let config = Config {
+    let mut config = Config {
         mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         ..Config::default()
     };
+    config.auth.allow_anonymous = true;
     ProxyHandle::start(&config, brokers)
         .await
         .context("starting the proxy")

@@ -37,6 +37,7 @@ pub fn proxy_config() -> Config {
         ..Config::default()
     };
     config.session.drain_timeout = Duration::from_millis(500);
+    config.auth.allow_anonymous = true;
     config
 }
 

@@ -82,6 +82,8 @@ async function main() {
     MQTT_PROXY_DATA_DIR: path.join(tmp, 'data'),
     MQTT_PROXY_ADMIN_TOKEN: TOKEN,
     MQTT_PROXY_SECRET: 'e2e-secret-0123456789abcdef',
+    // The test devices have no users file entry: anonymous devices are an explicit opt-in.
+    MQTT_PROXY_ALLOW_ANONYMOUS: 'true',
   });
   await waitPort(httpPort);
   await waitPort(mqttPort);
@@ -223,6 +225,7 @@ async function main() {
       MQTT_PROXY_HTTP_LISTEN: `127.0.0.1:${filePort}`,
       MQTT_PROXY_DATA_DIR: path.join(tmp, 'data-file'),
       MQTT_PROXY_ADMIN_TOKEN: TOKEN,
+      MQTT_PROXY_ALLOW_ANONYMOUS: 'true',
     });
     await waitPort(filePort);
     await page.setViewportSize({ width: 1280, height: 800 });

@@ -73,6 +73,7 @@ pub struct ValidatedProxy {
     pub mqtt_port: u16,
     pub web_port: u16,
     pub ack_policy: Option<AckPolicy>,
+    pub allow_anonymous: bool,
     pub resources: Option<ResourceRequirements>,
     pub service: ServiceSpec,
     /// Some when enabled and the CRD exists.
@@ -275,6 +276,7 @@ pub fn validate(
         mqtt_port: spec.mqtt.port,
         web_port: spec.web.port,
         ack_policy: spec.ack_policy,
+        allow_anonymous: spec.allow_anonymous,
         resources: spec.resources.clone(),
         service: spec.service.clone(),
         service_monitor,

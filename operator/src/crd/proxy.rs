@@ -56,6 +56,11 @@ pub struct MqttProxySpec {
     /// When devices get their PUBACK/PUBREC: `queued` (default), `any` or `all`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack_policy: Option<AckPolicy>,
+    /// Accept devices that send no username (the proxy's `--allow-anonymous`). Off by
+    /// default: the proxy then refuses every device without a user, so it is never an open
+    /// relay. Turn it on only where every device that can reach the Service is trusted.
+    #[serde(default)]
+    pub allow_anonymous: bool,
     /// CPU and memory of the proxy container; defaults to small requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,

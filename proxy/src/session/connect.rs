@@ -5,14 +5,15 @@
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{wait_true, Session, Shared};
+use crate::auth::{Credentials, Grant};
 use crate::codec::{self, CodecError, Connect, Packet, Protocol};
 use crate::metrics::METRICS;
+use crate::transport::Io;
 
 #[derive(Debug, thiserror::Error)]
 enum ConnectError {
@@ -38,10 +39,14 @@ fn refusal(code: u8) -> Packet {
     }
 }
 
-async fn refuse(stream: &mut TcpStream, proto: Protocol, code: u8, reason: &str) {
+async fn refuse(stream: &mut Box<dyn Io>, proto: Protocol, code: u8, reason: &str) {
     let mut w = BytesMut::new();
     let _ = codec::write(proto, &refusal(code), &mut w);
-    let _ = timeout(std::time::Duration::from_secs(1), stream.write_all(&w)).await;
+    let _ = timeout(
+        std::time::Duration::from_secs(1),
+        super::write_flush(stream, &w),
+    )
+    .await;
     METRICS.device_rejected.with_label_values(&[reason]).inc();
 }
 
@@ -49,7 +54,7 @@ async fn refuse(stream: &mut TcpStream, proto: Protocol, code: u8, reason: &str)
 /// the id, that id for the CONNACK's Assigned Client Identifier; `None` when the connection
 /// was refused or gave up.
 pub(super) async fn accept(
-    stream: &mut TcpStream,
+    stream: &mut Box<dyn Io>,
     rbuf: &mut BytesMut,
     peer: SocketAddr,
     shared: &Shared,
@@ -103,8 +108,40 @@ pub(super) async fn accept(
     Some((connect, assigned))
 }
 
+static AUTH_LOG: crate::metrics::RateLimit = crate::metrics::RateLimit::new();
+
+/// Authenticates the CONNECT (users file, anonymous opt-in); a refusal gets the CONNACK
+/// code for the device's protocol version and `None`.
+pub(super) async fn authorize(
+    stream: &mut Box<dyn Io>,
+    connect: &Connect,
+    peer: SocketAddr,
+    cert_identity: Option<&str>,
+    shared: &Shared,
+) -> Option<Grant> {
+    let creds = Credentials {
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        client_id: &connect.client_id,
+        cert_identity,
+        peer: peer.ip(),
+    };
+    match shared.auth.authenticate(creds).await {
+        Ok(g) => Some(g),
+        Err(denied) => {
+            let proto = connect.protocol;
+            refuse(stream, proto, denied.connack_code(proto), "auth").await;
+            if let Some(held) = AUTH_LOG.allow(10) {
+                // The username may be a mistyped password: never log it.
+                warn!(%peer, reason = denied.reason(), suppressed = held, "device authentication failed");
+            }
+            None
+        }
+    }
+}
+
 async fn read_connect(
-    stream: &mut TcpStream,
+    stream: &mut Box<dyn Io>,
     rbuf: &mut BytesMut,
     max: usize,
 ) -> Result<Connect, ConnectError> {

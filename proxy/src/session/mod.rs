@@ -20,14 +20,13 @@ mod publish;
 mod subscribe;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use tokio::io::WriteHalf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tracing::{info, warn};
@@ -41,6 +40,7 @@ use crate::qos::Inbound;
 use crate::queue::AckSink;
 use crate::registry::{Registry, SessionRecord};
 use crate::subtable::SubTable;
+use crate::transport::{Conn, Io};
 use crate::upstream::{FromBroker, Held, UpstreamHandle, UpstreamParams};
 
 use subscribe::SubDone;
@@ -51,6 +51,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub opts: SessionOptions,
     pub shutdown: watch::Receiver<bool>,
+    /// Who may connect and what each device may publish and subscribe to.
+    pub auth: Arc<crate::auth::Authorizer>,
 }
 
 /// Messages drained from brokers per loop turn before the write buffer is flushed: keeps
@@ -73,6 +75,15 @@ enum Event {
     RetryHeld,
 }
 
+/// Writes and flushes: TLS and WebSocket streams buffer until flushed (TCP does not care).
+async fn write_flush(
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
+    buf: &[u8],
+) -> std::io::Result<()> {
+    wr.write_all(buf).await?;
+    wr.flush().await
+}
+
 /// Resolves once the flag is `true` (or its sender is gone, which means the same).
 pub async fn wait_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
@@ -92,10 +103,26 @@ enum End {
 }
 
 /// Serves one device connection to the end.
-pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
+pub async fn run(conn: Conn, shared: Arc<Shared>) {
+    let Conn {
+        io: mut stream,
+        peer,
+        cert_identity,
+        ..
+    } = conn;
     let mut rbuf = BytesMut::with_capacity(4096);
     let Some((connect, assigned)) = connect::accept(&mut stream, &mut rbuf, peer, &shared).await
+    else {
+        return;
+    };
+    let Some(grant) = connect::authorize(
+        &mut stream,
+        &connect,
+        peer,
+        cert_identity.as_deref(),
+        &shared,
+    )
+    .await
     else {
         return;
     };
@@ -115,6 +142,7 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
           clean = connect.clean_session, resumed = record.is_some(), "device connected");
     let mut s = Session::new(
         connect,
+        grant,
         shared.clone(),
         claim.kicked.clone(),
         claim.previous.clone(),
@@ -133,6 +161,10 @@ pub async fn run(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 
 struct Session {
     connect: Connect,
+    /// What this device may publish and subscribe to.
+    grant: crate::auth::Grant,
+    /// The device's publish rate limit.
+    bucket: crate::limits::TokenBucket,
     proto: Protocol,
     shared: Arc<Shared>,
     brokers: watch::Receiver<Arc<BrokerSet>>,
@@ -168,6 +200,7 @@ struct Session {
 impl Session {
     fn new(
         connect: Connect,
+        grant: crate::auth::Grant,
         shared: Arc<Shared>,
         kicked: watch::Receiver<bool>,
         previous: Option<watch::Receiver<bool>>,
@@ -195,8 +228,11 @@ impl Session {
             Some(r) => (r.subs, r.inbound, Some(r.pending)),
             None => Default::default(),
         };
+        let bucket = shared.opts.limits.bucket(std::time::Instant::now());
         let mut s = Self {
             connect,
+            grant,
+            bucket,
             proto,
             shared,
             brokers,
@@ -263,7 +299,7 @@ impl Session {
     /// and shutdown: a device that does not read is disconnected, not waited for.
     async fn flush(
         &mut self,
-        wr: &mut OwnedWriteHalf,
+        wr: &mut WriteHalf<Box<dyn Io>>,
         wbuf: &mut BytesMut,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), End> {
@@ -272,7 +308,7 @@ impl Session {
         }
         let limit = self.shared.opts.device_write_timeout;
         let r = tokio::select! {
-            r = timeout(limit, wr.write_all(wbuf)) => r,
+            r = timeout(limit, write_flush(wr, wbuf)) => r,
             _ = wait_true(&mut self.kicked) => return Err(End::TakenOver),
             _ = wait_true(shutdown) => return Err(End::Shutdown),
         };
@@ -294,11 +330,11 @@ impl Session {
 
     async fn serve(
         &mut self,
-        stream: TcpStream,
+        stream: Box<dyn Io>,
         mut rbuf: BytesMut,
         assigned: Option<String>,
     ) -> End {
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let mut wbuf = BytesMut::with_capacity(4096);
         let mut shutdown = self.shared.shutdown.clone();
         let ack = self.connack(assigned);
@@ -308,7 +344,11 @@ impl Session {
         if let Some(p) = self.resume.take() {
             self.to_device.resume(p, &mut wbuf);
         }
-        let ka = Duration::from_millis(u64::from(self.connect.keep_alive) * 1500);
+        let ka = self
+            .shared
+            .opts
+            .limits
+            .silence_allowed(self.connect.keep_alive);
         let mut deadline = Instant::now() + ka;
         let mut ready = Vec::new();
         // Packets already read behind the CONNECT.
@@ -371,6 +411,17 @@ impl Session {
                 Event::Reload(true) => self.reconcile(),
                 Event::Reload(false) => return End::Shutdown,
                 Event::Kicked => {
+                    // A device that reconnects right after its DISCONNECT: the DISCONNECT
+                    // (and its session expiry) is already here and decides the end.
+                    if let Some(Ok(n)) = rd.read_buf(&mut rbuf).now_or_never() {
+                        if n > 0 {
+                            if let Err(e @ (End::Clean | End::Lost(_))) =
+                                self.drain_packets(&mut rbuf, &mut wbuf)
+                            {
+                                return e;
+                            }
+                        }
+                    }
                     self.goodbye(0x8E, &mut wr, &mut wbuf).await;
                     return End::TakenOver;
                 }
@@ -391,10 +442,10 @@ impl Session {
     }
 
     /// A last MQTT 5 DISCONNECT with `reason` (taken over, shutting down), given a second.
-    async fn goodbye(&self, reason: u8, wr: &mut OwnedWriteHalf, wbuf: &mut BytesMut) {
+    async fn goodbye(&self, reason: u8, wr: &mut WriteHalf<Box<dyn Io>>, wbuf: &mut BytesMut) {
         if self.proto == Protocol::V5 {
             self.disconnect_with(reason, wbuf);
-            let _ = timeout(Duration::from_secs(1), wr.write_all(wbuf)).await;
+            let _ = timeout(Duration::from_secs(1), write_flush(wr, wbuf)).await;
         }
     }
 

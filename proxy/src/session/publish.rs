@@ -34,6 +34,18 @@ impl Session {
         METRICS.messages_received.inc();
         self.info.received();
         let qos = msg.qos;
+        if let Some(code) = self.over_limit(pkid, qos, msg.topic_str(), wbuf)? {
+            self.deny_publish(pkid, qos, code, wbuf);
+            return Ok(());
+        }
+        if !self
+            .shared
+            .auth
+            .may_publish(&mut self.grant, msg.topic_str())
+        {
+            self.deny_publish(pkid, qos, codec::NOT_AUTHORIZED, wbuf);
+            return Ok(());
+        }
         if qos == 2 && !self.inbound.on_publish_qos2(pkid) {
             // Retransmission before PUBREL: already forwarded; acknowledge again.
             if !self.deferred.contains_key(&pkid) {
@@ -49,6 +61,60 @@ impl Session {
             _ => Ok(()),
         }
         .map_err(|e| End::Lost(e.to_string()))
+    }
+
+    /// Per-device limits (`crate::limits`): `Some(reason)` drops the publish, `Err` closes
+    /// the connection (too many in flight, or over the rate with action `disconnect`).
+    fn over_limit(
+        &mut self,
+        pkid: u16,
+        qos: u8,
+        topic: &str,
+        wbuf: &mut BytesMut,
+    ) -> Result<Option<u8>, End> {
+        let limits = &self.shared.opts.limits;
+        if !limits.topic_ok(topic) {
+            crate::limits::hit("topic", "drop");
+            return Ok(Some(codec::TOPIC_NAME_INVALID));
+        }
+        let retransmit = qos == 2 && self.inbound.is_awaiting(pkid);
+        let in_flight = self.deferred.len() + self.inbound.pending();
+        if qos > 0 && !retransmit && in_flight >= usize::from(self.shared.opts.receive_maximum) {
+            crate::limits::hit("inflight", "disconnect");
+            self.disconnect_with(0x93, wbuf);
+            return Err(End::Lost(format!(
+                "more than {in_flight} publishes in flight"
+            )));
+        }
+        if !retransmit && !self.bucket.take(std::time::Instant::now()) {
+            if limits.rate_action == crate::limits::RateAction::Disconnect {
+                crate::limits::hit("publish_rate", "disconnect");
+                self.disconnect_with(0x96, wbuf);
+                return Err(End::Lost("publish rate exceeded".into()));
+            }
+            crate::limits::hit("publish_rate", "drop");
+            return Ok(Some(codec::QUOTA_EXCEEDED));
+        }
+        Ok(None)
+    }
+
+    /// A PUBLISH the device's ACL refuses is dropped (the authorizer counted it). MQTT 5
+    /// says why in PUBACK/PUBREC (0x87); 3.1.1 cannot, so it gets the normal ack, as
+    /// mosquitto does, and its QoS 2 flow completes on PUBREL.
+    fn deny_publish(&mut self, pkid: u16, qos: u8, v5_code: u8, wbuf: &mut BytesMut) {
+        let v5 = self.proto == Protocol::V5;
+        let code = if v5 { v5_code } else { 0 };
+        let ack = match qos {
+            1 => Packet::PubAck { pkid, code },
+            2 => {
+                if !v5 {
+                    self.inbound.on_publish_qos2(pkid);
+                }
+                Packet::PubRec { pkid, code }
+            }
+            _ => return,
+        };
+        let _ = codec::write(self.proto, &ack, wbuf);
     }
 
     /// MQTT 5 §3.3.2.3.4: a PUBLISH with a topic and an alias sets the alias; one with an

@@ -111,6 +111,19 @@ impl Session {
                 preset[i] = Some(if v5 { SUBACK_INVALID } else { SUBACK_FAILURE });
                 continue;
             }
+            if !self.shared.opts.limits.topic_ok(&f.filter) {
+                crate::limits::hit("topic", "refuse");
+                preset[i] = Some(if v5 { SUBACK_INVALID } else { SUBACK_FAILURE });
+                continue;
+            }
+            if !self.shared.auth.may_subscribe(&mut self.grant, &f.filter) {
+                preset[i] = Some(if v5 {
+                    codec::NOT_AUTHORIZED
+                } else {
+                    SUBACK_FAILURE
+                });
+                continue;
+            }
             if self.subs.get(&f.filter).is_none()
                 && self.subs.len() >= self.shared.opts.max_subscriptions
             {
@@ -197,7 +210,11 @@ impl Session {
                         }
                     }
                 }
-                _ => {}
+                // The request never reached the upstream (dropped when its control channel
+                // and the held list were full, or the task is gone): not subscribed there.
+                None => failed[i] = Some(SUBACK_FAILURE),
+                // The connection dropped before the SUBACK: subscribed again on reconnect.
+                Some(_) => {}
             }
         }
         let mut codes = Vec::with_capacity(n);

@@ -206,7 +206,9 @@ impl ProxyProcess {
             .args(["--mqtt-listen", &format!("127.0.0.1:{port}")])
             .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
             .arg("--data-dir")
-            .arg(data.path());
+            .arg(data.path())
+            // The test devices have no users: anonymous devices are an explicit opt-in.
+            .arg("--allow-anonymous");
         let mut process = Process::spawn("mqtt-proxy", &mut cmd)?;
         let deadline = Instant::now() + WAIT;
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
