@@ -131,7 +131,11 @@ pub async fn run(conn: Conn, shared: Arc<Shared>) {
     // its upstreams are done (bounded by the drain timeout).
     let resume_wait = shared.opts.drain_timeout + Duration::from_secs(2);
     let record = claim.resume(connect.clean_session, resume_wait).await;
-    let version = if connect.protocol == Protocol::V5 { "5" } else { "3.1.1" };
+    let version = if connect.protocol == Protocol::V5 {
+        "5"
+    } else {
+        "3.1.1"
+    };
     let device = shared
         .registry
         .devices
