@@ -117,17 +117,7 @@ impl Raw5 {
                 return Ok(out);
             }
             match self.recv(left).await {
-                Ok(v5::Packet::Publish(p)) => {
-                    if ack {
-                        self.ack(&p).await?;
-                    }
-                    out.push(p);
-                }
-                Ok(v5::Packet::PubRel(r)) if ack => {
-                    self.send(v5::Packet::PubComp(v5::PubComp::new(r.pkid, None)))
-                        .await?;
-                }
-                Ok(_) => {}
+                Ok(packet) => out.extend(self.take_publish(packet, ack).await?),
                 Err(_) => return Ok(out),
             }
         }
@@ -145,21 +135,30 @@ impl Raw5 {
         while out.len() < n {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.recv(left).await {
-                Ok(v5::Packet::Publish(p)) => {
-                    if ack {
-                        self.ack(&p).await?;
-                    }
-                    out.push(p);
-                }
-                Ok(v5::Packet::PubRel(r)) if ack => {
-                    self.send(v5::Packet::PubComp(v5::PubComp::new(r.pkid, None)))
-                        .await?;
-                }
-                Ok(_) => {}
+                Ok(packet) => out.extend(self.take_publish(packet, ack).await?),
                 Err(e) => bail!("{} of {n} PUBLISHes, then: {e}: {out:?}", out.len()),
             }
         }
         Ok(out)
+    }
+
+    /// A received PUBLISH is returned (acknowledged when `ack`), a PUBREL completed when
+    /// `ack`; anything else is skipped (`None`).
+    async fn take_publish(&mut self, packet: v5::Packet, ack: bool) -> Result<Option<v5::Publish>> {
+        match packet {
+            v5::Packet::Publish(p) => {
+                if ack {
+                    self.ack(&p).await?;
+                }
+                Ok(Some(p))
+            }
+            v5::Packet::PubRel(r) if ack => {
+                self.send(v5::Packet::PubComp(v5::PubComp::new(r.pkid, None)))
+                    .await?;
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
     }
 
     async fn ack(&mut self, p: &v5::Publish) -> Result<()> {
