@@ -17,3 +17,4 @@ pub mod leader;
 pub use mqtt_proxy::broker::BrokerConfig;
 pub mod controller;
 pub mod metrics;
+pub mod webhook;

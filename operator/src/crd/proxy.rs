@@ -36,6 +36,13 @@ use super::Condition;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MqttProxySpec {
+    /// How the proxies run: `Deployment` (default) renders a Deployment and Service;
+    /// `Sidecar` renders no pods of its own: the operator's admission webhook injects the
+    /// proxy into every pod of this namespace labelled `mqttproxy.io/inject: <this name>`,
+    /// and the app reaches it on `localhost`. Sidecar mode needs Kubernetes 1.28+ (native
+    /// sidecars) and the chart's `sidecar.enabled`.
+    #[serde(default)]
+    pub mode: ProxyMode,
     /// Which MqttBrokers of this namespace the proxies forward to (a standard label
     /// selector). Absent selects none; `{}` selects all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,6 +80,16 @@ pub struct MqttProxySpec {
     /// Scheduling settings passed to the pod template.
     #[serde(default)]
     pub pod_template: PodTemplateSpec,
+}
+
+/// How an MqttProxy's proxies run.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ProxyMode {
+    /// A Deployment of proxy pods behind a Service (the default).
+    #[default]
+    Deployment,
+    /// Injected into labelled application pods by the operator's admission webhook.
+    Sidecar,
 }
 
 /// The device-facing MQTT listener.
