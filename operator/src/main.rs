@@ -55,6 +55,35 @@ struct Args {
     /// Namespace of that Lease [default: --namespace, else the pod's own namespace]
     #[arg(long, env = "MQTT_PROXY_OPERATOR_LEADER_ELECTION_NAMESPACE")]
     leader_election_namespace: Option<String>,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+/// Sidecar mode's admission webhook (off unless `--webhook-listen` is given).
+#[derive(clap::Args, Debug)]
+struct WebhookArgs {
+    /// Serve the sidecar-injection webhook (HTTPS, `POST /mutate-pod`) on this address
+    #[arg(long, env = "MQTT_PROXY_OPERATOR_WEBHOOK_LISTEN")]
+    webhook_listen: Option<SocketAddr>,
+    /// MutatingWebhookConfiguration whose caBundle the operator keeps current
+    #[arg(long, env = "MQTT_PROXY_OPERATOR_WEBHOOK_CONFIG")]
+    webhook_config: Option<String>,
+    /// Service in front of the webhook: its DNS names go into the serving certificate
+    #[arg(long, env = "MQTT_PROXY_OPERATOR_WEBHOOK_SERVICE")]
+    webhook_service: Option<String>,
+    /// Further names or IPs for the serving certificate (comma-separated)
+    #[arg(long, env = "MQTT_PROXY_OPERATOR_WEBHOOK_HOSTS", value_delimiter = ',')]
+    webhook_host: Vec<String>,
+    /// Namespace of the webhook's Service and CA Secret [default: the pod's own]
+    #[arg(long, env = "MQTT_PROXY_OPERATOR_WEBHOOK_NAMESPACE")]
+    webhook_namespace: Option<String>,
+    /// Secret holding the webhook's CA (created and rotated by the operator)
+    #[arg(
+        long,
+        env = "MQTT_PROXY_OPERATOR_WEBHOOK_CA_SECRET",
+        default_value = "mqtt-proxy-operator-webhook-ca"
+    )]
+    webhook_ca_secret: String,
 }
 
 struct Health {
@@ -99,6 +128,26 @@ async fn main() -> anyhow::Result<()> {
     info!(listen = %args.http_listen, namespace = namespace.as_deref().unwrap_or("<all>"), "mqtt-proxy-operator starting");
 
     let signal = shutdown_signal().boxed().shared();
+    // Before the Lease: standby replicas answer admission too (see the webhook module).
+    if let Some(cfg) = webhook_config(args.webhook) {
+        let served = mqtt_proxy_operator::webhook::start(
+            client.clone(),
+            namespace.as_deref(),
+            cfg,
+            args.proxy_image.clone(),
+            &metrics.registry,
+            signal.clone(),
+        )
+        .await
+        .context("starting the sidecar webhook")?;
+        tokio::spawn(async move {
+            match served.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "sidecar webhook stopped"),
+                Err(e) => tracing::error!(error = %e, "sidecar webhook task failed"),
+            }
+        });
+    }
     let elector = if args.leader_elect {
         Some(elector(
             &client,
@@ -199,18 +248,45 @@ async fn readyz(State(h): State<Arc<Health>>) -> (StatusCode, &'static str) {
     }
 }
 
+fn webhook_config(a: WebhookArgs) -> Option<mqtt_proxy_operator::webhook::Config> {
+    let listen = a.webhook_listen?;
+    let namespace = a
+        .webhook_namespace
+        .filter(|n| !n.is_empty())
+        .or_else(own_namespace)
+        .unwrap_or_else(|| "default".into());
+    let mut hosts = a
+        .webhook_service
+        .filter(|s| !s.is_empty())
+        .map(|s| mqtt_proxy_operator::webhook::service_hosts(&s, &namespace))
+        .unwrap_or_default();
+    hosts.extend(a.webhook_host.into_iter().filter(|h| !h.is_empty()));
+    if hosts.is_empty() {
+        hosts.push("localhost".into());
+    }
+    Some(mqtt_proxy_operator::webhook::Config {
+        listen,
+        namespace,
+        ca_secret: a.webhook_ca_secret,
+        webhook_config: a.webhook_config.filter(|n| !n.is_empty()),
+        hosts,
+    })
+}
+
+/// The pod's namespace, from its service account mount.
+fn own_namespace() -> Option<String> {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
 /// The Lease lives in `--leader-election-namespace`, else the watched namespace, else the
 /// pod's own (service account) namespace, else `default`.
 fn elector(client: &Client, lease_ns: Option<String>, watched: Option<&str>) -> Elector {
-    let pod_ns = || {
-        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-            .ok()
-            .map(|s| s.trim().to_string())
-    };
     let ns = lease_ns
         .filter(|n| !n.is_empty())
         .or_else(|| watched.map(String::from))
-        .or_else(pod_ns)
+        .or_else(own_namespace)
         .unwrap_or_else(|| "default".into());
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "mqtt-proxy-operator".into());
     Elector {

@@ -7,6 +7,7 @@ pub mod apply;
 pub mod build;
 mod discovery;
 pub mod index;
+pub mod sidecar;
 pub mod status;
 pub mod validate;
 
@@ -24,7 +25,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use crate::crd::{MqttBroker, MqttProxy};
+use crate::crd::{MqttBroker, MqttProxy, ProxyMode};
 use crate::metrics::Metrics;
 use status::ProxyOutcome;
 use validate::Inputs;
@@ -96,10 +97,18 @@ pub async fn reconcile(proxy: Arc<MqttProxy>, ctx: Arc<Ctx>) -> Result<Action, E
         }
     };
     let bundle = build::build(&valid);
-    let applied = apply::apply(&ctx.client, &ns, &bundle).await?;
+    let outcome = match proxy.spec.mode {
+        ProxyMode::Deployment => {
+            let applied = apply::apply(&ctx.client, &ns, &bundle).await?;
+            applied_outcome(&valid, Some(&applied.deployment))
+        }
+        ProxyMode::Sidecar => {
+            sidecar::apply(&ctx.client, &ns, &bundle).await?;
+            applied_outcome(&valid, None)
+        }
+    };
     let ids = valid.brokers.iter().map(|b| b.id.clone()).collect();
     ctx.rendered.set(&proxy, ids);
-    let outcome = applied_outcome(&valid, &applied.deployment);
     if write_proxy_status(&ctx, &proxy, &outcome).await? {
         info!(proxy = %proxy.name_any(), brokers = valid.brokers.len(), "applied");
     }
@@ -119,8 +128,9 @@ async fn write_proxy_status(
     status::write_status(&api, proxy, old, st).await
 }
 
-fn applied_outcome(v: &validate::ValidatedProxy, d: &Deployment) -> ProxyOutcome {
-    let st = d.status.clone().unwrap_or_default();
+/// `d` is None in Sidecar mode: the pods are the apps', so no replica count applies.
+fn applied_outcome(v: &validate::ValidatedProxy, d: Option<&Deployment>) -> ProxyOutcome {
+    let st = d.and_then(|d| d.status.clone()).unwrap_or_default();
     let degraded = match (&v.service_monitor_skipped, v.brokers.is_empty()) {
         (Some(why), _) => Some((crate::crd::reason::SERVICE_MONITOR_SKIPPED, why.clone())),
         (None, true) => Some((
@@ -131,7 +141,7 @@ fn applied_outcome(v: &validate::ValidatedProxy, d: &Deployment) -> ProxyOutcome
     };
     ProxyOutcome::Applied {
         brokers: i32::try_from(v.brokers.len()).unwrap_or(i32::MAX),
-        desired: v.replicas,
+        desired: if d.is_some() { v.replicas } else { 0 },
         replicas: st.replicas.unwrap_or(0),
         ready: st.ready_replicas.unwrap_or(0),
         selector: build::selector_labels(v)
