@@ -17,7 +17,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionReview};
 use mqtt_proxy_operator::controller::build::build_deployment;
 use mqtt_proxy_operator::controller::validate::validate;
 use mqtt_proxy_operator::crd::{MqttProxy, ProxyMode};
-use mqtt_proxy_operator::webhook::inject::{self, INJECTED_ANNOTATION, SIDECAR_NAME};
+use mqtt_proxy_operator::webhook::inject::{self, Placement, INJECTED_ANNOTATION, SIDECAR_NAME};
 use mqtt_proxy_operator::webhook::review::{respond, sidecar_for, Decision};
 use serde_json::Value;
 
@@ -62,7 +62,11 @@ struct Answer {
 }
 
 fn answer(req: &AdmissionRequest<Pod>, proxy: &MqttProxy) -> Answer {
-    let (res, decision) = respond(req, sidecar_for(proxy, BTreeMap::new(), IMAGE));
+    answer_at(req, proxy, Placement::NativeSidecar)
+}
+
+fn answer_at(req: &AdmissionRequest<Pod>, proxy: &MqttProxy, placement: Placement) -> Answer {
+    let (res, decision) = respond(req, sidecar_for(proxy, BTreeMap::new(), IMAGE), placement);
     let mut response = serde_json::to_value(res.into_review()).expect("serializes");
     let patch = response["response"]
         .as_object_mut()
@@ -193,6 +197,53 @@ fn bare_pod_gets_the_lists_created() {
         .map(|v| v.name)
         .collect();
     assert_eq!(volumes, ["mqtt-proxy-brokers", "mqtt-proxy-data"]);
+}
+
+/// Before Kubernetes 1.28 an init container may have neither `restartPolicy` nor probes:
+/// the proxy becomes a regular container after the app's.
+#[test]
+fn old_api_servers_get_a_regular_container() {
+    let (review, req) = request("review-labelled.json");
+    let a = answer_at(&req, &sidecar_proxy(), Placement::Container);
+    let patch = a.patch.expect("a patch");
+    golden("expected-patch-labelled-container.json", &patch);
+    let pod = assert_valid_pod(&apply(&review, &patch));
+    let spec = pod.spec.expect("spec");
+    let names: Vec<_> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["app", SIDECAR_NAME]);
+    assert_eq!(spec.containers[1].restart_policy, None);
+    assert!(
+        spec.containers[1].readiness_probe.is_some(),
+        "gates the pod's readiness"
+    );
+    let init: Vec<_> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| &c.name)
+        .collect();
+    assert_eq!(init, ["migrate"], "the app's init containers untouched");
+
+    // The same pod is recognised as injected, whichever placement made it.
+    let mut review = review;
+    review["request"]["object"] = apply(&read_json("review-labelled.json"), &patch);
+    let parsed: AdmissionReview<Pod> = serde_json::from_value(review).expect("review");
+    let again = answer(&parsed.try_into().expect("request"), &sidecar_proxy());
+    assert!(again.patch.is_none());
+}
+
+#[test]
+fn placement_follows_the_api_server_version() {
+    assert_eq!(Placement::for_version("1", "20"), Placement::Container);
+    assert_eq!(Placement::for_version("1", "27+"), Placement::Container);
+    assert_eq!(Placement::for_version("1", "28"), Placement::NativeSidecar);
+    assert_eq!(Placement::for_version("1", "31+"), Placement::NativeSidecar);
+    assert_eq!(Placement::for_version("2", "0"), Placement::NativeSidecar);
+    assert_eq!(
+        Placement::for_version("", ""),
+        Placement::Container,
+        "unknown: the safe one"
+    );
 }
 
 #[test]

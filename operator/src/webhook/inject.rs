@@ -6,7 +6,10 @@
 //! builder) means whatever the Deployment's proxy container gets — env, mounts, probes,
 //! resources — the sidecar gets too. What changes, and why:
 //! - name `mqtt-proxy` and `restartPolicy: Always` in `initContainers[0]`: a native sidecar
-//!   (Kubernetes 1.28+) starts before the app's containers and stops after them;
+//!   (Kubernetes 1.28+) starts before the app's containers and stops after them. Older API
+//!   servers know neither the field nor probes on init containers and refuse such a pod, so
+//!   there ([`Placement::Container`]) the proxy becomes one more regular container: no start
+//!   order, but the pod is only Ready once the proxy is;
 //! - the MQTT listener binds `127.0.0.1`: the app reaches it on `localhost`, and nothing
 //!   outside the pod can use it as a relay (the HTTP port stays on all addresses for the
 //!   kubelet's probes, which come to the pod IP);
@@ -38,6 +41,28 @@ const PORT_NAME_MAX: usize = 15;
 /// The Deployment's proxy container, by name.
 const PROXY_CONTAINER: &str = "proxy";
 const MQTT_LISTEN_ENV: &str = "MQTT_PROXY_MQTT_LISTEN";
+
+/// Where the sidecar goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// `initContainers[0]` with `restartPolicy: Always` (Kubernetes 1.28+).
+    NativeSidecar,
+    /// Appended to `containers`, for API servers before 1.28.
+    Container,
+}
+
+impl Placement {
+    /// Native sidecars from Kubernetes 1.28 on (`SidecarContainers`, beta and on by default
+    /// since then). `minor` may carry a `+` (some distributions report `28+`).
+    pub fn for_version(major: &str, minor: &str) -> Placement {
+        let num = |s: &str| s.trim_end_matches('+').parse::<u32>().unwrap_or(0);
+        if (num(major), num(minor)) >= (1, 28) {
+            Placement::NativeSidecar
+        } else {
+            Placement::Container
+        }
+    }
+}
 
 /// What gets injected into one pod.
 #[derive(Clone, Debug, PartialEq)]
@@ -162,7 +187,12 @@ pub fn already_injected(pod: &Pod) -> bool {
 
 /// The JSON patch (RFC 6902) that injects `sidecar` into `pod` for MqttProxy `proxy`, or
 /// `None` when the pod is already injected.
-pub fn injection_patch(pod: &Pod, proxy: &str, sidecar: &Sidecar) -> Option<Vec<Value>> {
+pub fn injection_patch(
+    pod: &Pod,
+    proxy: &str,
+    sidecar: &Sidecar,
+    placement: Placement,
+) -> Option<Vec<Value>> {
     if already_injected(pod) {
         return None;
     }
@@ -197,11 +227,21 @@ pub fn injection_patch(pod: &Pod, proxy: &str, sidecar: &Sidecar) -> Option<Vec<
         }
         _ => {}
     }
-    let container = to_value(&sidecar.container);
-    match spec.init_containers.as_ref().filter(|c| !c.is_empty()) {
-        // First, so the app's own init containers can already reach the broker.
-        Some(_) => ops.push(add("/spec/initContainers/0", container)),
-        None => ops.push(add("/spec/initContainers", json!([container]))),
+    match placement {
+        Placement::NativeSidecar => {
+            let container = to_value(&sidecar.container);
+            match spec.init_containers.as_ref().filter(|c| !c.is_empty()) {
+                // First, so the app's own init containers can already reach the broker.
+                Some(_) => ops.push(add("/spec/initContainers/0", container)),
+                None => ops.push(add("/spec/initContainers", json!([container]))),
+            }
+        }
+        Placement::Container => {
+            let mut c = sidecar.container.clone();
+            c.restart_policy = None;
+            // After the app's: `kubectl exec/logs` keep defaulting to the app.
+            ops.push(add("/spec/containers/-", to_value(&c)));
+        }
     }
     match spec.volumes.as_ref() {
         Some(_) => ops.extend(volumes.iter().map(|v| add("/spec/volumes/-", to_value(v)))),

@@ -160,12 +160,16 @@ pub async fn start(
             .default_backoff()
             .for_each(|_| async {}),
     );
+    let version = client.apiserver_version().await?;
+    let placement = inject::Placement::for_version(&version.major, &version.minor);
+    tracing::info!(version = %version.git_version, ?placement, "sidecar placement");
     let admission = Arc::new(server::Admission {
         client: client.clone(),
         proxies: store,
         synced,
         proxy_image,
         metrics,
+        placement,
     });
     let tcp = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::ResourceExt;
 
-use super::inject::{self, Sidecar};
+use super::inject::{self, Placement, Sidecar};
 use crate::controller::build::build_deployment;
 use crate::controller::validate::{validate, Inputs};
 use crate::crd::{MqttProxy, ProxyMode};
@@ -82,6 +82,7 @@ pub fn wanted(req: &AdmissionRequest<Pod>) -> Option<&str> {
 pub fn respond(
     req: &AdmissionRequest<Pod>,
     sidecar: Result<Sidecar, String>,
+    placement: Placement,
 ) -> (AdmissionResponse, Decision) {
     let res = AdmissionResponse::from(req);
     let (Some(proxy), Some(pod)) = (wanted(req), req.object.as_ref()) else {
@@ -96,7 +97,7 @@ pub fn respond(
         Ok(s) => s,
         Err(why) => return refuse(res, why),
     };
-    let Some(ops) = inject::injection_patch(pod, proxy, &sidecar) else {
+    let Some(ops) = inject::injection_patch(pod, proxy, &sidecar, placement) else {
         return (res, Decision::Skipped);
     };
     let patch = match serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(ops)) {

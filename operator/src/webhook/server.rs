@@ -26,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::certs::Leaf;
+use super::inject::Placement;
 use super::review::{respond, sidecar_for, wanted, Decision};
 use super::{Error, WebhookMetrics};
 use crate::crd::MqttProxy;
@@ -66,13 +67,15 @@ impl ResolvesServerCert for CertSlot {
 
 /// What the handler needs: the MqttProxy store (every replica runs its own reflector, so
 /// standby replicas answer too), a client for the one Secret a user-named admin token
-/// lives in, and the default proxy image.
+/// lives in, the default proxy image, and where the sidecar goes.
 pub struct Admission {
     pub client: Client,
     pub proxies: Store<MqttProxy>,
     pub synced: tokio::sync::watch::Receiver<bool>,
     pub proxy_image: String,
     pub metrics: WebhookMetrics,
+    /// From the API server's version at start-up.
+    pub placement: Placement,
 }
 
 /// How long a review waits for the MqttProxy store right after start-up; the API server's
@@ -94,7 +97,7 @@ async fn mutate(
         Some(name) => lookup(&a, &req, name).await,
         None => Err(String::new()), // unused: respond skips
     };
-    let (res, decision) = respond(&req, sidecar);
+    let (res, decision) = respond(&req, sidecar, a.placement);
     a.metrics.admissions(decision.metric_label());
     match &decision {
         Decision::Injected => {

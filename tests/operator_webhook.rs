@@ -1,0 +1,255 @@
+//! Sidecar mode end to end, against a real kube-apiserver (`mqtt_proxy_tests::k8s`): the
+//! real operator binary serves its admission webhook on a loopback port, writes its own CA
+//! into a Secret and the `caBundle` of a MutatingWebhookConfiguration whose
+//! `clientConfig.url` points at it, and the API server then calls it for every labelled Pod
+//! created.
+//!
+//! The test API server is Kubernetes 1.20: it knows neither `restartPolicy` on init
+//! containers nor probes there (native sidecars are 1.28+), and refuses such a pod. The
+//! operator reads the server's version and injects a regular container there instead; this
+//! test asserts the placement the server's version calls for. The native-sidecar patch,
+//! `restartPolicy: Always` included, is covered by the golden tests
+//! (`operator/tests/webhook.rs`).
+//!
+//! Outside CI this skips (with a message) when `tests/k8s/apiserver.sh build` has not run.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use mqtt_proxy_tests::k8s::kubectl::Kubectl;
+use mqtt_proxy_tests::k8s::operator::{apply_crds, operator, WAIT};
+use mqtt_proxy_tests::k8s::TestApiServer;
+use mqtt_proxy_tests::try_free_port;
+use serde_json::Value;
+
+const NS: &str = "apps";
+const WEBHOOK_CONFIG: &str = "mqtt-proxy-operator-webhook";
+const CA_SECRET: &str = "mqtt-proxy-operator-webhook-ca";
+const IMAGE: &str = "registry.invalid/mqtt-proxy:e2e";
+
+fn proxy_yaml(mode: &str) -> String {
+    format!(
+        "apiVersion: mqttproxy.io/v1alpha1\nkind: MqttProxy\nmetadata:\n  name: telemetry\n  \
+         namespace: {NS}\nspec:\n  mode: {mode}\n  brokerSelector: {{}}\n"
+    )
+}
+
+/// The chart's webhook, but dialled by URL (no Service, nothing runs in a cluster here)
+/// and `failurePolicy: Fail`, so a pod the webhook did not see fails to create instead of
+/// silently starting without its proxy: the test then retries rather than misreads.
+fn webhook_config_yaml(port: u16) -> String {
+    format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: {WEBHOOK_CONFIG}
+webhooks:
+  - name: inject.mqttproxy.io
+    admissionReviewVersions: ["v1"]
+    sideEffects: None
+    failurePolicy: Fail
+    timeoutSeconds: 10
+    reinvocationPolicy: Never
+    clientConfig:
+      url: https://127.0.0.1:{port}/mutate-pod
+    rules:
+      - apiGroups: [""]
+        apiVersions: ["v1"]
+        operations: ["CREATE"]
+        resources: ["pods"]
+        scope: Namespaced
+    objectSelector:
+      matchExpressions:
+        - key: mqttproxy.io/inject
+          operator: Exists
+"#
+    )
+}
+
+/// Creates the pod, retrying while the API server cannot reach the webhook yet (its
+/// caBundle informer lags the patch by a moment).
+async fn create_pod_retrying(k: &Kubectl, name: &str, labels: &[(&str, &str)]) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match k.create_pod(NS, name, labels).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("pod {name} not admitted yet: {e:#}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn containers<'a>(pod: &'a Value, list: &str) -> Vec<&'a Value> {
+    pod["spec"][list]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+fn find_sidecar<'a>(pod: &'a Value, list: &str) -> Option<&'a Value> {
+    containers(pod, list)
+        .into_iter()
+        .find(|c| c["name"] == "mqtt-proxy")
+}
+
+/// Where the operator must put the proxy on this server: `initContainers` (native sidecar)
+/// from 1.28 on, `containers` before.
+async fn expected_list(k: &Kubectl) -> Result<&'static str> {
+    let v: Value = serde_json::from_str(&k.run(&["get", "--raw", "/version"], None).await?)?;
+    let num = |f: &str| {
+        v[f].as_str()
+            .unwrap_or("0")
+            .trim_end_matches('+')
+            .parse::<u32>()
+            .unwrap_or(0)
+    };
+    println!("API server {}", v["gitVersion"]);
+    Ok(if (num("major"), num("minor")) >= (1, 28) {
+        "initContainers"
+    } else {
+        "containers"
+    })
+}
+
+fn env<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Result<()> {
+    let Some(api) = TestApiServer::start().await? else {
+        return Ok(());
+    };
+    let k = api.kubectl();
+    apply_crds(&api).await?;
+    k.create_namespace(NS).await?;
+    let port = try_free_port().context("a free port")?;
+    k.apply(&webhook_config_yaml(port)).await?;
+    let listen = format!("127.0.0.1:{port}");
+    let mut op = operator(
+        &api,
+        &[
+            "--proxy-image",
+            IMAGE,
+            "--webhook-listen",
+            &listen,
+            "--webhook-config",
+            WEBHOOK_CONFIG,
+            "--webhook-host",
+            "127.0.0.1",
+            "--webhook-namespace",
+            "default",
+        ],
+    )?;
+    op.wait_ok("/readyz").await?;
+
+    // Deployment mode first: the switch to Sidecar must remove what it created.
+    k.apply(&proxy_yaml("Deployment")).await?;
+    k.wait_for("deployment", "telemetry", NS, WAIT, |d| d.map(|_| ()))
+        .await?;
+    k.apply(&proxy_yaml("Sidecar")).await?;
+    for kind in ["deployment", "service"] {
+        k.wait_for(kind, "telemetry", NS, WAIT, |d| d.is_none().then_some(()))
+            .await
+            .with_context(|| {
+                format!("{kind} removed in Sidecar mode\n{}", op.process.log_tail())
+            })?;
+    }
+    for secret in ["telemetry-brokers", "telemetry-admin"] {
+        ensure!(
+            k.get_json("secret", secret, NS).await?.is_some(),
+            "{secret} is still rendered: the sidecars mount it"
+        );
+    }
+
+    // The operator's PKI: its CA Secret, and the caBundle it patched in.
+    let ca = k
+        .wait_for("secret", CA_SECRET, "default", WAIT, |s| s.cloned())
+        .await?;
+    for key in ["ca.crt", "ca.key", "bundle.crt", "not-after"] {
+        ensure!(ca["data"][key].is_string(), "CA Secret lacks {key}");
+    }
+    let bundle = ca["data"]["bundle.crt"].clone();
+    k.wait_for(
+        "mutatingwebhookconfiguration",
+        WEBHOOK_CONFIG,
+        "default",
+        WAIT,
+        |c| (c?["webhooks"][0]["clientConfig"]["caBundle"] == bundle).then_some(()),
+    )
+    .await
+    .with_context(|| op.process.log_tail())?;
+
+    create_pod_retrying(
+        k,
+        "sensor",
+        &[("app", "sensor"), ("mqttproxy.io/inject", "telemetry")],
+    )
+    .await
+    .with_context(|| op.process.log_tail())?;
+    let pod = k
+        .get_json("pod", "sensor", NS)
+        .await?
+        .context("pod sensor")?;
+    let list = expected_list(k).await?;
+    let Some(sidecar) = find_sidecar(&pod, list) else {
+        bail!("not injected into {list}: {pod}\n{}", op.process.log_tail());
+    };
+    if list == "initContainers" {
+        ensure!(containers(&pod, list)[0] == sidecar, "first: {pod}");
+        ensure!(sidecar["restartPolicy"] == "Always", "{sidecar}");
+    }
+    ensure!(
+        sidecar["image"] == IMAGE,
+        "the operator's --proxy-image: {sidecar}"
+    );
+    ensure!(
+        env(sidecar, "MQTT_PROXY_MQTT_LISTEN").map(|e| &e["value"])
+            == Some(&"127.0.0.1:1883".into()),
+        "the app reaches it on localhost only: {sidecar}"
+    );
+    ensure!(
+        env(sidecar, "MQTT_PROXY_ADMIN_TOKEN").map(|e| &e["valueFrom"]["secretKeyRef"]["name"])
+            == Some(&"telemetry-admin".into()),
+        "{sidecar}"
+    );
+    let volumes = pod["spec"]["volumes"].as_array().context("volumes")?;
+    ensure!(
+        volumes.iter().any(|v| v["name"] == "mqtt-proxy-brokers"
+            && v["secret"]["secretName"] == "telemetry-brokers"),
+        "mounts the rendered Secret (hot reload through the kubelet's directory swap): {volumes:?}"
+    );
+    ensure!(pod["metadata"]["annotations"]["mqttproxy.io/injected"] == "telemetry");
+    ensure!(
+        pod["spec"]["containers"][0]["name"] == "main",
+        "the app is untouched"
+    );
+
+    // A pod without the label never reaches the webhook (objectSelector); one naming a
+    // proxy that does not exist is admitted unchanged.
+    k.create_pod(NS, "web", &[("app", "web")]).await?;
+    create_pod_retrying(k, "stray", &[("mqttproxy.io/inject", "nope")]).await?;
+    for name in ["web", "stray"] {
+        let pod = k.get_json("pod", name, NS).await?.context("pod")?;
+        ensure!(
+            find_sidecar(&pod, "containers").is_none()
+                && find_sidecar(&pod, "initContainers").is_none(),
+            "{name} was not to be injected: {pod}"
+        );
+    }
+
+    let metrics = op.wait_ok("/metrics").await?;
+    for line in [
+        r#"mqtt_proxy_operator_webhook_admissions_total{result="injected"} 1"#,
+        r#"mqtt_proxy_operator_webhook_admissions_total{result="refused"} 1"#,
+    ] {
+        ensure!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    Ok(())
+}
