@@ -58,6 +58,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s-webhook" (include "mqtt-proxy-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The Secret holding the webhook's CA (created and rotated by the operator). */}}
+{{- define "mqtt-proxy-operator.webhookCaSecret" -}}
+{{- printf "%s-ca" (include "mqtt-proxy-operator.webhookName" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/*
 The API calls the operator makes on namespaced resources, and nothing more: operator/RBAC.md
 lists them and tests/packaging/check_rbac.py fails when these rules and that file differ.
@@ -78,10 +83,10 @@ without it; tests/packaging/helm_chart.rs applies as this ServiceAccount to prov
   verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
   verbs: ["get", "create", "patch", "delete"]
@@ -92,7 +97,9 @@ without it; tests/packaging/helm_chart.rs applies as this ServiceAccount to prov
 {{- define "mqtt-proxy-operator.clusterRules" -}}
 {{- end }}
 
-{{/* Sidecar mode: the operator keeps the webhook's caBundle current (its own configuration only). */}}
+{{/* Sidecar mode: the operator keeps the webhook's caBundle current (its own configuration only).
+     Its CA Secret lives in the release namespace: covered by the namespaced rules when every
+     namespace is watched, else by the Role `<fullname>-webhook-ca` (rbac.yaml). */}}
 {{- define "mqtt-proxy-operator.webhookRules" -}}
 - apiGroups: ["admissionregistration.k8s.io"]
   resources: ["mutatingwebhookconfigurations"]
