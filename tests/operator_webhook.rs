@@ -16,8 +16,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use base64::Engine as _;
 use mqtt_proxy_tests::k8s::kubectl::Kubectl;
-use mqtt_proxy_tests::k8s::operator::{apply_crds, operator, WAIT};
+use mqtt_proxy_tests::k8s::operator::{apply_crds, operator, Operator, WAIT};
 use mqtt_proxy_tests::k8s::TestApiServer;
 use mqtt_proxy_tests::try_free_port;
 use serde_json::Value;
@@ -130,24 +131,10 @@ async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Resul
     apply_crds(&api).await?;
     k.create_namespace(NS).await?;
     let port = try_free_port().context("a free port")?;
+    // The operator first, the configuration after (Helm may create them in either order):
+    // the operator retries the caBundle until the configuration exists.
+    let mut op = start_operator(&api, port).await?;
     k.apply(&webhook_config_yaml(port)).await?;
-    let listen = format!("127.0.0.1:{port}");
-    let mut op = operator(
-        &api,
-        &[
-            "--proxy-image",
-            IMAGE,
-            "--webhook-listen",
-            &listen,
-            "--webhook-config",
-            WEBHOOK_CONFIG,
-            "--webhook-host",
-            "127.0.0.1",
-            "--webhook-namespace",
-            "default",
-        ],
-    )?;
-    op.wait_ok("/readyz").await?;
 
     // Deployment mode first: the switch to Sidecar must remove what it created.
     k.apply(&proxy_yaml("Deployment")).await?;
@@ -251,5 +238,115 @@ async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Resul
     ] {
         ensure!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
+
+    // A restarted operator reuses the CA it finds.
+    op = restart(op, &api, port).await?;
+    let again = k
+        .get_json("secret", CA_SECRET, "default")
+        .await?
+        .context("CA")?;
+    ensure!(
+        again["data"]["ca.crt"] == ca["data"]["ca.crt"],
+        "CA kept across restarts"
+    );
+
+    // One whose CA is about to expire rotates it: the new CA first in the bundle, the old
+    // one still trusted, the caBundle patched, and admission works with the new chain.
+    let soon = (std::time::SystemTime::now() + Duration::from_secs(24 * 3600))
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let patch = serde_json::json!({ "data": { "not-after": b64(soon.to_string().as_bytes()) } });
+    k.run(
+        &[
+            "patch",
+            "secret",
+            CA_SECRET,
+            "-n",
+            "default",
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ],
+        None,
+    )
+    .await?;
+    op = restart(op, &api, port).await?;
+    let rotated = k
+        .wait_for("secret", CA_SECRET, "default", WAIT, |s| {
+            let s = s?;
+            (s["data"]["ca.crt"] != ca["data"]["ca.crt"]).then(|| s.clone())
+        })
+        .await
+        .with_context(|| op.process.log_tail())?;
+    let text = |v: &Value| -> Result<String> {
+        let b = base64::engine::general_purpose::STANDARD.decode(v.as_str().context("base64")?)?;
+        Ok(String::from_utf8(b)?)
+    };
+    let (new_ca, old_ca) = (
+        text(&rotated["data"]["ca.crt"])?,
+        text(&ca["data"]["ca.crt"])?,
+    );
+    ensure!(
+        text(&rotated["data"]["bundle.crt"])? == format!("{new_ca}{old_ca}"),
+        "the bundle is the new CA, then the old one"
+    );
+    let bundle = rotated["data"]["bundle.crt"].clone();
+    k.wait_for(
+        "mutatingwebhookconfiguration",
+        WEBHOOK_CONFIG,
+        "default",
+        WAIT,
+        |c| (c?["webhooks"][0]["clientConfig"]["caBundle"] == bundle).then_some(()),
+    )
+    .await
+    .with_context(|| op.process.log_tail())?;
+    create_pod_retrying(k, "sensor-2", &[("mqttproxy.io/inject", "telemetry")])
+        .await
+        .with_context(|| op.process.log_tail())?;
+    let pod = k
+        .get_json("pod", "sensor-2", NS)
+        .await?
+        .context("sensor-2")?;
+    ensure!(
+        find_sidecar(&pod, list).is_some(),
+        "injected with the rotated certificate: {pod}"
+    );
     Ok(())
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+async fn start_operator(api: &TestApiServer, port: u16) -> Result<Operator> {
+    let listen = format!("127.0.0.1:{port}");
+    let mut op = operator(
+        api,
+        &[
+            "--proxy-image",
+            IMAGE,
+            "--webhook-listen",
+            &listen,
+            "--webhook-config",
+            WEBHOOK_CONFIG,
+            "--webhook-host",
+            "127.0.0.1",
+            "--webhook-namespace",
+            "default",
+        ],
+    )?;
+    op.wait_ok("/readyz").await?;
+    Ok(op)
+}
+
+/// SIGTERM, wait for the exit, start again on the same webhook port.
+async fn restart(mut op: Operator, api: &TestApiServer, port: u16) -> Result<Operator> {
+    op.process.signal("TERM")?;
+    let status = op.process.wait_exit(WAIT).await?;
+    ensure!(
+        status.success(),
+        "clean exit: {status}\n{}",
+        op.process.log_tail()
+    );
+    start_operator(api, port).await
 }

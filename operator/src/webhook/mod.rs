@@ -139,8 +139,13 @@ pub async fn start(
     };
     // The first certificate before the listener: the API server must never see a TLS
     // endpoint without one.
-    let leaf = rotator.once(None).await?;
-    tokio::spawn(rotator.run(Some(leaf)));
+    let (leaf, bundled) = rotator.once(None).await?;
+    let first_check = if bundled {
+        rotate::CHECK_EVERY
+    } else {
+        rotate::RETRY
+    };
+    tokio::spawn(rotator.run(leaf, first_check));
 
     let (store, writer) = reflector::store::<MqttProxy>();
     let api: Api<MqttProxy> = match watch_ns {

@@ -41,27 +41,39 @@ pub struct Rotator {
 
 /// How often the loop re-checks; rotation itself is driven by the certificates' lifetimes.
 pub const CHECK_EVERY: Duration = Duration::from_secs(600);
-const RETRY: Duration = Duration::from_secs(5);
+/// After an error, or while the webhook configuration does not exist yet.
+pub const RETRY: Duration = Duration::from_secs(5);
 
 impl Rotator {
-    /// One pass: the CA Secret as it should be, the caBundle patched, the serving
-    /// certificate (re)issued when due. Returns the current leaf.
-    pub async fn once(&self, leaf: Option<Leaf>) -> Result<Leaf, Error> {
+    /// One pass: the CA Secret as it should be, the serving certificate (re)issued when
+    /// due, the caBundle patched. Returns the current leaf, and whether the caBundle is in
+    /// place: a configuration not created yet (Helm may start the operator first) is not
+    /// an error of the serving side, just retried soon.
+    pub async fn once(&self, leaf: Option<Leaf>) -> Result<(Leaf, bool), Error> {
         let now = OffsetDateTime::now_utc();
         let ca = self.current_ca(now).await?;
-        if let Some((api, name)) = &self.webhook_configs {
-            patch_ca_bundle(api, name, &ca.bundle_pem).await?;
-        }
-        match leaf {
-            Some(l) if !l.needs_rotation(&ca, now, &self.policy) => Ok(l),
+        let leaf = match leaf {
+            Some(l) if !l.needs_rotation(&ca, now, &self.policy) => l,
             _ => {
                 let leaf = ca.issue(&self.hosts, now, &self.policy)?;
                 self.slot.set(&leaf)?;
                 self.metrics.rotated("serving");
                 info!(not_after = %leaf.not_after, "webhook serving certificate issued");
-                Ok(leaf)
+                leaf
             }
-        }
+        };
+        let bundled = match &self.webhook_configs {
+            Some((api, name)) => match patch_ca_bundle(api, name, &ca.bundle_pem).await {
+                Ok(()) => true,
+                Err(e @ Error::NoWebhookConfig(_)) => {
+                    warn!(error = %e, "caBundle not patched yet");
+                    false
+                }
+                Err(e) => return Err(e),
+            },
+            None => true,
+        };
+        Ok((leaf, bundled))
     }
 
     /// Reads the CA Secret and writes a new or rotated CA when due; on a lost race, the
@@ -128,13 +140,20 @@ impl Rotator {
         Ok(())
     }
 
-    /// Runs [`Rotator::once`] every [`CHECK_EVERY`] (sooner after an error).
-    pub async fn run(self, mut leaf: Option<Leaf>) {
+    /// Runs [`Rotator::once`] after `first`, then every [`CHECK_EVERY`] (sooner after an
+    /// error), starting from the `leaf` already served.
+    pub async fn run(self, leaf: Leaf, first: Duration) {
+        let mut leaf = Some(leaf);
+        tokio::time::sleep(first).await;
         loop {
             let wait = match self.once(leaf.clone()).await {
-                Ok(l) => {
+                Ok((l, bundled)) => {
                     leaf = Some(l);
-                    CHECK_EVERY
+                    if bundled {
+                        CHECK_EVERY
+                    } else {
+                        RETRY
+                    }
                 }
                 Err(e) => {
                     warn!(error = %e, "webhook certificate check failed; retrying");
