@@ -78,8 +78,9 @@ pub struct Admission {
     pub placement: Placement,
 }
 
-/// How long a review waits for the MqttProxy store right after start-up; the API server's
-/// own timeout (`timeoutSeconds`, default 10 s in the chart's 5 s) is the hard bound.
+/// How long a review waits for the MqttProxy store right after start-up: below the
+/// webhook's `timeoutSeconds` (the chart's default is 5 s), so the API server gets an
+/// answer (admitted unchanged, with a warning) rather than a timeout.
 const STORE_WAIT: Duration = Duration::from_secs(3);
 
 async fn mutate(
