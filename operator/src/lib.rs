@@ -5,6 +5,9 @@
 //!  MqttBroker ┼─ watches/store ─┤
 //!  Secret  ───┘                 └─ children: <name>-brokers Secret, Deployment, Service,
 //!                                  ServiceMonitor, <name>-admin Secret
+//!
+//!  kube-apiserver ── AdmissionReview ──▶ webhook (every replica) ─▶ Pod + proxy sidecar
+//!                                         (spec.mode Sidecar: the Deployment's container)
 //! ```
 //!
 //! The broker set it renders is the proxy crate's own [`BrokerConfig`], serialized by the

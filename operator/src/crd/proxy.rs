@@ -39,8 +39,11 @@ pub struct MqttProxySpec {
     /// How the proxies run: `Deployment` (default) renders a Deployment and Service;
     /// `Sidecar` renders no pods of its own: the operator's admission webhook injects the
     /// proxy into every pod of this namespace labelled `mqttproxy.io/inject: <this name>`,
-    /// and the app reaches it on `localhost`. Sidecar mode needs Kubernetes 1.28+ (native
-    /// sidecars) and the chart's `sidecar.enabled`.
+    /// and the app reaches it on `localhost`. Needs the chart's `sidecar.enabled`. On
+    /// Kubernetes 1.28+ the proxy is a native sidecar (an init container that starts
+    /// before the app and stops after it); on older clusters, an extra container. The
+    /// injected container is fixed when the pod is created: image, port or resource
+    /// changes reach pods as the app rolls; broker changes hot-reload.
     #[serde(default)]
     pub mode: ProxyMode,
     /// Which MqttBrokers of this namespace the proxies forward to (a standard label
