@@ -78,6 +78,8 @@ async fn rbac_is_least_privilege_for_the_operator_service_account() -> Result<()
             ("watch", "mqttproxies.mqttproxy.io"),
             ("patch", "mqttbrokers.mqttproxy.io/status"),
             ("patch", "deployments.apps"),
+            // An MqttProxy switched to spec.mode Sidecar deletes the Deployment it owned.
+            ("delete", "deployments.apps"),
             ("get", "secrets"),
         ] {
             ensure!(
@@ -92,7 +94,7 @@ async fn rbac_is_least_privilege_for_the_operator_service_account() -> Result<()
     }
     for (verb, resource) in [
         ("delete", "secrets"),
-        ("delete", "deployments.apps"),
+        ("update", "deployments.apps"),
         ("update", "mqttproxies.mqttproxy.io"),
         ("get", "pods"),
         ("create", "clusterroles.rbac.authorization.k8s.io"),
