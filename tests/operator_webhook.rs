@@ -13,106 +13,27 @@
 //!
 //! Outside CI this skips (with a message) when `tests/k8s/apiserver.sh build` has not run.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
-use mqtt_proxy_tests::k8s::kubectl::Kubectl;
-use mqtt_proxy_tests::k8s::operator::{apply_crds, operator, Operator, WAIT};
+use mqtt_proxy_tests::k8s::operator::{apply_crds, WAIT};
+use mqtt_proxy_tests::k8s::sidecar::{
+    containers, create_pod_retrying, expected_list, find_sidecar, restart, start_operator,
+    webhook_config_yaml, PROXY_IMAGE, WEBHOOK_CONFIG,
+};
 use mqtt_proxy_tests::k8s::TestApiServer;
 use mqtt_proxy_tests::try_free_port;
 use serde_json::Value;
 
 const NS: &str = "apps";
-const WEBHOOK_CONFIG: &str = "mqtt-proxy-operator-webhook";
 const CA_SECRET: &str = "mqtt-proxy-operator-webhook-ca";
-const IMAGE: &str = "registry.invalid/mqtt-proxy:e2e";
 
 fn proxy_yaml(mode: &str) -> String {
     format!(
         "apiVersion: mqttproxy.io/v1alpha1\nkind: MqttProxy\nmetadata:\n  name: telemetry\n  \
          namespace: {NS}\nspec:\n  mode: {mode}\n  brokerSelector: {{}}\n"
     )
-}
-
-/// The chart's webhook, but dialled by URL (no Service, nothing runs in a cluster here)
-/// and `failurePolicy: Fail`, so a pod the webhook did not see fails to create instead of
-/// silently starting without its proxy: the test then retries rather than misreads.
-fn webhook_config_yaml(port: u16) -> String {
-    format!(
-        r#"apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata:
-  name: {WEBHOOK_CONFIG}
-webhooks:
-  - name: inject.mqttproxy.io
-    admissionReviewVersions: ["v1"]
-    sideEffects: None
-    failurePolicy: Fail
-    timeoutSeconds: 10
-    reinvocationPolicy: Never
-    clientConfig:
-      url: https://127.0.0.1:{port}/mutate-pod
-    rules:
-      - apiGroups: [""]
-        apiVersions: ["v1"]
-        operations: ["CREATE"]
-        resources: ["pods"]
-        scope: Namespaced
-    objectSelector:
-      matchExpressions:
-        - key: mqttproxy.io/inject
-          operator: Exists
-"#
-    )
-}
-
-/// Creates the pod, retrying while the API server cannot reach the webhook yet (its
-/// caBundle informer lags the patch by a moment).
-async fn create_pod_retrying(k: &Kubectl, name: &str, labels: &[(&str, &str)]) -> Result<()> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match k.create_pod(NS, name, labels).await {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("pod {name} not admitted yet: {e:#}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-fn containers<'a>(pod: &'a Value, list: &str) -> Vec<&'a Value> {
-    pod["spec"][list]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
-}
-
-fn find_sidecar<'a>(pod: &'a Value, list: &str) -> Option<&'a Value> {
-    containers(pod, list)
-        .into_iter()
-        .find(|c| c["name"] == "mqtt-proxy")
-}
-
-/// Where the operator must put the proxy on this server: `initContainers` (native sidecar)
-/// from 1.28 on, `containers` before.
-async fn expected_list(k: &Kubectl) -> Result<&'static str> {
-    let v: Value = serde_json::from_str(&k.run(&["get", "--raw", "/version"], None).await?)?;
-    let num = |f: &str| {
-        v[f].as_str()
-            .unwrap_or("0")
-            .trim_end_matches('+')
-            .parse::<u32>()
-            .unwrap_or(0)
-    };
-    println!("API server {}", v["gitVersion"]);
-    Ok(if (num("major"), num("minor")) >= (1, 28) {
-        "initContainers"
-    } else {
-        "containers"
-    })
 }
 
 fn env<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
@@ -133,7 +54,7 @@ async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Resul
     let port = try_free_port().context("a free port")?;
     // The operator first, the configuration after (Helm may create them in either order):
     // the operator retries the caBundle until the configuration exists.
-    let mut op = start_operator(&api, port).await?;
+    let mut op = start_operator(&api, port, &[]).await?;
     k.apply(&webhook_config_yaml(port)).await?;
 
     // Deployment mode first: the switch to Sidecar must remove what it created.
@@ -175,6 +96,7 @@ async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Resul
 
     create_pod_retrying(
         k,
+        NS,
         "sensor",
         &[("app", "sensor"), ("mqttproxy.io/inject", "telemetry")],
     )
@@ -193,7 +115,7 @@ async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Resul
         ensure!(sidecar["restartPolicy"] == "Always", "{sidecar}");
     }
     ensure!(
-        sidecar["image"] == IMAGE,
+        sidecar["image"] == PROXY_IMAGE,
         "the operator's --proxy-image: {sidecar}"
     );
     ensure!(
@@ -221,7 +143,7 @@ async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Resul
     // A pod without the label never reaches the webhook (objectSelector); one naming a
     // proxy that does not exist is admitted unchanged.
     k.create_pod(NS, "web", &[("app", "web")]).await?;
-    create_pod_retrying(k, "stray", &[("mqttproxy.io/inject", "nope")]).await?;
+    create_pod_retrying(k, NS, "stray", &[("mqttproxy.io/inject", "nope")]).await?;
     for name in ["web", "stray"] {
         let pod = k.get_json("pod", name, NS).await?.context("pod")?;
         ensure!(
@@ -240,7 +162,7 @@ async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Resul
     }
 
     // A restarted operator reuses the CA it finds.
-    op = restart(op, &api, port).await?;
+    op = restart(op, &api, port, &[]).await?;
     let again = k
         .get_json("secret", CA_SECRET, "default")
         .await?
@@ -270,7 +192,7 @@ async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Resul
         None,
     )
     .await?;
-    op = restart(op, &api, port).await?;
+    op = restart(op, &api, port, &[]).await?;
     let rotated = k
         .wait_for("secret", CA_SECRET, "default", WAIT, |s| {
             let s = s?;
@@ -300,7 +222,7 @@ async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Resul
     )
     .await
     .with_context(|| op.process.log_tail())?;
-    create_pod_retrying(k, "sensor-2", &[("mqttproxy.io/inject", "telemetry")])
+    create_pod_retrying(k, NS, "sensor-2", &[("mqttproxy.io/inject", "telemetry")])
         .await
         .with_context(|| op.process.log_tail())?;
     let pod = k
@@ -316,37 +238,4 @@ async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Resul
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-async fn start_operator(api: &TestApiServer, port: u16) -> Result<Operator> {
-    let listen = format!("127.0.0.1:{port}");
-    let mut op = operator(
-        api,
-        &[
-            "--proxy-image",
-            IMAGE,
-            "--webhook-listen",
-            &listen,
-            "--webhook-config",
-            WEBHOOK_CONFIG,
-            "--webhook-host",
-            "127.0.0.1",
-            "--webhook-namespace",
-            "default",
-        ],
-    )?;
-    op.wait_ok("/readyz").await?;
-    Ok(op)
-}
-
-/// SIGTERM, wait for the exit, start again on the same webhook port.
-async fn restart(mut op: Operator, api: &TestApiServer, port: u16) -> Result<Operator> {
-    op.process.signal("TERM")?;
-    let status = op.process.wait_exit(WAIT).await?;
-    ensure!(
-        status.success(),
-        "clean exit: {status}\n{}",
-        op.process.log_tail()
-    );
-    start_operator(api, port).await
 }

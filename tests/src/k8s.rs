@@ -23,6 +23,7 @@ pub mod kubelet;
 pub mod operator;
 pub mod process;
 pub mod proxy_loop;
+pub mod sidecar;
 
 use std::fs;
 use std::io::{Read, Write};
