@@ -122,6 +122,34 @@ fn bytes_held_for_the_device_are_bounded() {
 }
 
 #[test]
+fn a_full_bound_counts_as_stalled_until_the_device_acknowledges() {
+    let big = Message::new("t", vec![0u8; 10_000], 1, false);
+    let mut d = ToDevice::new(
+        Protocol::V4,
+        Limits {
+            bytes: 25_000,
+            ..limits(100, 1000)
+        },
+        false,
+    );
+    let mut w = BytesMut::new();
+    let subs = table(&[sub("#", 1)]);
+    let start = Instant::now();
+    d.loopback(&big, &subs, &mut w);
+    d.loopback(&big, &subs, &mut w);
+    assert_eq!(d.stalled_for(start), None, "within the bound");
+    d.loopback(&big, &subs, &mut w);
+    let later = Instant::now() + Duration::from_secs(5);
+    assert!(
+        d.stalled_for(later) >= Some(Duration::from_secs(5)),
+        "refused at the bound"
+    );
+    let sent = publishes(Protocol::V4, &mut w);
+    d.on_puback(sent[0].0, &mut w);
+    assert_eq!(d.stalled_for(later), None, "an acknowledgement is progress");
+}
+
+#[test]
 fn device_maximum_packet_size_is_respected() {
     let mut d = ToDevice::new(
         Protocol::V5,

@@ -410,6 +410,9 @@ impl Session {
                         self.observe(&m);
                         self.to_device.offer(m, &self.subs, &mut wbuf);
                     }
+                    if let Some(end) = self.stalled() {
+                        return end;
+                    }
                 }
                 Event::SubAck(d) => self.suback(d, &mut wbuf),
                 Event::Reload(true) => self.reconcile(),
@@ -443,6 +446,26 @@ impl Session {
                 Event::RetryHeld => self.retry_held(),
             }
         }
+    }
+
+    /// A device whose bound has refused messages for the write timeout without it
+    /// acknowledging any: it does not read (the kernel took what was written), so it is
+    /// disconnected, as one stuck in a write would be.
+    fn stalled(&self) -> Option<End> {
+        let limit = self.shared.opts.device_write_timeout;
+        let stalled = self.to_device.stalled_for(std::time::Instant::now())?;
+        if stalled < limit {
+            return None;
+        }
+        METRICS
+            .device_disconnects
+            .with_label_values(&["to_device_bound"])
+            .inc();
+        warn!(client_id = %self.connect.client_id, timeout = ?limit,
+              "device acknowledges nothing and its bound is full: disconnecting (mqtt_proxy_device_disconnects_total)");
+        Some(End::Lost(
+            "to-device bound full: the device does not read".into(),
+        ))
     }
 
     /// A last MQTT 5 DISCONNECT with `reason` (taken over, shutting down), given a second.
