@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 #[path = "edge/attacks.rs"]
 mod attacks;
-use attacks::healthy_under;
+use attacks::{healthy_under, Ends};
 use mqtt_proxy::config::Config;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -206,12 +206,19 @@ async fn a_silent_keepalive_0_device_is_closed_after_the_idle_timeout() -> Resul
 async fn hostile_clients_do_not_disturb_a_healthy_device() -> Result<()> {
     let bound = Duration::from_secs(2);
     let run = Duration::from_secs(3);
-    let h = healthy_under("slowloris", run, |_| {}, attacks::slowloris).await?;
+    let h = healthy_under("slowloris", run, Ends::Never, |_| {}, attacks::slowloris).await?;
     assert!(
         h.delivered == h.sent && h.largest_gap < bound,
         "slowloris: {h:?}"
     );
-    let h = healthy_under("a CONNECT flood", run, |_| {}, attacks::connect_flood).await?;
+    let h = healthy_under(
+        "a CONNECT flood",
+        run,
+        Ends::Never,
+        |_| {},
+        attacks::connect_flood,
+    )
+    .await?;
     assert!(
         h.delivered == h.sent && h.largest_gap < bound,
         "connect flood: {h:?}"
@@ -256,6 +263,7 @@ async fn never_reading_at(bound: usize, flood: usize) -> Result<attacks::NeverRe
     let h = healthy_under(
         "a never-reading subscriber",
         Duration::from_secs(3),
+        Ends::ByItself,
         |c| {
             c.session.to_device_max_bytes = bound;
             // The bound must hold one packet of the largest size.

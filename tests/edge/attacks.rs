@@ -20,6 +20,14 @@ const FLOOD_MAX: Duration = Duration::from_secs(60);
 /// The longest an attack that ends may run.
 const ATTACK_MAX: Duration = Duration::from_secs(120);
 
+/// Whether an attack ends by itself (then the healthy device publishes until it has) or
+/// goes on until it is aborted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ends {
+    ByItself,
+    Never,
+}
+
 /// What the healthy device saw during one attack.
 #[derive(Debug)]
 pub struct Healthy {
@@ -30,10 +38,12 @@ pub struct Healthy {
 
 /// One attack against the proxy while a healthy device publishes 4 KiB QoS 1 messages
 /// every 10 ms for at least `run`; `tweak` adjusts the proxy's config. The attack gets the
-/// proxy's port; one that never ends is aborted after `run`, one that ends is waited for.
+/// proxy's port; one that never ends is aborted after `run`, one that ends by itself is
+/// waited for.
 pub async fn healthy_under<F, Fut>(
     name: &str,
     run: Duration,
+    ends: Ends,
     tweak: impl FnOnce(&mut Config),
     attack: F,
 ) -> Result<Healthy>
@@ -55,7 +65,7 @@ where
     let started = Instant::now();
     let mut sent = 0;
     // At least `run`, and until an attack that ends (the never-reading one) has ended.
-    while started.elapsed() < run || !attacker.is_finished() {
+    while started.elapsed() < run || (ends == Ends::ByItself && !attacker.is_finished()) {
         if started.elapsed() > ATTACK_MAX {
             bail!("{name}: the attack did not end within {ATTACK_MAX:?}");
         }
