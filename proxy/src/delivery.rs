@@ -112,10 +112,10 @@ impl ToDevice {
         }
     }
 
-    /// How long messages have been refused at the bound without the device acknowledging
+    /// Since when messages have been refused at the bound without the device acknowledging
     /// anything; `None` while it keeps up.
-    pub fn stalled_for(&self, now: Instant) -> Option<Duration> {
-        self.full_since.map(|t| now.saturating_duration_since(t))
+    pub fn full_since(&self) -> Option<Instant> {
+        self.full_since
     }
 
     /// Can `broker` hand a device publish on `topic` back to this device? Only a 3.1.1

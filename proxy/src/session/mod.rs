@@ -361,7 +361,7 @@ impl Session {
             if let Err(e) = self.flush(&mut wr, &mut wbuf, &mut shutdown).await {
                 return e;
             }
-            if let Some(e) = end.take() {
+            if let Some(e) = end.take().or_else(|| self.stalled()) {
                 return e;
             }
             let acks = self.acks.clone();
@@ -410,9 +410,6 @@ impl Session {
                         self.observe(&m);
                         self.to_device.offer(m, &self.subs, &mut wbuf);
                     }
-                    if let Some(end) = self.stalled() {
-                        return end;
-                    }
                 }
                 Event::SubAck(d) => self.suback(d, &mut wbuf),
                 Event::Reload(true) => self.reconcile(),
@@ -448,13 +445,14 @@ impl Session {
         }
     }
 
-    /// A device whose bound has refused messages for the write timeout without it
-    /// acknowledging any: it does not read (the kernel took what was written), so it is
-    /// disconnected, as one stuck in a write would be.
+    /// A device whose bound has refused messages (from brokers or its own looped back) for
+    /// the write timeout without it acknowledging any: it does not read (the kernel took
+    /// what was written), so it is disconnected, as one stuck in a write would be. Checked
+    /// every loop turn: a refused message is always followed by one.
     fn stalled(&self) -> Option<End> {
+        let since = self.to_device.full_since()?;
         let limit = self.shared.opts.device_write_timeout;
-        let stalled = self.to_device.stalled_for(std::time::Instant::now())?;
-        if stalled < limit {
+        if since.elapsed() < limit {
             return None;
         }
         METRICS
