@@ -1,7 +1,9 @@
 //! Per-device limits with real clients and a real mosquitto upstream: connections per
 //! source address, topic depth, publish rate (drop and disconnect), publishes in flight,
-//! and the idle timeout of a keepalive-0 device. Each asserts the behaviour and the
-//! counter it names.
+//! the idle timeout of a keepalive-0 device, and the bound on what the proxy holds for a
+//! device that never reads. Each asserts the behaviour and the counter it names. Hostile
+//! clients (slowloris, never-reading, CONNECT flood) run beside a healthy device whose
+//! forwarding is measured (`edge/attacks.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,11 @@ use mqtt_proxy_tests::{mosquitto_pub, Mosquitto, Publisher, Subscriber, TestProx
 use rumqttc::v5::mqttbytes::v5;
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::net::TcpStream;
+
+#[path = "edge/attacks.rs"]
+mod attacks;
+use attacks::{healthy_under, Ends};
+use mqtt_proxy::config::Config;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -195,111 +202,89 @@ async fn a_silent_keepalive_0_device_is_closed_after_the_idle_timeout() -> Resul
     Ok(())
 }
 
-/// One attack against the proxy while a healthy device publishes QoS 1 every 10 ms for
-/// 3 s; returns (sent, delivered, largest gap between deliveries at the broker).
-async fn healthy_under<F, Fut>(name: &str, attack: F) -> Result<(usize, usize, Duration)>
-where
-    F: FnOnce(u16) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let broker = Mosquitto::start().await?;
-    let upstream = Subscriber::connect(broker.port(), "healthy/#", 1).await?;
-    let proxy = TestProxy::start(&[&broker], |c, brokers| {
-        // The never-reading attacker subscribes through this broker.
-        brokers[0].bidirectional = true;
-        c.session.device_write_timeout = Duration::from_secs(2);
-    })
-    .await?;
-    let device = Publisher::connect(proxy.port()).await?;
-    let attacker = tokio::spawn(attack(proxy.port()));
-    let started = Instant::now();
-    let mut sent = 0;
-    while started.elapsed() < Duration::from_secs(3) {
-        // 4 KiB each: enough for the never-reading subscriber's socket buffers to fill.
-        let payload = format!("{sent:>4096}");
-        device.publish("healthy/n", payload, 1, false).await?;
-        sent += 1;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    device.wait_acked(WAIT).await?;
-    let got = upstream.wait_for_count(sent, WAIT).await;
-    attacker.abort();
-    let gap = got
-        .windows(2)
-        .map(|w| w[1].at.saturating_duration_since(w[0].at))
-        .max()
-        .unwrap_or_default();
-    let write_timeouts = metric("mqtt_proxy_device_disconnects_total{reason=\"write_timeout\"}");
-    println!(
-        "healthy device under {name}: sent {sent}, delivered {}, largest gap {gap:?} \
-         (device write timeouts so far: {write_timeouts})",
-        got.len()
-    );
-    Ok((sent, got.len(), gap))
-}
-
-/// Slowloris: 200 sockets dribbling a CONNECT one byte every 200 ms, never finishing.
-async fn slowloris(port: u16) {
-    use tokio::io::AsyncWriteExt;
-    let connect = [
-        0x10u8, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c,
-    ];
-    let mut socks = Vec::new();
-    for _ in 0..200 {
-        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {
-            socks.push(s);
-        }
-    }
-    for byte in connect.iter().cycle() {
-        for s in &mut socks {
-            let _ = s.write_all(&[*byte]).await;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// A device that subscribes to the healthy device's topic and then never reads.
-async fn never_reads(port: u16) {
-    let Ok((mut raw, _)) = mqtt_proxy_tests::raw::Raw4::connect(port, "sloth", true).await else {
-        return;
-    };
-    let _ = raw.subscribe(1, "healthy/#", 1).await;
-    let stream = raw.into_stream();
-    tokio::time::sleep(Duration::from_secs(3600)).await;
-    drop(stream);
-}
-
-/// A CONNECT flood from one address: 32 tasks connecting and dropping in a loop.
-async fn connect_flood(port: u16) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..32 {
-        tasks.spawn(async move {
-            for n in 0u64.. {
-                let id = format!("flood-{i}-{n}");
-                let _ = mqtt_proxy_tests::raw::Raw4::connect(port, &id, true).await;
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_do_not_disturb_a_healthy_device() -> Result<()> {
     let bound = Duration::from_secs(2);
-    let (sent, got, gap) = healthy_under("slowloris", slowloris).await?;
+    let run = Duration::from_secs(3);
+    let h = healthy_under("slowloris", run, Ends::Never, |_| {}, attacks::slowloris).await?;
     assert!(
-        got == sent && gap < bound,
-        "slowloris: {got}/{sent}, gap {gap:?}"
+        h.delivered == h.sent && h.largest_gap < bound,
+        "slowloris: {h:?}"
     );
-    let (sent, got, gap) = healthy_under("a never-reading subscriber", never_reads).await?;
+    let h = healthy_under(
+        "a CONNECT flood",
+        run,
+        Ends::Never,
+        |_| {},
+        attacks::connect_flood,
+    )
+    .await?;
     assert!(
-        got == sent && gap < bound,
-        "never-reading: {got}/{sent}, gap {gap:?}"
-    );
-    let (sent, got, gap) = healthy_under("a CONNECT flood", connect_flood).await?;
-    assert!(
-        got == sent && gap < bound,
-        "connect flood: {got}/{sent}, gap {gap:?}"
+        h.delivered == h.sent && h.largest_gap < bound,
+        "connect flood: {h:?}"
     );
     Ok(())
+}
+
+/// The never-reading device against a small bound: what it is sent exceeds the kernel's
+/// buffers plus the bound many times over; the proxy holds at most the bound for it, then
+/// disconnects it (counted), its memory stays flat, and a healthy device keeps forwarding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_never_reading_device_is_held_to_the_bound_then_disconnected() -> Result<()> {
+    const BOUND: usize = 256 << 10;
+    let r = never_reading_at(BOUND, 64 << 20).await?;
+    assert!(
+        r.flooded_bytes >= 64 << 20 && r.disconnected <= r.flooded,
+        "{r:?}"
+    );
+    // What reached the device is what was in flight: at most the bound (plus headers).
+    assert!(r.received_before_close <= BOUND + 4096, "{r:?}");
+    // The flood is 256 times the bound: none of it piles up in the proxy.
+    assert!(
+        r.rss_growth_kib < 48 << 10,
+        "memory grew by {} KiB",
+        r.rss_growth_kib
+    );
+    Ok(())
+}
+
+/// The same attack at the default bound (16 MiB), for the figures in the closing note:
+/// `cargo test -p mqtt-proxy-tests --test edge_limits -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow: floods 64 MiB; run by hand for the report"]
+async fn a_never_reading_device_at_the_default_bound() -> Result<()> {
+    let default = Config::default().session.to_device_max_bytes;
+    never_reading_at(default, 64 << 20).await?;
+    Ok(())
+}
+
+async fn never_reading_at(bound: usize, flood: usize) -> Result<attacks::NeverReading> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let h = healthy_under(
+        "a never-reading subscriber",
+        Duration::from_secs(3),
+        Ends::ByItself,
+        |c| {
+            c.session.to_device_max_bytes = bound;
+            // The bound must hold one packet of the largest size.
+            c.session.max_packet_size = c.session.max_packet_size.min(bound);
+        },
+        move |port| async move {
+            let _ = tx.send(attacks::never_reads(port, flood).await);
+        },
+    )
+    .await?;
+    let report = rx.await??;
+    println!("never-reading device, bound {bound} bytes: {report:?}");
+    assert!(report.by_write_timeout || report.by_bound, "{report:?}");
+    // Disconnected for the bound only after refusing messages at it.
+    assert!(
+        !report.by_bound || report.dropped_at_bound > 0,
+        "{report:?}"
+    );
+    assert!(
+        h.delivered == h.sent && h.largest_gap < Duration::from_secs(2),
+        "healthy device under a never-reading one: {h:?}"
+    );
+    Ok(report)
 }

@@ -88,6 +88,10 @@ pub struct ToDevice {
     /// broker kept them for the session (e.g. subscriptions the proxy did not know of).
     persistent: bool,
     unsubscribed: VecDeque<String>,
+    /// Since when messages have been refused at the bound with no acknowledgement from the
+    /// device in between: a device that stopped reading once the kernel's buffers took the
+    /// bound is never stuck in a write, so the session disconnects it on this instead.
+    full_since: Option<Instant>,
 }
 
 impl ToDevice {
@@ -104,7 +108,14 @@ impl ToDevice {
             retained: HashMap::new(),
             persistent,
             unsubscribed: VecDeque::new(),
+            full_since: None,
         }
+    }
+
+    /// Since when messages have been refused at the bound without the device acknowledging
+    /// anything; `None` while it keeps up.
+    pub fn full_since(&self) -> Option<Instant> {
+        self.full_since
     }
 
     /// Can `broker` hand a device publish on `topic` back to this device? Only a 3.1.1
@@ -242,10 +253,12 @@ impl ToDevice {
                 self.bytes -= old.msg.weight();
             }
             self.dropped("device_backlog_full");
+            self.full_since.get_or_insert_with(Instant::now);
         }
         if self.bytes + weight > self.limits.bytes {
             // In-flight messages alone fill the byte bound: refuse the new one.
             self.dropped("device_backlog_full");
+            self.full_since.get_or_insert_with(Instant::now);
             return;
         }
         self.bytes += weight;
@@ -306,6 +319,7 @@ impl ToDevice {
     fn settled(&mut self, tag: Option<(usize, Instant)>) {
         if let Some((w, _)) = tag {
             self.bytes -= w;
+            self.full_since = None;
         }
     }
 

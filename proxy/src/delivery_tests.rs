@@ -81,17 +81,20 @@ fn backlog_waits_for_window_and_is_bounded_by_count() {
     assert_eq!(publishes(Protocol::V4, &mut w)[0].2.payload[0], 2);
 }
 
+/// A 10 kB QoS 1 message, and a 3.1.1 device path holding at most `bytes` with `window`
+/// messages in flight.
+fn big_messages_within(bytes: usize, window: u16) -> (Message, ToDevice) {
+    let big = Message::new("t", vec![0u8; 10_000], 1, false);
+    let limits = Limits {
+        bytes,
+        ..limits(window, 1000)
+    };
+    (big, ToDevice::new(Protocol::V4, limits, false))
+}
+
 #[test]
 fn bytes_held_for_the_device_are_bounded() {
-    let big = Message::new("t", vec![0u8; 10_000], 1, false);
-    let mut d = ToDevice::new(
-        Protocol::V4,
-        Limits {
-            bytes: 35_000,
-            ..limits(1, 1000)
-        },
-        false,
-    );
+    let (big, mut d) = big_messages_within(35_000, 1);
     let mut w = BytesMut::new();
     let subs = table(&[sub("#", 1)]);
     for _ in 0..10 {
@@ -99,14 +102,7 @@ fn bytes_held_for_the_device_are_bounded() {
         assert!(d.bytes() <= 35_000, "held {} bytes", d.bytes());
     }
     assert_eq!(d.backlog.len(), 2, "1 in flight + 2 waiting fit in 35 kB");
-    let mut wide = ToDevice::new(
-        Protocol::V4,
-        Limits {
-            bytes: 35_000,
-            ..limits(100, 1000)
-        },
-        false,
-    );
+    let (_, mut wide) = big_messages_within(35_000, 100);
     for _ in 0..10 {
         wide.loopback(&big, &subs, &mut BytesMut::new());
     }
@@ -119,6 +115,25 @@ fn bytes_held_for_the_device_are_bounded() {
     d.on_puback(sent[0].0, &mut w);
     assert!(d.bytes() <= 35_000);
     assert_eq!(d.backlog.len(), 1);
+}
+
+#[test]
+fn a_full_bound_counts_as_stalled_until_the_device_acknowledges() {
+    let (big, mut d) = big_messages_within(25_000, 100);
+    let mut w = BytesMut::new();
+    let subs = table(&[sub("#", 1)]);
+    d.loopback(&big, &subs, &mut w);
+    d.loopback(&big, &subs, &mut w);
+    assert_eq!(d.full_since(), None, "within the bound");
+    let before = Instant::now();
+    d.loopback(&big, &subs, &mut w);
+    let since = d.full_since().expect("refused at the bound");
+    assert!(since >= before);
+    d.loopback(&big, &subs, &mut w);
+    assert_eq!(d.full_since(), Some(since), "from the first refusal on");
+    let sent = publishes(Protocol::V4, &mut w);
+    d.on_puback(sent[0].0, &mut w);
+    assert_eq!(d.full_since(), None, "an acknowledgement is progress");
 }
 
 #[test]

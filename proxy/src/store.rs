@@ -111,11 +111,24 @@ impl BrokerStore {
     /// `secret` counts as none.
     pub fn open(data_dir: &Path, secret: Option<&str>) -> Result<Self, StoreError> {
         let path = data_dir.join(STORE_FILE);
-        let file: StoreFile = match fs::read_to_string(&path) {
-            Ok(text) => parse_json(&path, &text)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => StoreFile::default(),
-            Err(source) => return Err(StoreError::Read { path, source }),
-        };
+        match fs::read_to_string(&path) {
+            Ok(text) => Self::from_json(path, &text, secret),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Self::from_file(path, StoreFile::default(), secret)
+            }
+            Err(source) => Err(StoreError::Read { path, source }),
+        }
+    }
+
+    /// The store as [`BrokerStore::open`] would read it from `text`, the content of the
+    /// store file at `path` (named in errors, written by the next save). Separate from the
+    /// file read so the fuzz target and tests parse without touching the disk.
+    pub fn from_json(path: PathBuf, text: &str, secret: Option<&str>) -> Result<Self, StoreError> {
+        let file = parse_json(&path, text)?;
+        Self::from_file(path, file, secret)
+    }
+
+    fn from_file(path: PathBuf, file: StoreFile, secret: Option<&str>) -> Result<Self, StoreError> {
         let StoreFile { mut brokers, kdf } = file;
         validate_set(&brokers).map_err(|source| StoreError::Invalid {
             path: path.clone(),
@@ -360,15 +373,22 @@ pub fn load_brokers_file(path: &Path) -> Result<Vec<BrokerConfig>, StoreError> {
         path: path.into(),
         source,
     })?;
+    parse_brokers_file(path, &text)
+}
+
+/// [`load_brokers_file`] on `text`, the content of the file at `path` (named in errors;
+/// relative paths inside resolve against its directory). Only a `passwordFile` touches
+/// the disk (opened to check it exists).
+pub fn parse_brokers_file(path: &Path, text: &str) -> Result<Vec<BrokerConfig>, StoreError> {
     // YAML is a superset of JSON, but serde_json's messages are better for JSON input, so
     // JSON goes first. Valid JSON of the wrong shape gets the JSON error; text that is
     // neither JSON nor YAML gets the error of the format it looks like.
-    let file: BrokersFile = match parse_json(path, &text) {
+    let file: BrokersFile = match parse_json(path, text) {
         Ok(f) => f,
-        Err(json_err) if serde_json::from_str::<serde_json::Value>(&text).is_ok() => {
+        Err(json_err) if serde_json::from_str::<serde_json::Value>(text).is_ok() => {
             return Err(json_err)
         }
-        Err(json_err) => parse_yaml(path, &text).map_err(|yaml_err| {
+        Err(json_err) => parse_yaml(path, text).map_err(|yaml_err| {
             if text.trim_start().starts_with(['{', '[']) {
                 json_err
             } else {

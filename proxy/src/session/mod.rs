@@ -361,7 +361,7 @@ impl Session {
             if let Err(e) = self.flush(&mut wr, &mut wbuf, &mut shutdown).await {
                 return e;
             }
-            if let Some(e) = end.take() {
+            if let Some(e) = end.take().or_else(|| self.stalled()) {
                 return e;
             }
             let acks = self.acks.clone();
@@ -443,6 +443,27 @@ impl Session {
                 Event::RetryHeld => self.retry_held(),
             }
         }
+    }
+
+    /// A device whose bound has refused messages (from brokers or its own looped back) for
+    /// the write timeout without it acknowledging any: it does not read (the kernel took
+    /// what was written), so it is disconnected, as one stuck in a write would be. Checked
+    /// every loop turn: a refused message is always followed by one.
+    fn stalled(&self) -> Option<End> {
+        let since = self.to_device.full_since()?;
+        let limit = self.shared.opts.device_write_timeout;
+        if since.elapsed() < limit {
+            return None;
+        }
+        METRICS
+            .device_disconnects
+            .with_label_values(&["to_device_bound"])
+            .inc();
+        warn!(client_id = %self.connect.client_id, timeout = ?limit,
+              "device acknowledges nothing and its bound is full: disconnecting (mqtt_proxy_device_disconnects_total)");
+        Some(End::Lost(
+            "to-device bound full: the device does not read".into(),
+        ))
     }
 
     /// A last MQTT 5 DISCONNECT with `reason` (taken over, shutting down), given a second.
