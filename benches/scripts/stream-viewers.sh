@@ -4,8 +4,10 @@
 # REPS times (order alternating). Prints msg/s per downstream broker (median of the three
 # brokers) per case, and what the viewers received and were told they lost.
 # Loopback only; every step bounded by timeouts.
-# Also prints the proxy's CPU seconds per run (user + system, from /proc), which a loaded
-# machine disturbs far less than wall-clock throughput.
+# Also prints the proxy's CPU seconds per run and per message (user + system, from /proc),
+# which a loaded machine disturbs far less than wall-clock throughput, the load average at
+# each run, and at the end a summary: medians per case, the paired 3/0 ratios (each rep's
+# two runs back to back) and the CPU per message.
 # Usage: benches/scripts/stream-viewers.sh [N=100000] [REPS=5] [QOS=0] [V=3] [RATE=0 (max)]
 set -euo pipefail
 N=${1:-100000}; REPS=${2:-5}; QOS=${3:-0}; V=${4:-3}; RATE=${5:-0}
@@ -48,13 +50,19 @@ run_case() { # $1 = viewers
     kill -TERM "$vp"; wait "$vp" || true
     cat "$T/viewers.cpu" >> "$T/viewers"; rm -f "$T/viewers.cpu"
   fi
-  python3 - "$T/run.json" "$1" "$c0" "$c1" <<'PY'
+  python3 - "$T/run.json" "$1" "$c0" "$c1" "$N" "$(cut -d' ' -f1 /proc/loadavg)" "$T/results" <<'PY'
 import json, statistics, sys
 r = json.load(open(sys.argv[1]))
-t = [b["throughput_msgs"] for b in r["brokers"]]
+t = statistics.median(b["throughput_msgs"] for b in r["brokers"])
 lost = sum(b["lost"] for b in r["brokers"])
 cpu = float(sys.argv[4]) - float(sys.argv[3])
-print(f"viewers={sys.argv[2]} msg/s per broker={statistics.median(t):.0f} lost={lost} proxy CPU={cpu:.2f} s")
+per_msg = cpu / int(sys.argv[5]) * 1e6
+load = sys.argv[6]
+print(f"viewers={sys.argv[2]} msg/s per broker={t:.0f} lost={lost} proxy CPU={cpu:.2f} s"
+      f" ({per_msg:.2f} us/msg) load={load}")
+with open(sys.argv[7], "a") as f:
+    f.write(json.dumps({"viewers": int(sys.argv[2]), "rate": t, "cpu_us": per_msg,
+                        "lost": lost, "load": float(load)}) + "\n")
 PY
   [ -n "$vp" ] && sed 's/^/    /' "$T/viewers"
   return 0
@@ -64,3 +72,23 @@ for r in $(seq "$REPS"); do
   if [ $((r % 2)) = 1 ]; then run_case 0; run_case "$V"; else run_case "$V"; run_case 0; fi
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 - "$T/results" "$V" <<'PY'
+import json, statistics as st, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+v = int(sys.argv[2])
+none = [r for r in rows if r["viewers"] == 0]
+some = [r for r in rows if r["viewers"] == v]
+def line(name, rs):
+    rate = [r["rate"] for r in rs]; cpu = [r["cpu_us"] for r in rs]
+    print(f"summary {name}: msg/s per broker median {st.median(rate):.0f} [{min(rate):.0f}-{max(rate):.0f}],"
+          f" proxy CPU/msg median {st.median(cpu):.2f} us [{min(cpu):.2f}-{max(cpu):.2f}]")
+line("0 viewers", none); line(f"{v} viewers", some)
+pairs = list(zip(none, some))
+ratio = [b["rate"] / a["rate"] for a, b in pairs]
+cpu_ratio = [b["cpu_us"] / a["cpu_us"] for a, b in pairs]
+print(f"summary {v}/0: throughput medians {st.median(r['rate'] for r in some) / st.median(r['rate'] for r in none):.3f},"
+      f" paired median {st.median(ratio):.3f} [{min(ratio):.2f}-{max(ratio):.2f}];"
+      f" CPU/msg medians {st.median(r['cpu_us'] for r in some) / st.median(r['cpu_us'] for r in none):.3f},"
+      f" paired median {st.median(cpu_ratio):.3f}; lost {sum(r['lost'] for r in rows)};"
+      f" load {min(r['load'] for r in rows):.1f}-{max(r['load'] for r in rows):.1f}")
+PY

@@ -1,12 +1,14 @@
 //! What must happen once a queued message is finished with: the ack tracker that lets the
 //! session answer the device according to the ack policy (with the broker's or the proxy's
-//! reason code when it was not delivered), and the spool record to acknowledge.
+//! reason code when it was not delivered), the spool record to acknowledge, and the live
+//! feed's trace of a described message (see [`crate::events`]).
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::events::{Outcome, Trace};
 use crate::spool::SpoolRef;
 
 /// MQTT 5 PUBACK/PUBREC reason codes the proxy itself gives a device whose message it
@@ -18,6 +20,14 @@ pub mod reason {
     pub const IMPLEMENTATION_SPECIFIC: u8 = 0x83;
     /// Quota exceeded: evicted or refused by the queue's limits.
     pub const QUOTA_EXCEEDED: u8 = 0x97;
+}
+
+/// Drop reasons the live feed reports, as `mqtt_proxy_messages_dropped_total` labels them
+/// (the upstream adds its own: `expired`, `too_large`, `topic_too_long`, `poison`).
+pub mod dropped {
+    pub const QUEUE_FULL: &str = "queue_full";
+    pub const SHUTDOWN: &str = "shutdown";
+    pub const REJECTED: &str = "rejected";
 }
 
 /// Where a device's PUBACK/PUBREC waits for broker acknowledgements (policies `any`/`all`).
@@ -92,9 +102,20 @@ pub struct Completion {
     pub spool: Option<SpoolRef>,
     /// When the device's PUBLISH arrived, for `mqtt_proxy_forward_latency_seconds`.
     pub received: Option<std::time::Instant>,
+    /// Set only for messages the live feed describes: `None` (no allocation, one pointer
+    /// check per hook) for every message while nobody watches.
+    pub trace: Option<Box<Trace>>,
 }
 
 impl Completion {
+    /// Tells the live feed what just happened to this message at its broker, if it is one
+    /// the feed describes.
+    #[inline]
+    pub fn report(&self, outcome: Outcome) {
+        if let Some(t) = &self.trace {
+            t.report(outcome);
+        }
+    }
     /// Delivered (acknowledged, or written at QoS 0) or dropped by policy.
     pub fn complete(self) {
         if let Some(a) = self.ack {
@@ -113,8 +134,10 @@ impl Completion {
         self.complete();
     }
     /// Not delivered and never will be (refused by the broker, too large, expired): the
-    /// device is told `code` where it still waits, and the spool forgets the message.
-    pub fn fail(self, code: u8) {
+    /// device is told `code` where it still waits, the spool forgets the message, and the
+    /// live feed hears `why` (the `mqtt_proxy_messages_dropped_total` reason).
+    pub fn fail(self, code: u8, why: &'static str) {
+        self.report(Outcome::Dropped(why));
         if let Some(a) = self.ack {
             a.reject(code);
         }
@@ -170,8 +193,9 @@ mod tests {
             ack: Some(t),
             spool: None,
             received: None,
+            trace: None,
         }
-        .fail(reason::QUOTA_EXCEEDED);
+        .fail(reason::QUOTA_EXCEEDED, dropped::QUEUE_FULL);
         sink.take(&mut out);
         assert_eq!(out[1], (5, 0x97));
     }

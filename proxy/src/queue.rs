@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use prometheus::IntGauge;
 use tokio::sync::Notify;
 
-pub use crate::ack::{reason, AckSink, AckTracker, Completion};
+pub use crate::ack::{dropped, reason, AckSink, AckTracker, Completion};
 use crate::broker::OverflowPolicy;
 use crate::codec::Message;
 use crate::spool::Spool;
@@ -86,6 +86,7 @@ impl Queued {
                 ack,
                 spool: None,
                 received: Some(std::time::Instant::now()),
+                trace: None,
             },
             echo: false,
             expires_at,
@@ -202,6 +203,8 @@ impl UpstreamQueue {
             };
             if q.closed {
                 drop(q);
+                item.done
+                    .report(crate::events::Outcome::Dropped(dropped::QUEUE_FULL));
                 item.finish();
                 return Pushed::Rejected;
             }
@@ -214,7 +217,7 @@ impl UpstreamQueue {
             if total + weight > budget.saturating_add(q.bytes) {
                 // Even emptying this queue would not make room: refuse rather than evict.
                 drop(q);
-                item.done.fail(reason::QUOTA_EXCEEDED);
+                item.done.fail(reason::QUOTA_EXCEEDED, dropped::QUEUE_FULL);
                 return Pushed::Rejected;
             }
             let full = |q: &Inner, freed: usize| {
@@ -224,7 +227,7 @@ impl UpstreamQueue {
             };
             if full(&q, 0) && limits.overflow == OverflowPolicy::DropNewest {
                 drop(q);
-                item.done.fail(reason::QUOTA_EXCEEDED);
+                item.done.fail(reason::QUOTA_EXCEEDED, dropped::QUEUE_FULL);
                 return Pushed::Rejected;
             }
             if item.qos > 0 && item.done.spool.is_none() {
@@ -261,7 +264,7 @@ impl UpstreamQueue {
             }
         };
         for e in evicted {
-            e.done.fail(reason::QUOTA_EXCEEDED);
+            e.done.fail(reason::QUOTA_EXCEEDED, dropped::QUEUE_FULL);
         }
         if result.1 {
             self.notify.notify_one();

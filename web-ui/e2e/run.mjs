@@ -1,7 +1,8 @@
 // End-to-end journey of the dashboard in real headless Chromium against the real proxy and
-// a real mosquitto: sign in, add a broker, see it connect, see live messages and the rate
-// rise, pause it, reload and stay signed in; no console errors, no request leaving the
-// machine. Screenshots of every page at laptop and phone width go to target/ui-screenshots/.
+// a real mosquitto: sign in, add a broker, see it connect, see live messages (a QoS 1 one
+// acked by the broker) and the rate rise, pause it, reload and stay signed in; no console
+// errors, no request leaving the machine. Screenshots of every page at laptop and phone
+// width go to target/ui-screenshots/.
 //
 // Usage: node e2e/run.mjs   (env MQTT_PROXY_BIN: the proxy binary, default
 // ../target/debug/mqtt-proxy; CHROMIUM: default /usr/bin/chromium)
@@ -152,6 +153,15 @@ async function main() {
       await cell.waitFor();
       await cell.click();
       await page.getByLabel('Payload').getByText('"hello": "world"').waitFor();
+      step('see the broker acknowledge a QoS 1 message');
+      // The outcome follows the message: queued, then written, then acked by mosquitto.
+      await page.getByRole('region', { name: 'Message details' }).getByText('e2e broker: acked').waitFor();
+      await page
+        .getByRole('row')
+        .filter({ hasText: 'e2e/hello' })
+        .filter({ hasText: 'e2e broker: acked' })
+        .first()
+        .waitFor();
       await page.screenshot({ path: path.join(shots, 'live-laptop.png') });
 
       step('see the rate rise');

@@ -1,7 +1,8 @@
 //! `stream-viewers`: holds N dashboard viewers open on a proxy's `/api/stream` (bearer
 //! token) and reads everything they are sent, for the "forwarding with 3 viewers" bench
 //! (`benches/scripts/stream-viewers.sh`). Stops after `--seconds` or at SIGTERM/Ctrl-C and
-//! prints, per viewer, the message events received and the events it was told it lost.
+//! prints, per viewer, the message events and per-broker outcome events received and the
+//! events it was told it lost.
 //!
 //! Usage: `stream-viewers URL TOKEN [N=3] [SECONDS=300]`,
 //! URL like `ws://127.0.0.1:3000/api/stream`.
@@ -18,6 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 #[derive(Default)]
 struct Counts {
     messages: AtomicU64,
+    outcomes: AtomicU64,
     dropped: AtomicU64,
 }
 
@@ -42,6 +44,8 @@ async fn viewer(url: String, token: String, counts: Arc<Counts>) -> Result<()> {
         let t = t.as_str();
         if t.contains("\"type\":\"message\"") {
             counts.messages.fetch_add(1, Ordering::Relaxed);
+        } else if t.contains("\"type\":\"outcome\"") {
+            counts.outcomes.fetch_add(1, Ordering::Relaxed);
         } else if let Some(d) = dropped_of(t) {
             counts.dropped.fetch_max(d, Ordering::Relaxed);
         }
@@ -74,8 +78,9 @@ async fn main() -> Result<()> {
     }
     for (i, c) in counts.iter().enumerate() {
         println!(
-            "viewer {i}: {} message events, {} lost (told by the proxy)",
+            "viewer {i}: {} message events, {} outcome events, {} lost (told by the proxy)",
             c.messages.load(Ordering::Relaxed),
+            c.outcomes.load(Ordering::Relaxed),
             c.dropped.load(Ordering::Relaxed)
         );
     }

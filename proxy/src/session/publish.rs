@@ -167,15 +167,22 @@ impl Session {
             (_, AckPolicy::All) => self.upstreams.iter().filter(accepts).count(),
         };
         let tracker = (needed > 0).then(|| AckTracker::new(pkid, needed, self.acks.clone()));
+        // Described (and its copies traced) before they are queued, see `crate::events`.
+        let described = match crate::events::HUB.active() {
+            true => {
+                let targets = self.upstreams.iter().filter(accepts).map(|u| &*u.broker);
+                crate::events::from_device(&self.connect.client_id, &msg, targets)
+            }
+            false => None,
+        };
         for u in self.upstreams.iter().filter(accepts) {
             let mut item = Queued::new(msg.clone(), u.broker.rule.qos(msg.qos), tracker.clone());
             item.echo =
                 !self.subs.is_empty() && ToDevice::expects_echo(&u.broker, topic, &self.subs);
+            if let Some(d) = &described {
+                item.done.trace = d.trace(&u.broker);
+            }
             u.enqueue(item);
-        }
-        if crate::events::HUB.active() {
-            let targets = self.upstreams.iter().filter(accepts).map(|u| &*u.broker);
-            crate::events::from_device(&self.connect.client_id, &msg, targets);
         }
         match tracker {
             Some(_) => {

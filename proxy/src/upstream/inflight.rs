@@ -10,9 +10,10 @@ use tracing::{debug, warn};
 use super::admit::Unsendable;
 use super::{FromBroker, Upstream};
 use crate::codec::{self, Message, Packet};
+use crate::events::Outcome;
 use crate::loopguard::message_hash;
 use crate::metrics::METRICS;
-use crate::queue::Completion;
+use crate::queue::{dropped, Completion};
 
 impl Upstream {
     pub(super) async fn on_packet(&mut self, p: Packet, wbuf: &mut BytesMut) -> Result<(), String> {
@@ -130,7 +131,7 @@ impl Upstream {
                 "message not sent to the broker (mqtt_proxy_messages_dropped_total)"
             );
         }
-        done.fail(why.device_code());
+        done.fail(why.device_code(), why.label());
     }
 
     fn rejected(&self, code: u8) {
@@ -152,6 +153,7 @@ impl Upstream {
     /// The broker acknowledged a message: finish it and record its forwarding latency.
     fn delivered(&self, tag: Option<Completion>) {
         if let Some(c) = tag {
+            c.report(Outcome::Acked);
             c.delivered(&self.broker().metrics.latency);
         }
     }
@@ -159,6 +161,6 @@ impl Upstream {
 
 fn fail(tag: Option<Completion>, code: u8) {
     if let Some(c) = tag {
-        c.fail(code);
+        c.fail(code, dropped::REJECTED);
     }
 }

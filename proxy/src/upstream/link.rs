@@ -347,6 +347,7 @@ impl Upstream {
                     continue;
                 }
                 written += 1;
+                done.report(crate::events::Outcome::Written);
                 if echo {
                     // Recorded when written, not when queued: an outage does not age it.
                     self.echoes.record(

@@ -25,10 +25,11 @@ use tracing::{info, warn};
 
 use crate::brokerset::Broker;
 use crate::codec::{Message, Protocol, SubFilter, Will};
+use crate::events::Outcome;
 use crate::loopguard::LoopGuard;
 use crate::metrics::RateLimit;
 use crate::qos::{Inbound, Outbound};
-use crate::queue::{Completion, Pushed, Queued, UpstreamQueue};
+use crate::queue::{dropped, Completion, Pushed, Queued, UpstreamQueue};
 
 pub use backoff::Backoff;
 
@@ -256,7 +257,10 @@ impl UpstreamHandle {
                 dropped = n,
                 "upstream closed with messages still queued"
             );
-            left.into_iter().for_each(Queued::finish);
+            for q in left {
+                q.done.report(Outcome::Dropped(dropped::SHUTDOWN));
+                q.finish();
+            }
         }
     }
 }

@@ -11,9 +11,10 @@ use super::admit::Unsendable;
 use super::backoff::{Backoff, FailReason, STABLE_AFTER};
 use super::{Control, Exit, Upstream};
 use crate::codec::SubFilter;
+use crate::events::Outcome;
 use crate::loopguard::message_hash;
 use crate::metrics::METRICS;
-use crate::queue::{Completion, Queued};
+use crate::queue::{dropped, Completion, Queued};
 
 impl Upstream {
     /// Opens the spool (after the previous holder of the file is gone) and puts what it
@@ -157,7 +158,10 @@ impl Upstream {
     /// The session is gone without a Close: count what is left.
     fn abandon(mut self) {
         let tags = self.out.drain_tags();
-        let n = tags.iter().filter(|t| !t.is_spooled()).count() as u64;
+        let lost = tags.iter().filter(|t| !t.is_spooled());
+        let n = lost
+            .inspect(|t| t.report(Outcome::Dropped(dropped::SHUTDOWN)))
+            .count() as u64;
         tags.into_iter().for_each(Completion::abandon);
         if n > 0 {
             self.broker().metrics.dropped_shutdown.inc_by(n);

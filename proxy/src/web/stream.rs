@@ -1,8 +1,11 @@
 //! `GET /api/stream`: the dashboard's live feed over a WebSocket. It pushes JSON events:
 //!
-//! - `{"type":"message","time":ms,"direction":"toBrokers"|"toDevice","client":…,
+//! - `{"type":"message","id":n,"time":ms,"direction":"toBrokers"|"toDevice","client":…,
 //!   "topic":…,"size":n,"qos":q,"retain":b,"payload":base64 (first 256 bytes),
 //!   "truncated":b,"brokers":[{"broker":name,"outcome":"queued"|"delivered"}]}`
+//! - `{"type":"outcome","id":n,"time":ms,"broker":name,"outcome":"written"|"acked"|"dropped",
+//!   "reason":r}` as a device message's copy moves on at one broker (`id` is the message
+//!   event's; `reason`, only with `dropped`, is the `mqtt_proxy_messages_dropped_total` one)
 //! - `{"type":"stats", …the /api/status document…, "viewerDropped":n, "notShown":n}` every
 //!   second (`notShown`: messages beyond the feed's 2,000 events/s, see [`crate::events`])
 //! - `{"type":"dropped","viewerDropped":n}` as soon as this viewer lost events.
@@ -32,7 +35,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use super::api::{error, status};
 use super::auth::{same_origin, unauthorized, Credentials};
 use super::Shared;
-use crate::events::{Direction, MessageEvent, Outcome, HUB, PREVIEW_BYTES};
+use crate::events::{Direction, Event, MessageEvent, OutcomeEvent, HUB, PREVIEW_BYTES};
 use crate::metrics::METRICS;
 
 /// Close code for failed authentication (4000-4999 are the application's).
@@ -87,30 +90,39 @@ async fn first_frame_auth(s: &Shared, socket: &mut WebSocket) -> bool {
 }
 
 /// The event's JSON, rendered once and shared by every viewer.
-fn rendered(e: &MessageEvent) -> Utf8Bytes {
-    let bytes = e
-        .rendered
-        .get_or_init(|| bytes::Bytes::from(message_json(e)))
-        .clone();
+fn rendered(e: &Event) -> Utf8Bytes {
+    let bytes = match e {
+        Event::Message(m) => m.rendered.get_or_init(|| message_json(m).into()),
+        Event::Outcome(o) => o.rendered.get_or_init(|| outcome_json(o).into()),
+    }
+    .clone();
     // Rendered from a `String`, so always valid UTF-8.
     Utf8Bytes::try_from(bytes).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
+}
+
+fn outcome_json(o: &OutcomeEvent) -> String {
+    let mut v = json!({
+        "type": "outcome",
+        "id": o.id,
+        "time": o.time_ms,
+        "broker": &*o.broker,
+        "outcome": o.outcome.as_str(),
+    });
+    if let crate::events::Outcome::Dropped(why) = o.outcome {
+        v["reason"] = why.into();
+    }
+    v.to_string()
 }
 
 fn message_json(e: &MessageEvent) -> String {
     let brokers: Vec<_> = e
         .brokers
         .iter()
-        .map(|(b, o)| {
-            let outcome = match o {
-                Outcome::Queued => "queued",
-                Outcome::Dropped => "dropped",
-                Outcome::Delivered => "delivered",
-            };
-            json!({ "broker": &**b, "outcome": outcome })
-        })
+        .map(|(b, o)| json!({ "broker": &**b, "outcome": o.as_str() }))
         .collect();
     json!({
         "type": "message",
+        "id": e.id,
         "time": e.time_ms,
         "direction": match e.direction {
             Direction::ToBrokers => "toBrokers",

@@ -96,8 +96,20 @@ export interface Status {
   ready: boolean;
 }
 
+/** What happened to a message at one broker (`delivered`: a broker's message to a device). */
+export type Outcome = 'queued' | 'written' | 'acked' | 'dropped' | 'delivered';
+
+export interface BrokerOutcome {
+  broker: string;
+  outcome: Outcome;
+  /** Only with `dropped`: the `mqtt_proxy_messages_dropped_total` reason (`queue_full`, …). */
+  reason?: string;
+}
+
 export interface MessageEvent {
   type: 'message';
+  /** Unique per proxy process; outcome events refer to it. */
+  id: number;
   time: number;
   direction: 'toBrokers' | 'toDevice';
   client: string;
@@ -108,7 +120,17 @@ export interface MessageEvent {
   /** base64 of at most the first 256 payload bytes */
   payload: string;
   truncated: boolean;
-  brokers: { broker: string; outcome: 'queued' | 'dropped' | 'delivered' }[];
+  brokers: BrokerOutcome[];
+}
+
+/** A later step of message `id` at `broker`. */
+export interface OutcomeEvent {
+  type: 'outcome';
+  id: number;
+  time: number;
+  broker: string;
+  outcome: 'written' | 'acked' | 'dropped';
+  reason?: string;
 }
 
 /** `notShown`: messages beyond the feed's budget (2,000 described per second). */
@@ -117,6 +139,7 @@ export type StatsEvent = Status & { type: 'stats'; time: number; viewerDropped: 
 export type StreamEvent =
   | { type: 'hello' }
   | MessageEvent
+  | OutcomeEvent
   | StatsEvent
   | { type: 'dropped'; viewerDropped: number };
 

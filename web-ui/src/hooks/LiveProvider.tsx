@@ -1,6 +1,7 @@
 import { useCallback, useEffect, useMemo, useRef, useState, type ReactNode } from 'react';
 import { openStream } from '../api/stream';
-import type { MessageEvent, StatsEvent } from '../api/types';
+import type { StatsEvent } from '../api/types';
+import { MessageLog } from '../lib/outcomes';
 import { Ring } from '../lib/ring';
 import { HISTORY_POINTS, toPoint, type Point } from '../lib/series';
 import { addTopic, emptyTree } from '../lib/topic';
@@ -11,7 +12,7 @@ export const MESSAGE_LIMIT = 500;
 
 export function LiveProvider({ children }: { children: ReactNode }) {
   const [points] = useState(() => new Ring<Point>(HISTORY_POINTS));
-  const [messages] = useState(() => new Ring<MessageEvent>(MESSAGE_LIMIT));
+  const [messages] = useState(() => new MessageLog(MESSAGE_LIMIT));
   const [tree] = useState(emptyTree);
   const [stats, setStats] = useState<StatsEvent | null>(null);
   const [connected, setConnected] = useState(false);
@@ -52,6 +53,8 @@ export function LiveProvider({ children }: { children: ReactNode }) {
           messages.push(e);
           addTopic(tree, e.topic);
           bump();
+        } else if (e.type === 'outcome') {
+          if (messages.outcome(e)) bump();
         } else if (e.type === 'dropped') {
           setViewerDropped(e.viewerDropped);
         }

@@ -1,7 +1,8 @@
 // Live state from the stream: the latest stats snapshot, bounded chart history, and a
 // bounded list of recent messages with their topic tree.
 import { createContext, useContext } from 'react';
-import type { MessageEvent, StatsEvent } from '../api/types';
+import type { StatsEvent } from '../api/types';
+import type { MessageLog } from '../lib/outcomes';
 import type { Ring } from '../lib/ring';
 import type { Point } from '../lib/series';
 import type { TreeNode } from '../lib/topic';
@@ -10,7 +11,8 @@ export interface Live {
   connected: boolean;
   stats: StatsEvent | null;
   points: Ring<Point>;
-  messages: Ring<MessageEvent>;
+  /** recent messages, each with its brokers' outcomes updated as they arrive */
+  messages: MessageLog;
   tree: TreeNode;
   viewerDropped: number;
   /** bumps on every change, for memoised views */

@@ -4,13 +4,16 @@ export class Ring<T> {
   private start = 0;
   constructor(readonly capacity: number) {}
 
-  push(item: T): void {
+  /** Adds `item`; returns the oldest item when it had to make room for it. */
+  push(item: T): T | undefined {
     if (this.items.length < this.capacity) {
       this.items.push(item);
-    } else {
-      this.items[this.start] = item;
-      this.start = (this.start + 1) % this.capacity;
+      return undefined;
     }
+    const evicted = this.items[this.start];
+    this.items[this.start] = item;
+    this.start = (this.start + 1) % this.capacity;
+    return evicted;
   }
 
   get length(): number {

@@ -1,12 +1,35 @@
 import { Alert, Badge, Button, Card, Code, Grid, Group, ScrollArea, SegmentedControl, Select, Stack, Table, Text, TextInput, Title } from '@mantine/core';
 import { useMemo, useState } from 'react';
-import type { MessageEvent } from '../api/types';
+import type { BrokerOutcome, MessageEvent } from '../api/types';
 import { TopicTree } from '../components/TopicTree';
 import { useLive } from '../hooks/live';
+import { outcomeLabel } from '../lib/outcomes';
 import { decodeBase64, preview } from '../lib/payload';
 import { matches, validFilter } from '../lib/topic';
 
 type Dir = 'all' | 'toBrokers' | 'toDevice';
+
+const OUTCOME_COLOR: Record<BrokerOutcome['outcome'], string> = {
+  queued: 'gray',
+  written: 'blue',
+  acked: 'green',
+  dropped: 'red',
+  delivered: 'green',
+};
+
+/** Each broker's outcome as text (not only a colour), updated as outcome events arrive. */
+function Outcomes({ m }: { m: MessageEvent }) {
+  if (m.brokers.length === 0) return <Text size="sm" c="dimmed">no broker</Text>;
+  return (
+    <Group gap={4} wrap="wrap">
+      {m.brokers.map((b) => (
+        <Badge key={b.broker} size="sm" variant="light" color={OUTCOME_COLOR[b.outcome]} tt="none">
+          {outcomeLabel(b)}
+        </Badge>
+      ))}
+    </Group>
+  );
+}
 
 export function Live() {
   const live = useLive();
@@ -71,17 +94,24 @@ export function Live() {
                   <Table.Tr>
                     <Table.Th>Time</Table.Th>
                     <Table.Th>Topic</Table.Th>
-                    <Table.Th>From / to</Table.Th>
+                    <Table.Th>From → to</Table.Th>
                     <Table.Th>Size</Table.Th>
                   </Table.Tr>
                 </Table.Thead>
                 <Table.Tbody>
-                  {shown.slice(0, 200).map((m, i) => (
-                    <Table.Tr key={`${m.time}-${i}`} onClick={() => setSelected(m)} style={{ cursor: 'pointer' }}>
+                  {shown.slice(0, 200).map((m) => (
+                    <Table.Tr key={m.id} onClick={() => setSelected(m)} style={{ cursor: 'pointer' }}>
                       <Table.Td>{new Date(m.time).toLocaleTimeString()}</Table.Td>
                       <Table.Td ff="monospace">{m.topic}</Table.Td>
                       <Table.Td>
-                        {m.direction === 'toBrokers' ? `${m.client} → ${m.brokers.map((b) => b.broker).join(', ') || 'none'}` : `${m.brokers[0]?.broker ?? '?'} → ${m.client}`}
+                        {m.direction === 'toBrokers' ? (
+                          <Group gap={6} wrap="wrap">
+                            <Text span size="sm" style={{ whiteSpace: "nowrap" }}>{m.client} →</Text>
+                            <Outcomes m={m} />
+                          </Group>
+                        ) : (
+                          `${m.brokers[0]?.broker ?? '?'} → ${m.client}`
+                        )}
                       </Table.Td>
                       <Table.Td>{m.size} B · QoS {m.qos}{m.retain ? ' · retained' : ''}</Table.Td>
                     </Table.Tr>
@@ -95,7 +125,7 @@ export function Live() {
         </Grid.Col>
         {selected && sel && (
           <Grid.Col span={{ base: 12, md: 4 }}>
-            <Card withBorder>
+            <Card withBorder role="region" aria-label="Message details">
               <Group justify="space-between">
                 <Text fw={600} ff="monospace">{selected.topic}</Text>
                 <Button size="xs" variant="subtle" onClick={() => setSelected(null)}>Close</Button>
@@ -104,6 +134,8 @@ export function Live() {
                 {sel.kind}{selected.truncated ? ` · first 256 of ${selected.size} bytes` : ''}
               </Text>
               <Code block aria-label="Payload">{sel.text}</Code>
+              <Text size="sm" fw={600} mt="sm">Outcome per broker</Text>
+              <Outcomes m={selected} />
             </Card>
           </Grid.Col>
         )}
