@@ -19,6 +19,7 @@
 //! target/release/mqtt-load compare --qos 0 --count 50000 --brokers 3 --reps 3 --json cmp.json
 //! ```
 
+pub mod churn;
 pub mod compare;
 pub mod compare_report;
 pub mod device;

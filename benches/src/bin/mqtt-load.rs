@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use mqtt_proxy_benches::churn::{self, ChurnConfig};
 use mqtt_proxy_benches::compare::{compare, Case, CompareConfig};
 use mqtt_proxy_benches::fleet::{self, FleetConfig};
 use mqtt_proxy_benches::mosquitto::BrokerLimits;
@@ -30,6 +31,32 @@ enum Cmd {
     Compare(CompareArgs),
     /// Many slow devices: N × 1 msg/s QoS 1 through the proxy to 3 brokers, RSS per stage.
     Fleet(FleetArgs),
+    /// Connection churn: N devices reconnecting every few seconds; RSS and fds over time.
+    Churn(ChurnArgs),
+}
+
+#[derive(Args)]
+struct ChurnArgs {
+    /// Devices, each reconnecting with the same client id.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Seconds each connection lives before the device reconnects.
+    #[arg(long, default_value_t = 5.0)]
+    every: f64,
+    /// Length of the run in seconds.
+    #[arg(long, default_value_t = 60)]
+    secs: u64,
+    /// Seconds between samples of the proxy's RSS and descriptors.
+    #[arg(long, default_value_t = 5.0)]
+    sample: f64,
+    /// The proxy binary (default as for `compare`).
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(Args)]
@@ -236,6 +263,21 @@ async fn main() -> anyhow::Result<()> {
                 report.all_delivered(),
                 "fleet: not everything was delivered"
             );
+            Ok(())
+        }
+        Cmd::Churn(args) => {
+            let cfg = ChurnConfig {
+                proxy_bin: args.proxy_bin.clone().unwrap_or_else(default_proxy_bin),
+                devices: args.devices,
+                every: Duration::from_secs_f64(args.every.max(0.1)),
+                secs: args.secs,
+                sample: Duration::from_secs_f64(args.sample.max(0.1)),
+                progress: !args.quiet,
+            };
+            let report = churn::run(&cfg).await?;
+            emit(&args.output, &report, report.render())?;
+            let bad = report.consistent();
+            anyhow::ensure!(bad.is_empty(), "churn: {}", bad.join("; "));
             Ok(())
         }
     }
