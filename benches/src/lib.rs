@@ -19,11 +19,17 @@
 //! target/release/mqtt-load compare --qos 0 --count 50000 --brokers 3 --reps 3 --json cmp.json
 //! ```
 
+pub mod churn;
 pub mod compare;
 pub mod compare_report;
+pub mod device;
+pub mod fleet;
+pub mod fleet_device;
+pub mod fleet_report;
 pub mod mosquitto;
 pub mod pacer;
 pub mod payload;
+pub mod procstat;
 pub mod proxy_proc;
 pub mod publisher;
 pub mod publisher_rumqttc;

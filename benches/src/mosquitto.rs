@@ -173,6 +173,16 @@ impl Mosquitto {
         log_tail(&self.log, n)
     }
 
+    /// The broker's log file (`log_type` error, warning, notice).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The process id, for `/proc` readings (`None` once it has been reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Kills the broker and reaps it (dropping the handle also kills it).
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;

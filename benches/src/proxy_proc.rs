@@ -18,10 +18,21 @@ struct BrokerEntry<'a> {
     name: &'a str,
     address: &'a str,
     port: u16,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    bidirectional: bool,
 }
 
 /// `{"brokers":[{"id":"b1","name":"b1","address":"127.0.0.1","port":…}, …]}`
 pub fn brokers_json(brokers: &[(String, u16)]) -> String {
+    let all: Vec<(String, u16, bool)> = brokers
+        .iter()
+        .map(|(n, p)| (n.clone(), *p, false))
+        .collect();
+    brokers_json_with(&all)
+}
+
+/// [`brokers_json`] where each entry also says whether the broker is bidirectional.
+pub fn brokers_json_with(brokers: &[(String, u16, bool)]) -> String {
     #[derive(Serialize)]
     struct File<'a> {
         brokers: Vec<BrokerEntry<'a>>,
@@ -29,11 +40,12 @@ pub fn brokers_json(brokers: &[(String, u16)]) -> String {
     let file = File {
         brokers: brokers
             .iter()
-            .map(|(name, port)| BrokerEntry {
+            .map(|(name, port, bidirectional)| BrokerEntry {
                 id: name,
                 name,
                 address: "127.0.0.1",
                 port: *port,
+                bidirectional: *bidirectional,
             })
             .collect(),
     };
@@ -62,6 +74,8 @@ pub fn default_proxy_bin() -> PathBuf {
 
 pub struct ProxyProc {
     pub port: u16,
+    /// `--http-listen` port (`/metrics`).
+    pub http_port: u16,
     child: Child,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -69,11 +83,20 @@ pub struct ProxyProc {
 
 impl ProxyProc {
     pub async fn start(bin: &Path, brokers: &[(String, u16)]) -> anyhow::Result<ProxyProc> {
+        Self::start_with(bin, &brokers_json(brokers), &[]).await
+    }
+
+    /// Starts the proxy with a ready brokers file and extra command-line arguments.
+    pub async fn start_with(
+        bin: &Path,
+        brokers_json: &str,
+        extra_args: &[String],
+    ) -> anyhow::Result<ProxyProc> {
         let dir = tempfile::Builder::new()
             .prefix("mqtt-load-proxy-")
             .tempdir()?;
         let brokers_file = dir.path().join("brokers.json");
-        std::fs::write(&brokers_file, brokers_json(brokers))?;
+        std::fs::write(&brokers_file, brokers_json)?;
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir)?;
         let log = dir.path().join("proxy.log");
@@ -91,6 +114,7 @@ impl ProxyProc {
             .arg("--log-format")
             .arg("text")
             .arg("--allow-anonymous")
+            .args(extra_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -105,6 +129,7 @@ impl ProxyProc {
         }
         Ok(ProxyProc {
             port,
+            http_port,
             child,
             log,
             _dir: dir,
@@ -117,6 +142,11 @@ impl ProxyProc {
 
     pub fn log_tail(&self, n: usize) -> String {
         log_tail(&self.log, n)
+    }
+
+    /// The process id, for `/proc` readings (`None` once it has been reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     pub async fn stop(mut self) {

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use mqtt_proxy_benches::churn::{self, ChurnConfig};
 use mqtt_proxy_benches::compare::{compare, Case, CompareConfig};
+use mqtt_proxy_benches::fleet::{self, FleetConfig};
 use mqtt_proxy_benches::mosquitto::BrokerLimits;
 use mqtt_proxy_benches::proxy_proc::default_proxy_bin;
 use mqtt_proxy_benches::workload::{self, ClientKind, Topology, Workload};
@@ -27,6 +29,64 @@ enum Cmd {
     Run(RunArgs),
     /// Cases a (direct), b (N direct, ceiling), c (proxy), d (bridges), repeated and interleaved.
     Compare(CompareArgs),
+    /// Many slow devices: N × 1 msg/s QoS 1 through the proxy to 3 brokers, RSS per stage.
+    Fleet(FleetArgs),
+    /// Connection churn: N devices reconnecting every few seconds; RSS and fds over time.
+    Churn(ChurnArgs),
+}
+
+#[derive(Args)]
+struct ChurnArgs {
+    /// Devices, each reconnecting with the same client id.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Seconds each connection lives before the device reconnects.
+    #[arg(long, default_value_t = 5.0)]
+    every: f64,
+    /// Length of the run in seconds.
+    #[arg(long, default_value_t = 60)]
+    secs: u64,
+    /// Seconds between samples of the proxy's RSS and descriptors.
+    #[arg(long, default_value_t = 5.0)]
+    sample: f64,
+    /// The proxy binary (default as for `compare`).
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(Args)]
+struct FleetArgs {
+    /// Concurrent devices (the proxy holds 4 sockets per device).
+    #[arg(long, default_value_t = 4000)]
+    devices: usize,
+    /// Seconds of publishing at 1 msg/s per device.
+    #[arg(long, default_value_t = 60)]
+    secs: u64,
+    /// Payload bytes (≥ 16).
+    #[arg(long, default_value_t = 64)]
+    payload_size: usize,
+    /// Share of devices that also subscribe through the bidirectional broker.
+    #[arg(long, default_value_t = 0.1)]
+    sub_fraction: f64,
+    /// Device counts after which the proxy's RSS is read (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1000, 2000])]
+    rss_at: Vec<usize>,
+    /// CONNECTs in flight at once.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// The proxy binary (default as for `compare`).
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 #[derive(Args, Clone)]
@@ -185,6 +245,40 @@ async fn main() -> anyhow::Result<()> {
             };
             let report = compare(&cfg).await;
             emit(&args.output, &report, report.render_table())
+        }
+        Cmd::Fleet(args) => {
+            let cfg = FleetConfig {
+                proxy_bin: args.proxy_bin.clone().unwrap_or_else(default_proxy_bin),
+                devices: args.devices,
+                secs: args.secs,
+                payload_size: args.payload_size,
+                sub_fraction: args.sub_fraction,
+                rss_at: args.rss_at.clone(),
+                connect_concurrency: args.connect_concurrency,
+                progress: !args.quiet,
+            };
+            let report = fleet::run(&cfg).await?;
+            emit(&args.output, &report, report.render())?;
+            anyhow::ensure!(
+                report.all_delivered(),
+                "fleet: not everything was delivered"
+            );
+            Ok(())
+        }
+        Cmd::Churn(args) => {
+            let cfg = ChurnConfig {
+                proxy_bin: args.proxy_bin.clone().unwrap_or_else(default_proxy_bin),
+                devices: args.devices,
+                every: Duration::from_secs_f64(args.every.max(0.1)),
+                secs: args.secs,
+                sample: Duration::from_secs_f64(args.sample.max(0.1)),
+                progress: !args.quiet,
+            };
+            let report = churn::run(&cfg).await?;
+            emit(&args.output, &report, report.render())?;
+            let bad = report.consistent();
+            anyhow::ensure!(bad.is_empty(), "churn: {}", bad.join("; "));
+            Ok(())
         }
     }
 }

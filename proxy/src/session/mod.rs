@@ -40,7 +40,7 @@ use crate::qos::Inbound;
 use crate::queue::AckSink;
 use crate::registry::{Registry, SessionRecord};
 use crate::subtable::SubTable;
-use crate::transport::{Conn, Io};
+use crate::transport::{clear_written, Conn, Io, ReadSizer};
 use crate::upstream::{FromBroker, Held, UpstreamHandle, UpstreamParams};
 
 use subscribe::SubDone;
@@ -110,7 +110,7 @@ pub async fn run(conn: Conn, shared: Arc<Shared>) {
         cert_identity,
         ..
     } = conn;
-    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut rbuf = BytesMut::with_capacity(ReadSizer::MIN);
     let Some((connect, assigned)) = connect::accept(&mut stream, &mut rbuf, peer, &shared).await
     else {
         return;
@@ -316,7 +316,7 @@ impl Session {
             _ = wait_true(&mut self.kicked) => return Err(End::TakenOver),
             _ = wait_true(shutdown) => return Err(End::Shutdown),
         };
-        wbuf.clear();
+        clear_written(wbuf);
         match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(End::Lost(format!("write: {e}"))),
@@ -339,7 +339,9 @@ impl Session {
         assigned: Option<String>,
     ) -> End {
         let (mut rd, mut wr) = tokio::io::split(stream);
-        let mut wbuf = BytesMut::with_capacity(4096);
+        // Grows with what is written (CONNACK first) and is let go after bursts.
+        let mut wbuf = BytesMut::new();
+        let mut sizer = ReadSizer::default();
         let mut shutdown = self.shared.shutdown.clone();
         let ack = self.connack(assigned);
         if codec::write(self.proto, &ack, &mut wbuf).is_err() {
@@ -366,6 +368,7 @@ impl Session {
             }
             let acks = self.acks.clone();
             let holding = !self.held.is_empty();
+            sizer.prepare(&mut rbuf);
             let event = tokio::select! {
                 r = rd.read_buf(&mut rbuf) => Event::Read(r),
                 _ = acks.notify.notified() => Event::Acks,
@@ -381,9 +384,11 @@ impl Session {
                 Event::Read(Ok(0)) => {
                     return End::Lost("connection closed without DISCONNECT".into())
                 }
-                Event::Read(Ok(_)) => {
+                Event::Read(Ok(n)) => {
                     deadline = Instant::now() + ka;
+                    sizer.read(n);
                     end = self.drain_packets(&mut rbuf, &mut wbuf).err();
+                    sizer.shrink(&mut rbuf);
                 }
                 Event::Read(Err(e)) => return End::Lost(format!("read: {e}")),
                 Event::Acks => {

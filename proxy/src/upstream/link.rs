@@ -18,13 +18,17 @@ use crate::codec::{self, Packet, Protocol};
 use crate::loopguard::message_hash;
 use crate::qos::Resend;
 use crate::queue::Queued;
+use crate::transport::{clear_written, ReadSizer};
 
 impl Upstream {
     pub(super) async fn connected(&mut self, stream: Box<dyn Io>) -> Exit {
         let (mut rd, mut wr) = tokio::io::split(stream);
-        let mut rbuf = BytesMut::with_capacity(8 * 1024);
+        // Both buffers start empty and follow the traffic (see `ReadSizer`): most of a
+        // fleet's upstream connections carry a message a second.
+        let mut rbuf = BytesMut::new();
+        let mut sizer = ReadSizer::default();
         self.skip = 0;
-        let mut wbuf = BytesMut::with_capacity(16 * 1024);
+        let mut wbuf = BytesMut::new();
         let max = self.inbound_max();
 
         if let Err(e) = codec::write(self.proto, &self.connect_packet(), &mut wbuf) {
@@ -41,6 +45,7 @@ impl Upstream {
                     Ok(None) => {}
                     Err(e) => return Err(e.to_string()),
                 }
+                sizer.prepare(&mut rbuf);
                 match rd.read_buf(&mut rbuf).await {
                     Ok(0) => return Err("closed before CONNACK".to_string()),
                     Ok(_) => {}
@@ -135,7 +140,7 @@ impl Upstream {
                 if let Err(e) = wr.write_all(&wbuf).await {
                     return Exit::Failed(format!("write: {e}"));
                 }
-                wbuf.clear();
+                clear_written(&mut wbuf);
                 last_write = Instant::now();
             }
             if self.finished() {
@@ -168,11 +173,13 @@ impl Upstream {
             if room && !self.queue.is_empty() {
                 // More is queued than one write took: poll the socket without waiting (acks,
                 // PINGRESP), then write the next batch.
+                sizer.prepare(&mut rbuf);
                 match rd.read_buf(&mut rbuf).now_or_never() {
                     None => continue,
                     Some(Ok(0)) => return Exit::Failed("broker closed the connection".into()),
                     Some(Err(e)) => return Exit::Failed(format!("read: {e}")),
-                    Some(Ok(_)) => {
+                    Some(Ok(n)) => {
+                        sizer.read(n);
                         if let Err(e) = self
                             .read_packets(&mut rbuf, &mut wbuf, max, &mut ping_sent)
                             .await
@@ -183,13 +190,16 @@ impl Upstream {
                     }
                 }
             }
+            sizer.prepare(&mut rbuf);
             tokio::select! {
                 r = rd.read_buf(&mut rbuf) => match r {
                     Ok(0) => return Exit::Failed("broker closed the connection".into()),
-                    Ok(_) => {
+                    Ok(n) => {
+                        sizer.read(n);
                         if let Err(e) = self.read_packets(&mut rbuf, &mut wbuf, max, &mut ping_sent).await {
                             return Exit::Failed(e);
                         }
+                        sizer.shrink(&mut rbuf);
                     }
                     Err(e) => return Exit::Failed(format!("read: {e}")),
                 },
