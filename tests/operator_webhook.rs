@@ -160,6 +160,21 @@ async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Resul
     ] {
         ensure!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
+    // Measured, not asserted: the webhook's own time per review (a loaded box).
+    let series = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    if let (Some(sum), Some(count)) = (
+        series("mqtt_proxy_operator_webhook_admission_duration_seconds_sum"),
+        series("mqtt_proxy_operator_webhook_admission_duration_seconds_count"),
+    ) {
+        println!(
+            "webhook: {count} reviews, mean {:.2} ms each",
+            sum / count.max(1.0) * 1e3
+        );
+    }
 
     // A restarted operator reuses the CA it finds.
     op = restart(op, &api, port, &[]).await?;
