@@ -107,7 +107,7 @@ async fn injected_sidecar_serves_the_app_on_localhost_and_hot_reloads() -> Resul
         ("/data", data_dir.as_path()),
     ]);
     let secret_env = BTreeMap::from([("MQTT_PROXY_ADMIN_TOKEN", token)]);
-    let sidecar = run_container(&container, &mounts, &secret_env).await?;
+    let sidecar = run_container(&pod, &container, &mounts, &secret_env).await?;
 
     // The app: a device on localhost, forwarded to broker a.
     let sub_a = Subscriber::connect(a.port(), "line/#", 1).await?;

@@ -2,7 +2,9 @@
 //! real operator binary serves its admission webhook on a loopback port, writes its own CA
 //! into a Secret and the `caBundle` of a MutatingWebhookConfiguration whose
 //! `clientConfig.url` points at it, and the API server then calls it for every labelled Pod
-//! created.
+//! created. Then: the Deployment-mode children are pruned on the switch to Sidecar, the CA
+//! survives a restart and rotates when expiring (both CAs in the bundle), and with leader
+//! election a standby replica answers admission too.
 //!
 //! The test API server is Kubernetes 1.20: it knows neither `restartPolicy` on init
 //! containers nor probes there (native sidecars are 1.28+), and refuses such a pod. The
@@ -160,6 +162,21 @@ async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Resul
     ] {
         ensure!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
+    // Measured, not asserted: the webhook's own time per review (a loaded box).
+    let series = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    if let (Some(sum), Some(count)) = (
+        series("mqtt_proxy_operator_webhook_admission_duration_seconds_sum"),
+        series("mqtt_proxy_operator_webhook_admission_duration_seconds_count"),
+    ) {
+        println!(
+            "webhook: {count} reviews, mean {:.2} ms each",
+            sum / count.max(1.0) * 1e3
+        );
+    }
 
     // A restarted operator reuses the CA it finds.
     op = restart(op, &api, port, &[]).await?;
@@ -233,6 +250,51 @@ async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Resul
         find_sidecar(&pod, list).is_some(),
         "injected with the rotated certificate: {pod}"
     );
+
+    // Leader election: a standby replica (no Lease, no reconciling) answers admission too.
+    let elect = ["--leader-elect", "--leader-election-namespace", "default"];
+    op = restart(op, &api, port, &elect).await?;
+    let port2 = try_free_port().context("a free port")?;
+    let mut standby = start_operator(&api, port2, &elect).await?;
+    let ready = standby.wait_ok("/readyz").await?;
+    ensure!(
+        ready.contains("standby"),
+        "second replica is the standby: {ready}"
+    );
+    let url = format!("https://127.0.0.1:{port2}/mutate-pod");
+    let to_standby = serde_json::json!([
+        { "op": "replace", "path": "/webhooks/0/clientConfig/url", "value": url }
+    ]);
+    k.run(
+        &[
+            "patch",
+            "mutatingwebhookconfiguration",
+            WEBHOOK_CONFIG,
+            "--type=json",
+            "-p",
+            &to_standby.to_string(),
+        ],
+        None,
+    )
+    .await?;
+    create_pod_retrying(k, NS, "sensor-3", &[("mqttproxy.io/inject", "telemetry")])
+        .await
+        .with_context(|| standby.process.log_tail())?;
+    let pod = k
+        .get_json("pod", "sensor-3", NS)
+        .await?
+        .context("sensor-3")?;
+    ensure!(
+        find_sidecar(&pod, list).is_some(),
+        "injected by the standby: {pod}"
+    );
+    let metrics = standby.wait_ok("/metrics").await?;
+    let line = r#"mqtt_proxy_operator_webhook_admissions_total{result="injected"} 1"#;
+    ensure!(
+        metrics.contains(line),
+        "the standby answered: {line} missing"
+    );
+    drop(op);
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! Reconcile in `spec.mode: Sidecar`, against the scripted fake API server: the Secrets the
-//! sidecars mount are applied, no Deployment or Service is, and the ones this MqttProxy
-//! owned from Deployment mode are deleted — but never someone else's of the same name.
+//! sidecars mount are applied, no Deployment, Service or ServiceMonitor is, and the ones
+//! this MqttProxy owned from Deployment mode are deleted — never someone else's.
 
 mod common;
 
@@ -32,6 +32,9 @@ fn child(kind: &str, api_version: &str, uid: &str) -> Value {
             "uid": uid, "controller": true, "blockOwnerDeletion": true}]},
     })
 }
+
+const SERVICE_MONITOR: &str =
+    "/apis/monitoring.coreos.com/v1/namespaces/plant/servicemonitors/factory";
 
 fn deleted() -> Reply {
     Reply::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}))
@@ -87,7 +90,7 @@ async fn run(script: Vec<(&'static str, String, Reply)>) -> Vec<Seen> {
 }
 
 #[tokio::test]
-async fn sidecar_mode_applies_secrets_and_prunes_its_own_deployment_and_service() {
+async fn sidecar_mode_applies_secrets_and_prunes_its_own_children() {
     let uid = common::proxy().metadata.uid.expect("fixture uid");
     let seen = run(script(vec![
         (
@@ -102,6 +105,13 @@ async fn sidecar_mode_applies_secrets_and_prunes_its_own_deployment_and_service(
             Reply::Json(child("Service", "v1", &uid)),
         ),
         ("DELETE", SERVICE.into(), deleted()),
+        // The fixture enables serviceMonitor and the cluster has the CRD.
+        (
+            "GET",
+            SERVICE_MONITOR.into(),
+            Reply::Json(child("ServiceMonitor", "monitoring.coreos.com/v1", &uid)),
+        ),
+        ("DELETE", SERVICE_MONITOR.into(), deleted()),
     ]))
     .await;
     assert!(
@@ -109,6 +119,12 @@ async fn sidecar_mode_applies_secrets_and_prunes_its_own_deployment_and_service(
             .iter()
             .any(|s| s.method == "PATCH" && (s.path == DEPLOYMENT || s.path == SERVICE)),
         "no Deployment or Service applied in Sidecar mode"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.method == "PATCH" && s.path == SERVICE_MONITOR),
+        "no ServiceMonitor applied in Sidecar mode"
     );
     let status = &seen.last().expect("status write").body["status"];
     assert_eq!(status["replicas"], 0);
@@ -132,6 +148,7 @@ async fn sidecar_mode_leaves_foreign_and_missing_children_alone() {
             Reply::Json(child("Deployment", "apps/v1", "someone-elses-uid")),
         ),
         ("GET", SERVICE.into(), Reply::NotFound),
+        ("GET", SERVICE_MONITOR.into(), Reply::NotFound),
     ]))
     .await;
 }

@@ -38,6 +38,8 @@ pub enum Error {
     Cert(#[from] certs::CertError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("registering the webhook metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("webhook listener {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
     #[error("MutatingWebhookConfiguration {0} not found (install the chart with sidecar.enabled)")]
@@ -52,6 +54,7 @@ pub enum Error {
 #[derive(Clone)]
 pub struct WebhookMetrics {
     admissions: IntCounterVec,
+    duration: prometheus::Histogram,
     rotations: IntCounterVec,
 }
 
@@ -71,16 +74,28 @@ impl WebhookMetrics {
             ),
             &["kind"],
         )?;
+        let duration = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "mqtt_proxy_operator_webhook_admission_duration_seconds",
+                "Time from a pod's AdmissionReview received to the answer",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+            ]),
+        )?;
         registry.register(Box::new(admissions.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(rotations.clone()))?;
         Ok(Self {
             admissions,
+            duration,
             rotations,
         })
     }
 
-    fn admissions(&self, result: &'static str) {
+    fn admissions(&self, result: &'static str, took: std::time::Duration) {
         self.admissions.with_label_values(&[result]).inc();
+        self.duration.observe(took.as_secs_f64());
     }
 
     fn rotated(&self, kind: &'static str) {
@@ -122,8 +137,7 @@ pub async fn start(
     registry: &Registry,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<Result<(), Error>>, Error> {
-    let metrics = WebhookMetrics::register(registry)
-        .map_err(|e| Error::Tls(format!("registering metrics: {e}")))?;
+    let metrics = WebhookMetrics::register(registry)?;
     let slot = Arc::new(server::CertSlot::default());
     let rotator = rotate::Rotator {
         secrets: Api::namespaced(client.clone(), &cfg.namespace),

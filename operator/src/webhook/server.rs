@@ -1,9 +1,9 @@
 //! HTTPS for the API server: `POST /mutate-pod` (AdmissionReview v1) over rustls, with a
 //! certificate that can be swapped while serving (rotation never restarts the listener).
 //!
-//! TLS handshakes run in their own tasks and hand finished connections to axum through a
-//! bounded channel, so one slow client cannot hold up the others; a handshake that takes
-//! longer than [`HANDSHAKE_TIMEOUT`] is dropped.
+//! TLS handshakes run in their own tasks (at most [`MAX_HANDSHAKES`] at once) and hand
+//! finished connections to axum through a bounded channel, so one slow client cannot hold
+//! up the others; a handshake that takes longer than [`HANDSHAKE_TIMEOUT`] is dropped.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,6 +34,8 @@ use crate::crd::MqttProxy;
 /// The path the webhook configuration's `clientConfig` names.
 pub const MUTATE_PATH: &str = "/mutate-pod";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in flight; beyond this the accept loop waits (the kernel's backlog queues).
+const MAX_HANDSHAKES: usize = 128;
 /// Finished handshakes waiting for axum; beyond this, new connections wait in the kernel.
 const ACCEPT_QUEUE: usize = 64;
 
@@ -87,6 +89,7 @@ async fn mutate(
     State(a): State<Arc<Admission>>,
     Json(review): Json<AdmissionReview<Pod>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
+    let started = std::time::Instant::now();
     let req: AdmissionRequest<Pod> = match review.try_into() {
         Ok(r) => r,
         Err(e) => {
@@ -94,12 +97,12 @@ async fn mutate(
             return Json(AdmissionResponse::invalid(e.to_string()).into_review());
         }
     };
-    let sidecar = match wanted(&req) {
-        Some(name) => lookup(&a, &req, name).await,
-        None => Err(String::new()), // unused: respond skips
+    let (res, decision) = match wanted(&req) {
+        Some(name) => respond(&req, lookup(&a, &req, name).await, a.placement),
+        None => (AdmissionResponse::from(&req), Decision::Skipped),
     };
-    let (res, decision) = respond(&req, sidecar, a.placement);
-    a.metrics.admissions(decision.metric_label());
+    a.metrics
+        .admissions(decision.metric_label(), started.elapsed());
     match &decision {
         Decision::Injected => {
             info!(namespace = ?req.namespace, pod = %req.name, "sidecar injected")
@@ -186,7 +189,11 @@ async fn accept(
     acceptor: TlsAcceptor,
     tx: tokio::sync::mpsc::Sender<(TlsStream<tokio::net::TcpStream>, SocketAddr)>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return; // closed: never happens, the loop owns the semaphore
+        };
         let (stream, peer) = match tcp.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -198,7 +205,9 @@ async fn accept(
         };
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+            drop(slot);
+            match handshake {
                 Ok(Ok(tls)) => {
                     let _ = tx.send((tls, peer)).await;
                 }

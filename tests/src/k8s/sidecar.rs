@@ -2,7 +2,8 @@
 //! MutatingWebhookConfiguration dialling it by URL, pods created through it, and a kubelet
 //! stand-in for one injected container: the real `mqtt-proxy` binary started
 //! exactly as the container the webhook put into an admitted Pod describes it — its
-//! `args` and `env`, `secretKeyRef` env resolved from Secrets, every `volumeMount` mapped
+//! `args` and `env`, `secretKeyRef` env resolved from Secrets and `fieldRef` env from the
+//! Pod, every `volumeMount` mapped
 //! to a local directory — so the test runs what the webhook injected, not a copy of it.
 //!
 //! One liberty, for the loopback-only rule of these tests: an address on all interfaces
@@ -169,10 +170,12 @@ pub struct RunningSidecar {
     pub mqtt_port: u16,
 }
 
-/// Starts `container` (JSON of an injected container) with `mounts` (mountPath → local
-/// directory, one per `volumeMount`) and `secret_env` (env name → value for each
-/// `valueFrom.secretKeyRef`), and waits until its MQTT listener accepts connections.
+/// Starts `container` (JSON of an injected container of `pod`) with `mounts` (mountPath →
+/// local directory, one per `volumeMount`) and `secret_env` (env name → value for each
+/// `valueFrom.secretKeyRef`); `valueFrom.fieldRef` env comes from `pod` (downward API).
+/// Waits until its MQTT listener accepts connections.
 pub async fn run_container(
+    pod: &Value,
     container: &Value,
     mounts: &BTreeMap<&str, &Path>,
     secret_env: &BTreeMap<&str, String>,
@@ -207,7 +210,18 @@ pub async fn run_container(
                 .get(name)
                 .with_context(|| format!("no value for secretKeyRef env {name}"))?
                 .clone(),
-            _ => bail!("env {name}: neither a value nor a secretKeyRef: {e}"),
+            (None, Some(from)) if from.get("fieldRef").is_some() => {
+                let path = from["fieldRef"]["fieldPath"]
+                    .as_str()
+                    .context("fieldPath")?;
+                let field = path
+                    .split('.')
+                    .try_fold(pod, |v, k| v.get(k))
+                    .and_then(Value::as_str)
+                    .with_context(|| format!("env {name}: pod has no {path}"))?;
+                field.to_string()
+            }
+            _ => bail!("env {name}: not a value, secretKeyRef or fieldRef: {e}"),
         };
         let value = match value.strip_prefix("0.0.0.0:") {
             Some(port) => format!("127.0.0.1:{port}"),
