@@ -1,5 +1,6 @@
 //! The controllers: one reconciles each MqttProxy into its children (validate → build →
-//! apply → status), one keeps each MqttBroker's `Ready` condition. Watches map MqttBroker
+//! apply → status), one keeps each MqttBroker's `Ready` and `Connected` conditions; both
+//! also run when the health poller ([`crate::health`]) saw the proxy pods' state change. Watches map MqttBroker
 //! and Secret changes to the proxies that select or reference them through the reflector
 //! stores and an index of what each proxy rendered last, never a list call per event.
 
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, Store};
@@ -25,6 +26,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use crate::crd::{MqttBroker, MqttProxy};
+use crate::health::{self, HealthIndex, HealthMetrics, Poller};
 use crate::metrics::Metrics;
 use status::ProxyOutcome;
 use validate::Inputs;
@@ -72,6 +74,8 @@ pub struct Ctx {
     /// `Store::wait_until_ready` in every reconcile: kube's ready signal wakes only one of
     /// several concurrent waiters, and the others would hang (and block shutdown).
     pub brokers_synced: tokio::sync::watch::Receiver<bool>,
+    /// What the proxy pods last said about their brokers (written by the health poller).
+    pub health: Arc<HealthIndex>,
 }
 
 /// The MqttProxy pipeline. Short on purpose: every step is a function of its own.
@@ -97,9 +101,11 @@ pub async fn reconcile(proxy: Arc<MqttProxy>, ctx: Arc<Ctx>) -> Result<Action, E
     };
     let bundle = build::build(&valid);
     let applied = apply::apply(&ctx.client, &ns, &bundle).await?;
-    let ids = valid.brokers.iter().map(|b| b.id.clone()).collect();
+    let ids: std::collections::BTreeSet<String> =
+        valid.brokers.iter().map(|b| b.id.clone()).collect();
+    let health = ctx.health.proxy_summary(&ns, &proxy.name_any(), &ids);
     ctx.rendered.set(&proxy, ids);
-    let outcome = applied_outcome(&valid, &applied.deployment);
+    let outcome = applied_outcome(&valid, &applied.deployment, health);
     if write_proxy_status(&ctx, &proxy, &outcome).await? {
         info!(proxy = %proxy.name_any(), brokers = valid.brokers.len(), "applied");
     }
@@ -119,9 +125,15 @@ async fn write_proxy_status(
     status::write_status(&api, proxy, old, st).await
 }
 
-fn applied_outcome(v: &validate::ValidatedProxy, d: &Deployment) -> ProxyOutcome {
+fn applied_outcome(
+    v: &validate::ValidatedProxy,
+    d: &Deployment,
+    health: health::ProxySummary,
+) -> ProxyOutcome {
     let st = d.status.clone().unwrap_or_default();
+    // A disconnected broker matters most, so it names the `Degraded` reason first.
     let degraded = match (&v.service_monitor_skipped, v.brokers.is_empty()) {
+        _ if health.degraded.is_some() => health.degraded.clone(),
         (Some(why), _) => Some((crate::crd::reason::SERVICE_MONITOR_SKIPPED, why.clone())),
         (None, true) => Some((
             crate::crd::reason::NO_BROKERS_SELECTED,
@@ -131,6 +143,8 @@ fn applied_outcome(v: &validate::ValidatedProxy, d: &Deployment) -> ProxyOutcome
     };
     ProxyOutcome::Applied {
         brokers: i32::try_from(v.brokers.len()).unwrap_or(i32::MAX),
+        brokers_connected: health.brokers_column(),
+        devices: health.devices,
         desired: v.replicas,
         replicas: st.replicas.unwrap_or(0),
         ready: st.ready_replicas.unwrap_or(0),
@@ -205,7 +219,9 @@ pub async fn reconcile_broker(broker: Arc<MqttBroker>, ctx: Arc<Ctx>) -> Result<
     if let Err(inv) = &result {
         ctx.metrics.invalid("mqttbroker", inv.reason);
     }
-    let st = status::broker_status_for(&broker, &result);
+    let proxies = ctx.rendered.proxies_rendering(&ns, &broker.name_any());
+    let health = ctx.health.broker_summary(&ns, &broker.name_any(), &proxies);
+    let st = status::broker_status_for(&broker, &result, &health);
     let api: Api<MqttBroker> = Api::namespaced(ctx.client.clone(), &ns);
     status::write_status(&api, &*broker, broker.status.as_ref(), st).await?;
     Ok(match result {
@@ -267,7 +283,25 @@ pub async fn run(
         rendered: RenderedIndex::default(),
         service_monitors: ServiceMonitorDiscovery::default(),
         brokers_synced: synced_rx,
+        health: Arc::new(HealthIndex::default()),
     });
+    // Proxy pods (not owned by the MqttProxy but by its ReplicaSets) for the health poller.
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pod_watch = reflector::reflector(
+        pod_writer,
+        watcher(
+            api::<Pod>(&client, ns),
+            watcher::Config::default().labels(&format!(
+                "{}={}",
+                health::POD_NAME_LABEL.0,
+                health::POD_NAME_LABEL.1
+            )),
+        ),
+    )
+    .default_backoff()
+    .for_each(|_| std::future::ready(()));
+    let (proxy_tx, proxy_triggers) = health::trigger_channel::<MqttProxy>();
+    let (broker_tx, broker_triggers) = health::trigger_channel::<MqttBroker>();
     let owned = watcher::Config::default().labels(&format!(
         "{}={}",
         build::MANAGED_BY_LABEL,
@@ -275,6 +309,18 @@ pub async fn run(
     ));
     let proxies = Controller::new(api::<MqttProxy>(&client, ns), watcher::Config::default());
     let proxy_store = proxies.store();
+    let poller = Poller {
+        client: client.clone(),
+        proxies: proxy_store.clone(),
+        pods,
+        health: ctx.health.clone(),
+        metrics: HealthMetrics::new(&ctx.metrics.registry),
+        triggers: health::Triggers {
+            proxies: proxy_tx,
+            brokers: broker_tx,
+        },
+        tokens: Default::default(),
+    };
     let (c1, s1) = (ctx.clone(), proxy_store.clone());
     let (c2, s2) = (ctx.clone(), proxy_store.clone());
     let proxy_controller = proxies
@@ -292,6 +338,7 @@ pub async fn run(
             .default_backoff(),
             move |s| index::proxies_for_secret(&s2.state(), &c2.brokers.state(), &c2.rendered, &s),
         )
+        .reconcile_on(proxy_triggers)
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|r| async move {
@@ -311,6 +358,7 @@ pub async fn run(
             .default_backoff(),
             move |s| index::brokers_for_secret(&broker_store.state(), &s),
         )
+        .reconcile_on(broker_triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile_broker, broker_error_policy, ctx.clone())
         .for_each(|r| async move {
@@ -332,6 +380,9 @@ pub async fn run(
     tokio::select! {
         _ = async { tokio::join!(proxy_controller, broker_controller) } => {},
         _ = readiness => {},
+        // Both run until the controllers stop; they never end by themselves.
+        _ = pod_watch => {},
+        _ = poller.run() => {},
     }
     info!(after = ?started.elapsed(), "controllers stopped");
 }

@@ -9,7 +9,10 @@ use serde_json::json;
 use super::apply::FIELD_MANAGER;
 use super::validate::Invalid;
 use super::Error;
-use crate::crd::{condition, reason, Condition, MqttBroker, MqttBrokerStatus, MqttProxyStatus};
+use crate::crd::{
+    condition, reason, Condition, MqttBroker, MqttBrokerStatus, MqttProxyStatus, ProxyConnection,
+};
+use crate::health::BrokerSummary;
 
 /// Now, as Kubernetes writes times (RFC 3339, seconds).
 pub fn now() -> String {
@@ -27,6 +30,19 @@ fn cond(
     now: &str,
 ) -> Condition {
     let status = if ok { "True" } else { "False" };
+    cond_status(old, type_, status, reason, message, generation, now)
+}
+
+/// [`cond`] for a status that may also be `Unknown`.
+fn cond_status(
+    old: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &str,
+) -> Condition {
     let since = old
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -45,7 +61,12 @@ fn cond(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProxyOutcome {
     Applied {
+        /// Brokers rendered.
         brokers: i32,
+        /// `status.brokers`: connected / selected, from the health poller.
+        brokers_connected: String,
+        /// Devices connected over the ready pods.
+        devices: i64,
         desired: i32,
         replicas: i32,
         ready: i32,
@@ -70,6 +91,8 @@ pub fn proxy_status(
     match outcome {
         ProxyOutcome::Applied {
             brokers,
+            brokers_connected,
+            devices,
             desired,
             replicas,
             ready,
@@ -120,7 +143,8 @@ pub fn proxy_status(
                 ],
                 replicas: *replicas,
                 ready_replicas: *ready,
-                brokers: *brokers,
+                brokers: brokers_connected.clone(),
+                devices: *devices,
                 selector: Some(selector.clone()),
                 observed_generation: generation,
             }
@@ -160,6 +184,7 @@ pub fn broker_status(
     old: Option<&MqttBrokerStatus>,
     generation: Option<i64>,
     result: &Result<(), Invalid>,
+    health: &BrokerSummary,
     now: &str,
 ) -> MqttBrokerStatus {
     let c = old.map_or(&[][..], |s| &s.conditions[..]);
@@ -183,9 +208,32 @@ pub fn broker_status(
             now,
         ),
     };
+    let connected = cond_status(
+        c,
+        condition::CONNECTED,
+        health.status,
+        health.reason,
+        health.message.clone(),
+        generation,
+        now,
+    );
     MqttBrokerStatus {
-        conditions: vec![ready],
+        conditions: vec![ready, connected],
         observed_generation: generation,
+        connected: Some(health.column()),
+        proxies: health
+            .proxies
+            .iter()
+            .map(|(name, connected, total)| ProxyConnection {
+                name: name.clone(),
+                connected: *connected,
+                total: *total,
+            })
+            .collect(),
+        last_error: health.last_error.clone(),
+        // Unknown without a pod to ask: absent rather than a misleading 0.
+        queue_depth: (health.total > 0).then_some(health.queue_depth),
+        dropped_total: (health.total > 0).then_some(health.dropped_total),
     }
 }
 
@@ -215,7 +263,17 @@ where
     Ok(true)
 }
 
-/// The broker `b`'s status after checking it.
-pub fn broker_status_for(b: &MqttBroker, result: &Result<(), Invalid>) -> MqttBrokerStatus {
-    broker_status(b.status.as_ref(), b.meta().generation, result, &now())
+/// The broker `b`'s status after checking it, with what the proxy pods say about it.
+pub fn broker_status_for(
+    b: &MqttBroker,
+    result: &Result<(), Invalid>,
+    health: &BrokerSummary,
+) -> MqttBrokerStatus {
+    broker_status(
+        b.status.as_ref(),
+        b.meta().generation,
+        result,
+        health,
+        &now(),
+    )
 }
