@@ -194,9 +194,11 @@ impl Tokens {
             .data
             .and_then(|d| d.get(key).map(|v| v.0.clone()))
             .ok_or_else(|| format!("admin token Secret {ns}/{name} has no key {key}"))?;
-        // Exactly as the pods get it (an env var from the same key): no trimming.
+        // Trimmed, as the proxy trims the `MQTT_PROXY_ADMIN_TOKEN` it gets from this key.
         let token = String::from_utf8(bytes)
-            .map_err(|_| format!("admin token {ns}/{name}/{key} is not UTF-8"))?;
+            .map_err(|_| format!("admin token {ns}/{name}/{key} is not UTF-8"))?
+            .trim()
+            .to_string();
         self.lock().insert(at.clone(), token.clone());
         Ok(token)
     }
