@@ -58,10 +58,13 @@ fn round(name: &str, broker: &str, reports: Vec<BrokerReport>) -> ProxyPolls {
         .collect()
 }
 
+/// (condition status, reason, `Connected` column).
+type Expected = (&'static str, &'static str, &'static str);
+
 #[test]
 fn broker_reasons_and_fractions() {
     let refused = "connect: Connection refused (os error 111)";
-    let cases: Vec<(&str, Vec<BrokerReport>, (&str, &str, &str))> = vec![
+    let cases: Vec<(&str, Vec<BrokerReport>, Expected)> = vec![
         (
             "all up",
             vec![up(), up(), up()],
