@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use common::apiserver::*;
@@ -297,11 +297,29 @@ fn connected_transition_time_moves_only_on_a_flip() {
             &round("p", "b", vec![up(), down("unreachable", "refused")]),
         )],
     );
-    let s1 = broker_status(None, Some(1), &ok, &healthy, "2026-01-01T00:00:00Z");
-    let s2 = broker_status(Some(&s1), Some(1), &ok, &healthy, "2026-01-01T00:00:10Z");
+    let s1 = broker_status(None, Some(1), &ok, Some(&healthy), "2026-01-01T00:00:00Z");
+    let s2 = broker_status(
+        Some(&s1),
+        Some(1),
+        &ok,
+        Some(&healthy),
+        "2026-01-01T00:00:10Z",
+    );
     assert_eq!(s1, s2, "same health, same status: nothing to write");
-    let s3 = broker_status(Some(&s2), Some(1), &ok, &partial, "2026-01-01T00:00:20Z");
-    let s4 = broker_status(Some(&s3), Some(1), &ok, &partial, "2026-01-01T00:00:30Z");
+    let s3 = broker_status(
+        Some(&s2),
+        Some(1),
+        &ok,
+        Some(&partial),
+        "2026-01-01T00:00:20Z",
+    );
+    let s4 = broker_status(
+        Some(&s3),
+        Some(1),
+        &ok,
+        Some(&partial),
+        "2026-01-01T00:00:30Z",
+    );
     let c = |s: &mqtt_proxy_operator::crd::MqttBrokerStatus| {
         s.conditions
             .iter()
@@ -317,6 +335,12 @@ fn connected_transition_time_moves_only_on_a_flip() {
     assert_eq!((s3.queue_depth, s3.dropped_total), (Some(4), Some(2)));
     let ready = |s: &mqtt_proxy_operator::crd::MqttBrokerStatus| s.conditions[0].clone();
     assert_eq!(ready(&s3), ready(&s1), "Ready untouched by health");
+    // Before the poller's first round (a restarted operator): everything carried over.
+    let s5 = broker_status(Some(&s4), Some(1), &ok, None, "2026-01-01T00:00:40Z");
+    assert_eq!(
+        s5, s4,
+        "no health known yet: nothing changes, nothing is written"
+    );
 }
 
 fn pod(name: &str, instance: &str, ready: bool, ip: Option<&str>) -> Arc<Pod> {
@@ -384,8 +408,12 @@ async fn broker_reconcile_writes_connected_once_then_not_again() {
         vec![up(), down("unreachable", "refused")],
     );
     let prime = |ctx: &mqtt_proxy_operator::controller::Ctx| {
-        ctx.rendered.set(&proxy, ["edge".to_string()].into());
-        ctx.health.replace("plant", "factory", Some(polls.clone()));
+        let rounds = HashMap::from([(("plant".into(), "factory".into()), Some(polls.clone()))]);
+        let (proxies, brokers) =
+            ctx.health
+                .apply_round(rounds, &[Arc::new(proxy.clone())], &common::brokers());
+        assert_eq!(proxies.len(), 1, "a first round changes the proxy");
+        assert!(brokers.iter().any(|b| b.name == "edge"), "and its brokers");
     };
 
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -432,4 +460,52 @@ async fn broker_reconcile_writes_connected_once_then_not_again() {
         seen.iter().all(|s| !s.path.ends_with("/status")),
         "{seen:?}"
     );
+}
+
+#[test]
+fn rounds_report_only_what_changed() {
+    let health = mqtt_proxy_operator::health::HealthIndex::default();
+    let selected: BTreeSet<String> = ["cloud", "edge"].map(String::from).into();
+    assert_eq!(
+        health.proxy_summary("plant", "factory", &selected),
+        None,
+        "nothing known before the first round"
+    );
+    assert_eq!(health.broker_summary("plant", "edge"), None);
+    let proxies = [Arc::new(common::proxy())];
+    let brokers = common::brokers();
+    let both = |edge: BrokerReport| PodPoll::Report {
+        devices: 1,
+        brokers: BTreeMap::from([("cloud".to_string(), up()), ("edge".to_string(), edge)]),
+    };
+    let round = |edge: BrokerReport| {
+        let polls: ProxyPolls = BTreeMap::from([("factory-0".to_string(), both(edge))]);
+        HashMap::from([(("plant".to_string(), "factory".to_string()), Some(polls))])
+    };
+    let (p, b) = health.apply_round(round(up()), &proxies, &brokers);
+    assert_eq!(
+        (p.len(), b.len()),
+        (1, brokers.len()),
+        "first round: every proxy and broker is new"
+    );
+    let (p, b) = health.apply_round(round(up()), &proxies, &brokers);
+    assert_eq!(
+        (p.len(), b.len()),
+        (0, 0),
+        "same answers: nothing to refresh"
+    );
+    let (p, b) = health.apply_round(round(down("unreachable", "refused")), &proxies, &brokers);
+    let names: Vec<&str> = b.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!((p.len(), names), (1, vec!["edge"]), "only edge changed");
+    let s = health.broker_summary("plant", "edge").expect("known");
+    assert_eq!((s.reason, s.column().as_str()), ("Unreachable", "0/1"));
+    let p = health
+        .proxy_summary("plant", "factory", &selected)
+        .expect("known");
+    assert_eq!(p.brokers_column(), "1/2");
+    // The proxy is gone: its brokers have no proxy pod left.
+    let (_, b) = health.apply_round(HashMap::new(), &[], &brokers);
+    assert_eq!(b.len(), 2, "the two brokers it selected: {b:?}");
+    let s = health.broker_summary("plant", "cloud").expect("known");
+    assert_eq!((s.status, s.reason), ("Unknown", "NoReadyProxyPods"));
 }

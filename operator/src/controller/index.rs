@@ -26,20 +26,6 @@ impl RenderedIndex {
             .insert(key, brokers);
     }
 
-    /// Names of the proxies in `ns` whose last applied set has `broker`, sorted.
-    pub fn proxies_rendering(&self, ns: &str, broker: &str) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|((n, _), set)| n == ns && set.contains(broker))
-            .map(|((_, p), _)| p.clone())
-            .collect();
-        out.sort();
-        out
-    }
-
     fn renders(&self, proxy: &MqttProxy, broker: &str) -> bool {
         let key = (proxy.namespace().unwrap_or_default(), proxy.name_any());
         self.0

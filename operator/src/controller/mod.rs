@@ -105,7 +105,7 @@ pub async fn reconcile(proxy: Arc<MqttProxy>, ctx: Arc<Ctx>) -> Result<Action, E
         valid.brokers.iter().map(|b| b.id.clone()).collect();
     let health = ctx.health.proxy_summary(&ns, &proxy.name_any(), &ids);
     ctx.rendered.set(&proxy, ids);
-    let outcome = applied_outcome(&valid, &applied.deployment, health);
+    let outcome = applied_outcome(&valid, &applied.deployment, health, proxy.status.as_ref());
     if write_proxy_status(&ctx, &proxy, &outcome).await? {
         info!(proxy = %proxy.name_any(), brokers = valid.brokers.len(), "applied");
     }
@@ -125,11 +125,32 @@ async fn write_proxy_status(
     status::write_status(&api, proxy, old, st).await
 }
 
+/// `health` is `None` until the poller's first round since start: then the health fields
+/// (and a `Degraded` they caused) stay as the last round left them.
 fn applied_outcome(
     v: &validate::ValidatedProxy,
     d: &Deployment,
-    health: health::ProxySummary,
+    health: Option<health::ProxySummary>,
+    old: Option<&crate::crd::MqttProxyStatus>,
 ) -> ProxyOutcome {
+    let selected = i32::try_from(v.brokers.len()).unwrap_or(i32::MAX);
+    let health = health.unwrap_or_else(|| health::ProxySummary {
+        connected: None,
+        selected,
+        devices: old.map_or(0, |o| o.devices),
+        degraded: old
+            .and_then(|o| {
+                o.conditions.iter().find(|c| {
+                    c.type_ == crate::crd::condition::DEGRADED
+                        && c.reason == crate::crd::reason::BROKERS_DISCONNECTED
+                })
+            })
+            .map(|c| (crate::crd::reason::BROKERS_DISCONNECTED, c.message.clone())),
+    });
+    let brokers_connected = match (health.connected, old) {
+        (None, Some(o)) if !o.brokers.is_empty() => o.brokers.clone(),
+        _ => health.brokers_column(),
+    };
     let st = d.status.clone().unwrap_or_default();
     // A disconnected broker matters most, so it names the `Degraded` reason first.
     let degraded = match (&v.service_monitor_skipped, v.brokers.is_empty()) {
@@ -142,8 +163,8 @@ fn applied_outcome(
         (None, false) => None,
     };
     ProxyOutcome::Applied {
-        brokers: i32::try_from(v.brokers.len()).unwrap_or(i32::MAX),
-        brokers_connected: health.brokers_column(),
+        brokers: selected,
+        brokers_connected,
         devices: health.devices,
         desired: v.replicas,
         replicas: st.replicas.unwrap_or(0),
@@ -219,9 +240,8 @@ pub async fn reconcile_broker(broker: Arc<MqttBroker>, ctx: Arc<Ctx>) -> Result<
     if let Err(inv) = &result {
         ctx.metrics.invalid("mqttbroker", inv.reason);
     }
-    let proxies = ctx.rendered.proxies_rendering(&ns, &broker.name_any());
-    let health = ctx.health.broker_summary(&ns, &broker.name_any(), &proxies);
-    let st = status::broker_status_for(&broker, &result, &health);
+    let health = ctx.health.broker_summary(&ns, &broker.name_any());
+    let st = status::broker_status_for(&broker, &result, health.as_ref());
     let api: Api<MqttBroker> = Api::namespaced(ctx.client.clone(), &ns);
     status::write_status(&api, &*broker, broker.status.as_ref(), st).await?;
     Ok(match result {
@@ -300,6 +320,14 @@ pub async fn run(
     )
     .default_backoff()
     .for_each(|_| std::future::ready(()));
+    // The poller's own MqttProxy store (see `Poller`).
+    let (poller_proxies, proxy_writer) = reflector::store::<MqttProxy>();
+    let proxy_watch = reflector::reflector(
+        proxy_writer,
+        watcher(api::<MqttProxy>(&client, ns), watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(|_| std::future::ready(()));
     let (proxy_tx, proxy_triggers) = health::trigger_channel::<MqttProxy>();
     let (broker_tx, broker_triggers) = health::trigger_channel::<MqttBroker>();
     let owned = watcher::Config::default().labels(&format!(
@@ -311,8 +339,10 @@ pub async fn run(
     let proxy_store = proxies.store();
     let poller = Poller {
         client: client.clone(),
-        proxies: proxy_store.clone(),
+        proxies: poller_proxies,
         pods,
+        brokers: brokers.clone(),
+        brokers_synced: ctx.brokers_synced.clone(),
         health: ctx.health.clone(),
         metrics: HealthMetrics::new(&ctx.metrics.registry),
         triggers: health::Triggers {
@@ -382,6 +412,7 @@ pub async fn run(
         _ = readiness => {},
         // Both run until the controllers stop; they never end by themselves.
         _ = pod_watch => {},
+        _ = proxy_watch => {},
         _ = poller.run() => {},
     }
     info!(after = ?started.elapsed(), "controllers stopped");

@@ -184,7 +184,7 @@ pub fn broker_status(
     old: Option<&MqttBrokerStatus>,
     generation: Option<i64>,
     result: &Result<(), Invalid>,
-    health: &BrokerSummary,
+    health: Option<&BrokerSummary>,
     now: &str,
 ) -> MqttBrokerStatus {
     let c = old.map_or(&[][..], |s| &s.conditions[..]);
@@ -207,6 +207,18 @@ pub fn broker_status(
             generation,
             now,
         ),
+    };
+    let Some(health) = health else {
+        // The poller has not finished a round since the operator started: keep what the
+        // last one found (a restart must not flap every broker to `Unknown` and back).
+        let old = old.cloned().unwrap_or_default();
+        let mut conditions = vec![ready];
+        conditions.extend(c.iter().find(|c| c.type_ == condition::CONNECTED).cloned());
+        return MqttBrokerStatus {
+            conditions,
+            observed_generation: generation,
+            ..old
+        };
     };
     let connected = cond_status(
         c,
@@ -267,7 +279,7 @@ where
 pub fn broker_status_for(
     b: &MqttBroker,
     result: &Result<(), Invalid>,
-    health: &BrokerSummary,
+    health: Option<&BrokerSummary>,
 ) -> MqttBrokerStatus {
     broker_status(
         b.status.as_ref(),

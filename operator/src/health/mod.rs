@@ -1,14 +1,16 @@
 //! Destination health: a poller task reads every ready proxy pod's `/api/status` each
-//! [`INTERVAL`] and keeps the latest round per MqttProxy in a [`HealthIndex`]. It never writes
-//! status itself: when a proxy's round differs from the last one it asks the two controllers
-//! (through their `reconcile_on` streams) to reconcile that proxy and the brokers involved,
-//! and their status code folds the index in. So each status field keeps a single writer, the
-//! usual compare-before-write applies, and a slow or dead pod delays only the poller.
+//! [`INTERVAL`] and keeps, in a [`HealthIndex`], the latest round per MqttProxy and each
+//! MqttBroker's summary over the proxies selecting it. It never writes status itself: it
+//! queues the proxies whose round and the brokers whose summary changed on the controllers'
+//! `reconcile_on` streams, and their status code folds the index in. So each status field has
+//! a single writer, the usual compare-before-write applies, and a slow or dead pod delays
+//! only the poller. Until its first round after the caches synced the index says "unknown"
+//! and the status code keeps what it finds, so an operator restart writes nothing.
 //!
 //! ```text
-//!  Pod store ─┐            ┌─ GET /api/status ×pods (≤ CONCURRENCY, TIMEOUT each)
-//!  MqttProxy ─┼─ every 10 s┤
-//!  token cache┘            └─ HealthIndex ──changed?──▶ reconcile_on(MqttProxy / MqttBroker)
+//!  Pod / MqttProxy stores ─┐         ┌─ GET /api/status ×pods (≤ CONCURRENCY, TIMEOUT each)
+//!  MqttBroker store ───────┼─ 10 s ──┤
+//!  admin token cache ──────┘         └─ HealthIndex ──changed?──▶ reconcile_on(mqp / mqb)
 //! ```
 //!
 //! Cost: one request per ready pod per interval (6 per pod per minute) whatever the number of
@@ -19,6 +21,7 @@ pub mod summary;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +34,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::controller::build::INSTANCE_LABEL;
+use crate::controller::index::selects;
 use crate::crd::{MqttBroker, MqttProxy};
 use poll::{poll_pod, token_ref, PollError, Tokens};
 pub use summary::{BrokerSummary, PodPoll, ProxyPolls, ProxySummary};
@@ -47,58 +51,98 @@ pub const TRIGGER_QUEUE: usize = 1024;
 /// The label every proxy pod carries (the Deployment's selector has it and the instance).
 pub const POD_NAME_LABEL: (&str, &str) = ("app.kubernetes.io/name", "mqtt-proxy");
 
-/// Latest round per `(namespace, MqttProxy)`. Absent: not polled (yet, or no admin token).
+type Key = (String, String);
+
+/// A proxy's latest round; `None`: its pods cannot be polled (`web.enabled: false`).
+pub type Round = Option<ProxyPolls>;
+
+/// What the poller knows, for the status code of both controllers. Until its first round
+/// after the caches synced, it knows nothing and says so (`None`), so that a restarted
+/// operator keeps the health fields it finds instead of flapping them to `Unknown`.
 #[derive(Default)]
-pub struct HealthIndex(Mutex<HashMap<(String, String), ProxyPolls>>);
+pub struct HealthIndex {
+    ready: AtomicBool,
+    rounds: Mutex<HashMap<Key, Round>>,
+    brokers: Mutex<HashMap<Key, BrokerSummary>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn key(ns: &str, name: &str) -> Key {
+    (ns.to_string(), name.to_string())
+}
 
 impl HealthIndex {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), ProxyPolls>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Stores `polls` for the proxy; returns the previous round when it differed (or
-    /// `Some(None)` when there was none), `None` when nothing changed.
-    pub fn replace(
-        &self,
-        ns: &str,
-        proxy: &str,
-        polls: Option<ProxyPolls>,
-    ) -> Option<Option<ProxyPolls>> {
-        let key = (ns.to_string(), proxy.to_string());
-        let mut map = self.lock();
-        let old = map.get(&key);
-        if old == polls.as_ref() {
-            return None;
-        }
-        let old = match polls {
-            Some(p) => map.insert(key, p),
-            None => map.remove(&key),
-        };
-        Some(old)
-    }
-
-    /// The proxy's view of its `selected` (rendered) brokers.
+    /// The proxy's view of its `selected` (rendered) brokers; `None` while not known.
     pub fn proxy_summary(
         &self,
         ns: &str,
         proxy: &str,
         selected: &BTreeSet<String>,
-    ) -> ProxySummary {
-        let map = self.lock();
-        summary::proxy_summary(selected, map.get(&(ns.to_string(), proxy.to_string())))
+    ) -> Option<ProxySummary> {
+        if !self.ready.load(Ordering::Acquire) {
+            return None;
+        }
+        let rounds = lock(&self.rounds);
+        let round = rounds.get(&key(ns, proxy))?;
+        Some(summary::proxy_summary(selected, round.as_ref()))
     }
 
-    /// The broker's health over `proxies` (the MqttProxies that render it).
-    pub fn broker_summary(&self, ns: &str, broker: &str, proxies: &[String]) -> BrokerSummary {
-        let map = self.lock();
-        let rounds: Vec<(String, &ProxyPolls)> = proxies
-            .iter()
-            .filter_map(|p| {
-                map.get(&(ns.to_string(), p.clone()))
-                    .map(|r| (p.clone(), r))
-            })
-            .collect();
-        summary::broker_summary(broker, &rounds)
+    /// The broker's health over the proxies selecting it; `None` while not known.
+    pub fn broker_summary(&self, ns: &str, broker: &str) -> Option<BrokerSummary> {
+        if !self.ready.load(Ordering::Acquire) {
+            return None;
+        }
+        lock(&self.brokers).get(&key(ns, broker)).cloned()
+    }
+
+    /// Takes a complete round (every proxy in `proxies`) and recomputes every broker's
+    /// summary; returns the proxies whose round and the brokers whose summary changed.
+    pub fn apply_round(
+        &self,
+        rounds: HashMap<Key, Round>,
+        proxies: &[Arc<MqttProxy>],
+        brokers: &[Arc<MqttBroker>],
+    ) -> (Vec<ObjectRef<MqttProxy>>, Vec<ObjectRef<MqttBroker>>) {
+        let mut changed_proxies = Vec::new();
+        {
+            let mut old = lock(&self.rounds);
+            for (k, round) in &rounds {
+                if old.get(k) != Some(round) {
+                    changed_proxies.push(ObjectRef::new(&k.1).within(&k.0));
+                }
+            }
+            *old = rounds;
+        }
+        let rounds = lock(&self.rounds);
+        let mut summaries = HashMap::new();
+        for b in brokers {
+            let ns = b.namespace().unwrap_or_default();
+            let name = b.name_any();
+            let selecting: Vec<(String, &ProxyPolls)> = proxies
+                .iter()
+                .filter(|p| selects(p, b))
+                .filter_map(|p| {
+                    let round = rounds.get(&key(&ns, &p.name_any()))?.as_ref()?;
+                    Some((p.name_any(), round))
+                })
+                .collect();
+            summaries.insert(key(&ns, &name), summary::broker_summary(&name, &selecting));
+        }
+        let mut changed_brokers = Vec::new();
+        {
+            let mut old = lock(&self.brokers);
+            for (k, s) in &summaries {
+                if old.get(k) != Some(s) {
+                    changed_brokers.push(ObjectRef::new(&k.1).within(&k.0));
+                }
+            }
+            *old = summaries;
+        }
+        self.ready.store(true, Ordering::Release);
+        (changed_proxies, changed_brokers)
     }
 }
 
@@ -171,11 +215,15 @@ where
     (tx, stream)
 }
 
-/// The poller's inputs.
+/// The poller's inputs. Its stores are its own (only it waits for them to be ready: kube's
+/// ready signal wakes a single waiter), except the broker store, whose sync it learns from
+/// the controllers' `brokers_synced` channel.
 pub struct Poller {
     pub client: Client,
     pub proxies: Store<MqttProxy>,
     pub pods: Store<Pod>,
+    pub brokers: Store<MqttBroker>,
+    pub brokers_synced: tokio::sync::watch::Receiver<bool>,
     pub health: Arc<HealthIndex>,
     pub metrics: HealthMetrics,
     pub triggers: Triggers,
@@ -218,8 +266,19 @@ pub fn ready_pods(pods: &[Arc<Pod>], proxy: &MqttProxy) -> Vec<(String, SocketAd
 }
 
 impl Poller {
-    /// Polls forever (the caller drops the future to stop it).
-    pub async fn run(self) {
+    /// Polls forever (the caller drops the future to stop it), starting once the stores
+    /// have synced: a first round over half-filled stores would report brokers as
+    /// unwatched.
+    pub async fn run(mut self) {
+        let synced = async {
+            self.proxies.wait_until_ready().await.ok()?;
+            self.pods.wait_until_ready().await.ok()?;
+            self.brokers_synced.wait_for(|s| *s).await.ok()?;
+            Some(())
+        };
+        if synced.await.is_none() {
+            return std::future::pending().await;
+        }
         let mut tick = tokio::time::interval(INTERVAL);
         // A round slower than the interval delays the next one instead of bunching them.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -234,7 +293,7 @@ impl Poller {
     pub async fn round(&self) {
         let proxies = self.proxies.state();
         let pods = self.pods.state();
-        let mut rounds: HashMap<(String, String), Option<ProxyPolls>> = HashMap::new();
+        let mut rounds: HashMap<Key, Round> = HashMap::new();
         let mut jobs = Vec::new();
         let mut token_at = HashMap::new();
         for p in &proxies {
@@ -290,64 +349,18 @@ impl Poller {
                 polls.insert(job.pod, poll);
             }
         }
-        self.store(rounds);
-    }
-
-    /// Saves the round and asks for a status refresh of whatever changed.
-    fn store(&self, rounds: HashMap<(String, String), Option<ProxyPolls>>) {
-        let mut seen = BTreeSet::new();
-        for ((ns, name), polls) in rounds {
-            seen.insert((ns.clone(), name.clone()));
-            let brokers_now = polls.as_ref().map(broker_ids).unwrap_or_default();
-            let Some(old) = self.health.replace(&ns, &name, polls) else {
-                continue;
-            };
-            let mut brokers = brokers_now;
-            brokers.extend(old.as_ref().map(broker_ids).unwrap_or_default());
-            self.trigger(&ns, &name, brokers);
+        let (proxies_changed, brokers_changed) =
+            self.health
+                .apply_round(rounds, &proxies, &self.brokers.state());
+        let mut dropped = false;
+        for r in proxies_changed {
+            dropped |= self.triggers.proxies.try_send(r).is_err();
         }
-        // Proxies that are gone: forget them (their brokers' counts change).
-        let gone: Vec<(String, String)> = self
-            .health
-            .lock()
-            .keys()
-            .filter(|k| !seen.contains(*k))
-            .cloned()
-            .collect();
-        for (ns, name) in gone {
-            if let Some(old) = self.health.replace(&ns, &name, None) {
-                let brokers = old.as_ref().map(broker_ids).unwrap_or_default();
-                self.trigger(&ns, &name, brokers);
-            }
+        for r in brokers_changed {
+            dropped |= self.triggers.brokers.try_send(r).is_err();
         }
-    }
-
-    fn trigger(&self, ns: &str, proxy: &str, brokers: BTreeSet<String>) {
-        let mut ok = self
-            .triggers
-            .proxies
-            .try_send(ObjectRef::new(proxy).within(ns))
-            .is_ok();
-        for b in brokers {
-            ok &= self
-                .triggers
-                .brokers
-                .try_send(ObjectRef::new(&b).within(ns))
-                .is_ok();
-        }
-        if !ok {
+        if dropped {
             self.metrics.triggers_dropped.inc();
         }
     }
-}
-
-/// Broker ids any pod of a round reported.
-fn broker_ids(polls: &ProxyPolls) -> BTreeSet<String> {
-    polls
-        .values()
-        .flat_map(|p| match p {
-            PodPoll::Report { brokers, .. } => brokers.keys().cloned().collect(),
-            PodPoll::Failed(_) => Vec::new(),
-        })
-        .collect()
 }
