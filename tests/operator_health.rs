@@ -135,11 +135,13 @@ async fn outage_and_recovery(
 
     // No write storm: a steady window changes no resourceVersion, yet the pods are asked.
     let polls_before = polls_ok(op)?;
+    let rounds_before = metric(op, "mqtt_proxy_operator_health_round_seconds_count")?;
     let versions = resource_versions(k).await?;
     let started = Instant::now();
     tokio::time::sleep(STEADY).await;
     let elapsed = started.elapsed();
     let polls = polls_ok(op)? - polls_before;
+    let rounds = metric(op, "mqtt_proxy_operator_health_round_seconds_count")? - rounds_before;
     ensure!(
         resource_versions(k).await? == versions,
         "a status was written while nothing changed"
@@ -150,9 +152,15 @@ async fn outage_and_recovery(
         polls >= min_polls,
         "{polls} polls in {elapsed:?} (want ≥ {min_polls})"
     );
+    // One request per pod per round, not per broker (a round in flight at either edge of
+    // the window may be counted on one side only).
+    ensure!(
+        polls.abs_diff(3 * rounds) <= 3,
+        "{polls} requests in {rounds} rounds of 3 pods"
+    );
     eprintln!(
-        "measured: {polls} /api/status requests in {:.1} s for 3 pods × 3 brokers \
-         ({:.1}/min; design: 6 per pod per minute = 18/min); 0 status writes",
+        "measured: {polls} /api/status requests in {rounds} rounds over {:.1} s for 3 pods × \
+         3 brokers ({:.1}/min; design: 6 per pod per minute = 18/min); 0 status writes",
         elapsed.as_secs_f64(),
         polls as f64 * 60.0 / elapsed.as_secs_f64()
     );
@@ -344,9 +352,13 @@ async fn resource_versions(k: &Kubectl) -> Result<Vec<String>> {
 
 /// `mqtt_proxy_operator_health_polls_total{result="ok"}` from the operator's `/metrics`.
 fn polls_ok(op: &mqtt_proxy_tests::k8s::operator::Operator) -> Result<u64> {
+    metric(op, "mqtt_proxy_operator_health_polls_total{result=\"ok\"}")
+}
+
+/// One series of the operator's `/metrics` (0 while absent).
+fn metric(op: &mqtt_proxy_tests::k8s::operator::Operator, series: &str) -> Result<u64> {
     let (status, body) = op.get("/metrics").context("/metrics answers")?;
     ensure!(status == 200, "/metrics answered {status}");
-    let series = "mqtt_proxy_operator_health_polls_total{result=\"ok\"}";
     let v = body
         .lines()
         .find_map(|l| l.strip_prefix(series))
