@@ -5,7 +5,8 @@
 //! proxy on its pod's IP and the HTTP port the operator calls, with the operator-rendered
 //! brokers file and admin token. The real `kubectl` must then show `Connected 3/3`; a killed
 //! broker turns `Connected=False` (reason `Unreachable`) and the proxy `Degraded` naming it;
-//! a restarted one recovers; and a steady window writes no status at all.
+//! a restarted one recovers; and steady windows (3 brokers, then 1) write no status at all
+//! while the pods are asked once per round each.
 //!
 //! ```text
 //!  operator ──GET http://127.0.0.{2,3,4}:<web>/api/status──▶ mqtt-proxy ×3 ──▶ mosquitto ×3
@@ -67,7 +68,7 @@ async fn kubectl_shows_destination_health_through_an_outage() -> Result<()> {
             .context("the admin Secret has a token")?,
     )?;
     let volume_dir = tempfile::tempdir()?;
-    let volume = SecretDir::create(volume_dir.path(), &data)?;
+    let mut volume = SecretDir::create(volume_dir.path(), &data)?;
     let brokers_file = volume.path().join("brokers.yaml");
 
     let mut pods = Vec::new();
@@ -89,7 +90,7 @@ async fn kubectl_shows_destination_health_through_an_outage() -> Result<()> {
         pods.push(pod);
     }
 
-    let result = outage_and_recovery(k, &mut brokers, &op).await;
+    let result = outage_and_recovery(k, &mut brokers, &op, &mut volume).await;
     if result.is_err() {
         eprintln!("--- operator\n{}", op.process.log_tail());
         for p in &pods {
@@ -104,6 +105,7 @@ async fn outage_and_recovery(
     k: &Kubectl,
     brokers: &mut [mqtt_proxy_tests::Mosquitto; 3],
     op: &mqtt_proxy_tests::k8s::operator::Operator,
+    volume: &mut SecretDir,
 ) -> Result<()> {
     // Healthy: every broker connected from all three pods, as the printer column says.
     wait_columns(k, "mqb", "CONNECTED", |rows| {
@@ -134,36 +136,7 @@ async fn outage_and_recovery(
     print_tables(k, "healthy").await?;
 
     // No write storm: a steady window changes no resourceVersion, yet the pods are asked.
-    let polls_before = polls_ok(op)?;
-    let rounds_before = metric(op, "mqtt_proxy_operator_health_round_seconds_count")?;
-    let versions = resource_versions(k).await?;
-    let started = Instant::now();
-    tokio::time::sleep(STEADY).await;
-    let elapsed = started.elapsed();
-    let polls = polls_ok(op)? - polls_before;
-    let rounds = metric(op, "mqtt_proxy_operator_health_round_seconds_count")? - rounds_before;
-    ensure!(
-        resource_versions(k).await? == versions,
-        "a status was written while nothing changed"
-    );
-    // 3 pods every 10 s: at least one full round per 10 s less one at the edges.
-    let min_polls = 3 * (elapsed.as_secs() / 10 - 1);
-    ensure!(
-        polls >= min_polls,
-        "{polls} polls in {elapsed:?} (want ≥ {min_polls})"
-    );
-    // One request per pod per round, not per broker (a round in flight at either edge of
-    // the window may be counted on one side only).
-    ensure!(
-        polls.abs_diff(3 * rounds) <= 3,
-        "{polls} requests in {rounds} rounds of 3 pods"
-    );
-    eprintln!(
-        "measured: {polls} /api/status requests in {rounds} rounds over {:.1} s for 3 pods × \
-         3 brokers ({:.1}/min; design: 6 per pod per minute = 18/min); 0 status writes",
-        elapsed.as_secs_f64(),
-        polls as f64 * 60.0 / elapsed.as_secs_f64()
-    );
+    steady_window(k, op, 3).await?;
 
     // Outage: beta's broker dies; every pod's upstream to it fails to reconnect.
     brokers[1].kill()?;
@@ -217,6 +190,63 @@ async fn outage_and_recovery(
             && p["status"]["brokers"] == "3/3"
     })
     .await?;
+
+    // Fewer brokers, same pods: the same number of requests (one document per pod).
+    k.run(&["label", "mqb", "beta", "gamma", "-n", NS, "fleet-"], None)
+        .await?;
+    rendered_brokers(k, NS, &format!("{PROXY}-brokers"), |b| b.len() == 1).await?;
+    volume.update(&rendered_data(k, NS, &format!("{PROXY}-brokers")).await?)?;
+    wait_columns(k, "mqb", "CONNECTED", |rows| {
+        rows.get("alpha").map(String::as_str) == Some("3/3")
+            && rows.get("beta").map(String::as_str) == Some("0/0")
+            && rows.get("gamma").map(String::as_str) == Some("0/0")
+    })
+    .await?;
+    wait_columns(k, "mqp", "BROKERS", |rows| {
+        rows.get(PROXY).map(String::as_str) == Some("1/1")
+    })
+    .await?;
+    steady_window(k, op, 1).await
+}
+
+/// Waits [`STEADY`] and checks that no MqttBroker or MqttProxy was written meanwhile while
+/// the 3 pods were asked once per round; prints the measured rates.
+async fn steady_window(
+    k: &Kubectl,
+    op: &mqtt_proxy_tests::k8s::operator::Operator,
+    brokers: usize,
+) -> Result<()> {
+    const ROUNDS: &str = "mqtt_proxy_operator_health_round_seconds_count";
+    let polls_before = polls_ok(op)?;
+    let rounds_before = metric(op, ROUNDS)?;
+    let versions = resource_versions(k).await?;
+    let started = Instant::now();
+    tokio::time::sleep(STEADY).await;
+    let elapsed = started.elapsed();
+    let polls = polls_ok(op)? - polls_before;
+    let rounds = metric(op, ROUNDS)? - rounds_before;
+    ensure!(
+        resource_versions(k).await? == versions,
+        "a status was written while nothing changed"
+    );
+    // 3 pods every 10 s: at least one full round per 10 s less one at the edges.
+    let min_polls = 3 * (elapsed.as_secs() / 10 - 1);
+    ensure!(
+        polls >= min_polls,
+        "{polls} polls in {elapsed:?} (want ≥ {min_polls})"
+    );
+    // One request per pod per round, not per broker (a round in flight at either edge of
+    // the window may be counted on one side only).
+    ensure!(
+        polls.abs_diff(3 * rounds) <= 3,
+        "{polls} requests in {rounds} rounds of 3 pods"
+    );
+    eprintln!(
+        "measured: {polls} /api/status requests in {rounds} rounds over {:.1} s for 3 pods × \
+         {brokers} brokers ({:.1}/min; design: 6 per pod per minute = 18/min); 0 status writes",
+        elapsed.as_secs_f64(),
+        polls as f64 * 60.0 / elapsed.as_secs_f64()
+    );
     Ok(())
 }
 
