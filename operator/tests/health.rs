@@ -503,6 +503,16 @@ fn rounds_report_only_what_changed() {
         .proxy_summary("plant", "factory", &selected)
         .expect("known");
     assert_eq!(p.brokers_column(), "1/2");
+    // Its pods cannot be polled (no admin token): unknown, and the message says why.
+    let unpollable = HashMap::from([(("plant".to_string(), "factory".to_string()), None)]);
+    health.apply_round(unpollable, &proxies, &brokers);
+    let s = health.broker_summary("plant", "edge").expect("known");
+    assert_eq!((s.status, s.reason), ("Unknown", "StatusUnavailable"));
+    assert!(s.message.contains("web.enabled is false"), "{}", s.message);
+    let p = health
+        .proxy_summary("plant", "factory", &selected)
+        .expect("known");
+    assert_eq!(p.brokers_column(), "?/2");
     // The proxy is gone: its brokers have no proxy pod left.
     let (_, b) = health.apply_round(HashMap::new(), &[], &brokers);
     assert_eq!(b.len(), 2, "the two brokers it selected: {b:?}");

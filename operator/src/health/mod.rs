@@ -121,15 +121,27 @@ impl HealthIndex {
         for b in brokers {
             let ns = b.namespace().unwrap_or_default();
             let name = b.name_any();
+            let mut unpollable = Vec::new();
             let selecting: Vec<(String, &ProxyPolls)> = proxies
                 .iter()
                 .filter(|p| selects(p, b))
-                .filter_map(|p| {
-                    let round = rounds.get(&key(&ns, &p.name_any()))?.as_ref()?;
-                    Some((p.name_any(), round))
+                .filter_map(|p| match rounds.get(&key(&ns, &p.name_any()))? {
+                    Some(round) => Some((p.name_any(), round)),
+                    None => {
+                        unpollable.push(p.name_any());
+                        None
+                    }
                 })
                 .collect();
-            summaries.insert(key(&ns, &name), summary::broker_summary(&name, &selecting));
+            let mut s = summary::broker_summary(&name, &selecting);
+            if s.total == 0 && !unpollable.is_empty() {
+                s.reason = crate::crd::reason::STATUS_UNAVAILABLE;
+                s.message = format!(
+                    "the pods of MqttProxy {} cannot be polled (web.enabled is false)",
+                    unpollable.join(", ")
+                );
+            }
+            summaries.insert(key(&ns, &name), s);
         }
         let mut changed_brokers = Vec::new();
         {
