@@ -15,8 +15,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::client::Body;
 use kube::Client;
 use mqtt_proxy_operator::controller::reconcile_broker;
-use mqtt_proxy_operator::controller::status::broker_status;
-use mqtt_proxy_operator::health::summary::{broker_summary, BrokerReport};
+use mqtt_proxy_operator::controller::status::{
+    broker_status, proxy_status, with_proxy_health, ProxyOutcome,
+};
+use mqtt_proxy_operator::health::summary::{broker_summary, proxy_summary, BrokerReport};
 use mqtt_proxy_operator::health::{ready_pods, PodPoll, ProxyPolls};
 use serde_json::{json, Value};
 
@@ -252,4 +254,59 @@ fn rounds_report_only_what_changed() {
     assert_eq!(b.len(), 2, "the two brokers it selected: {b:?}");
     let s = health.broker_summary("plant", "cloud").expect("known");
     assert_eq!((s.status, s.reason), ("Unknown", "NoReadyProxyPods"));
+}
+
+#[test]
+fn proxy_health_folds_into_the_applied_status() {
+    let applied = ProxyOutcome::Applied {
+        brokers: 2,
+        desired: 1,
+        replicas: 1,
+        ready: 1,
+        selector: "app=x".into(),
+        degraded: None,
+    };
+    let selected: BTreeSet<String> = ["cloud", "edge"].map(String::from).into();
+    let pod = |edge: BrokerReport| PodPoll::Report {
+        devices: 4,
+        brokers: BTreeMap::from([("cloud".to_string(), up()), ("edge".to_string(), edge)]),
+    };
+    let polls = |edge| BTreeMap::from([("factory-0".to_string(), pod(edge))]);
+    let summary = |p: &ProxyPolls| proxy_summary(&selected, Some(p));
+    let status = |old: Option<&_>, h: Option<&_>, now: &str| {
+        with_proxy_health(
+            proxy_status(old, Some(1), &applied, now),
+            old,
+            h,
+            Some(1),
+            now,
+        )
+    };
+    let degraded = |s: &mqtt_proxy_operator::crd::MqttProxyStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .cloned()
+            .expect("Degraded")
+    };
+    let healthy = status(None, Some(&summary(&polls(up()))), "2026-01-01T00:00:00Z");
+    assert_eq!((healthy.brokers.as_str(), healthy.devices), ("2/2", 4));
+    assert_eq!(degraded(&healthy).status, "False");
+    let down_ = summary(&polls(down("unreachable", "refused")));
+    let broken = status(Some(&healthy), Some(&down_), "2026-01-01T00:00:10Z");
+    let d = degraded(&broken);
+    assert_eq!(
+        (d.status.as_str(), d.reason.as_str()),
+        ("True", "BrokersDisconnected")
+    );
+    assert!(d.message.contains("edge (0/1 pods)"), "{}", d.message);
+    assert_eq!(d.last_transition_time, "2026-01-01T00:00:10Z");
+    assert_eq!(broken.brokers, "1/2");
+    let still = status(Some(&broken), Some(&down_), "2026-01-01T00:00:20Z");
+    assert_eq!(still, broken, "unchanged: nothing to write");
+    // A restarted operator, before its first round: the same status, so no write.
+    let restarted = status(Some(&broken), None, "2026-01-01T00:00:30Z");
+    assert_eq!(restarted, broken);
+    // A brand-new proxy before any round: connected unknown.
+    assert_eq!(status(None, None, "2026-01-01T00:00:00Z").brokers, "?/2");
 }

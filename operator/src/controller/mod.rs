@@ -1,6 +1,6 @@
 //! The controllers: one reconciles each MqttProxy into its children (validate → build →
-//! apply → status), one keeps each MqttBroker's `Ready` and `Connected` conditions; both
-//! also run when the health poller ([`crate::health`]) saw the proxy pods' state change. Watches map MqttBroker
+//! apply → status), one keeps each MqttBroker's `Ready` and `Connected` conditions (both
+//! also run when the health poller, [`crate::health`], saw the pods' state change). Watches map MqttBroker
 //! and Secret changes to the proxies that select or reference them through the reflector
 //! stores and an index of what each proxy rendered last, never a list call per event.
 
@@ -26,10 +26,11 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use crate::crd::{MqttBroker, MqttProxy};
-use crate::health::{self, HealthIndex, HealthMetrics, Poller};
 use crate::metrics::Metrics;
 use status::ProxyOutcome;
 use validate::Inputs;
+
+use crate::health::{self, HealthIndex, HealthMetrics, Poller};
 
 pub use discovery::ServiceMonitorDiscovery;
 pub use index::RenderedIndex;
@@ -101,11 +102,9 @@ pub async fn reconcile(proxy: Arc<MqttProxy>, ctx: Arc<Ctx>) -> Result<Action, E
     };
     let bundle = build::build(&valid);
     let applied = apply::apply(&ctx.client, &ns, &bundle).await?;
-    let ids: std::collections::BTreeSet<String> =
-        valid.brokers.iter().map(|b| b.id.clone()).collect();
-    let health = ctx.health.proxy_summary(&ns, &proxy.name_any(), &ids);
+    let ids = valid.brokers.iter().map(|b| b.id.clone()).collect();
     ctx.rendered.set(&proxy, ids);
-    let outcome = applied_outcome(&valid, &applied.deployment, health, proxy.status.as_ref());
+    let outcome = applied_outcome(&valid, &applied.deployment);
     if write_proxy_status(&ctx, &proxy, &outcome).await? {
         info!(proxy = %proxy.name_any(), brokers = valid.brokers.len(), "applied");
     }
@@ -121,40 +120,21 @@ async fn write_proxy_status(
     let api: Api<MqttProxy> =
         Api::namespaced(ctx.client.clone(), &proxy.namespace().unwrap_or_default());
     let old = proxy.status.as_ref();
-    let st = status::proxy_status(old, proxy.meta().generation, outcome, &status::now());
+    let (generation, now) = (proxy.meta().generation, status::now());
+    let mut st = status::proxy_status(old, generation, outcome, &now);
+    if let ProxyOutcome::Applied { .. } = outcome {
+        // What the health poller last saw of the brokers just rendered.
+        let selected = ctx.rendered.brokers_of(proxy);
+        let ns = proxy.namespace().unwrap_or_default();
+        let health = ctx.health.proxy_summary(&ns, &proxy.name_any(), &selected);
+        st = status::with_proxy_health(st, old, health.as_ref(), generation, &now);
+    }
     status::write_status(&api, proxy, old, st).await
 }
 
-/// `health` is `None` until the poller's first round since start: then the health fields
-/// (and a `Degraded` they caused) stay as the last round left them.
-fn applied_outcome(
-    v: &validate::ValidatedProxy,
-    d: &Deployment,
-    health: Option<health::ProxySummary>,
-    old: Option<&crate::crd::MqttProxyStatus>,
-) -> ProxyOutcome {
-    let selected = i32::try_from(v.brokers.len()).unwrap_or(i32::MAX);
-    let health = health.unwrap_or_else(|| health::ProxySummary {
-        connected: None,
-        selected,
-        devices: old.map_or(0, |o| o.devices),
-        degraded: old
-            .and_then(|o| {
-                o.conditions.iter().find(|c| {
-                    c.type_ == crate::crd::condition::DEGRADED
-                        && c.reason == crate::crd::reason::BROKERS_DISCONNECTED
-                })
-            })
-            .map(|c| (crate::crd::reason::BROKERS_DISCONNECTED, c.message.clone())),
-    });
-    let brokers_connected = match (health.connected, old) {
-        (None, Some(o)) if !o.brokers.is_empty() => o.brokers.clone(),
-        _ => health.brokers_column(),
-    };
+fn applied_outcome(v: &validate::ValidatedProxy, d: &Deployment) -> ProxyOutcome {
     let st = d.status.clone().unwrap_or_default();
-    // A disconnected broker matters most, so it names the `Degraded` reason first.
     let degraded = match (&v.service_monitor_skipped, v.brokers.is_empty()) {
-        _ if health.degraded.is_some() => health.degraded.clone(),
         (Some(why), _) => Some((crate::crd::reason::SERVICE_MONITOR_SKIPPED, why.clone())),
         (None, true) => Some((
             crate::crd::reason::NO_BROKERS_SELECTED,
@@ -163,9 +143,7 @@ fn applied_outcome(
         (None, false) => None,
     };
     ProxyOutcome::Applied {
-        brokers: selected,
-        brokers_connected,
-        devices: health.devices,
+        brokers: i32::try_from(v.brokers.len()).unwrap_or(i32::MAX),
         desired: v.replicas,
         replicas: st.replicas.unwrap_or(0),
         ready: st.ready_replicas.unwrap_or(0),
@@ -408,12 +386,12 @@ pub async fn run(
     };
     let started = Instant::now();
     tokio::select! {
-        _ = async { tokio::join!(proxy_controller, broker_controller) } => {},
-        _ = readiness => {},
-        // Both run until the controllers stop; they never end by themselves.
+        // The health poller and its watches never end by themselves.
         _ = pod_watch => {},
         _ = proxy_watch => {},
         _ = poller.run() => {},
+        _ = async { tokio::join!(proxy_controller, broker_controller) } => {},
+        _ = readiness => {},
     }
     info!(after = ?started.elapsed(), "controllers stopped");
 }

@@ -12,7 +12,7 @@ use super::Error;
 use crate::crd::{
     condition, reason, Condition, MqttBroker, MqttBrokerStatus, MqttProxyStatus, ProxyConnection,
 };
-use crate::health::BrokerSummary;
+use crate::health::{BrokerSummary, ProxySummary};
 
 /// Now, as Kubernetes writes times (RFC 3339, seconds).
 pub fn now() -> String {
@@ -61,12 +61,7 @@ fn cond_status(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProxyOutcome {
     Applied {
-        /// Brokers rendered.
         brokers: i32,
-        /// `status.brokers`: connected / selected, from the health poller.
-        brokers_connected: String,
-        /// Devices connected over the ready pods.
-        devices: i64,
         desired: i32,
         replicas: i32,
         ready: i32,
@@ -91,8 +86,6 @@ pub fn proxy_status(
     match outcome {
         ProxyOutcome::Applied {
             brokers,
-            brokers_connected,
-            devices,
             desired,
             replicas,
             ready,
@@ -143,8 +136,9 @@ pub fn proxy_status(
                 ],
                 replicas: *replicas,
                 ready_replicas: *ready,
-                brokers: brokers_connected.clone(),
-                devices: *devices,
+                // Connected unknown here: [`with_proxy_health`] fills it in.
+                brokers: format!("?/{brokers}"),
+                devices: 0,
                 selector: Some(selector.clone()),
                 observed_generation: generation,
             }
@@ -178,6 +172,60 @@ pub fn proxy_status(
             }
         }
     }
+}
+
+/// Folds what the health poller saw (`None`: nothing yet since start) into a proxy's
+/// applied status: `brokers` connected/selected, `devices`, and `Degraded` naming the
+/// disconnected brokers, which outranks the other `Degraded` reasons. With nothing known
+/// the fields and a health `Degraded` stay as they were, so an operator restart writes
+/// nothing.
+pub fn with_proxy_health(
+    mut st: MqttProxyStatus,
+    old: Option<&MqttProxyStatus>,
+    health: Option<&ProxySummary>,
+    generation: Option<i64>,
+    now: &str,
+) -> MqttProxyStatus {
+    let empty = MqttProxyStatus::default();
+    let old = old.unwrap_or(&empty);
+    let degraded = match health {
+        Some(h) => {
+            st.brokers = h.brokers_column();
+            st.devices = h.devices;
+            h.degraded.as_ref().map(|(reason, message)| {
+                cond(
+                    &old.conditions,
+                    condition::DEGRADED,
+                    true,
+                    reason,
+                    message.clone(),
+                    generation,
+                    now,
+                )
+            })
+        }
+        None => {
+            if !old.brokers.is_empty() {
+                st.brokers = old.brokers.clone();
+                st.devices = old.devices;
+            }
+            old.conditions
+                .iter()
+                .find(|c| {
+                    c.type_ == condition::DEGRADED && c.reason == reason::BROKERS_DISCONNECTED
+                })
+                .map(|c| Condition {
+                    observed_generation: generation,
+                    ..c.clone()
+                })
+        }
+    };
+    if let Some(d) = degraded {
+        for c in st.conditions.iter_mut().filter(|c| c.type_ == d.type_) {
+            *c = d.clone();
+        }
+    }
+    st
 }
 
 pub fn broker_status(

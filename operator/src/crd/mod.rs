@@ -33,18 +33,6 @@ pub mod condition {
 
 /// Condition reasons (CamelCase, as Kubernetes wants them).
 pub mod reason {
-    pub const VALID: &str = "Valid";
-    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
-    pub const SECRET_KEY_NOT_FOUND: &str = "SecretKeyNotFound";
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const APPLIED: &str = "Applied";
-    pub const APPLY_FAILED: &str = "ApplyFailed";
-    pub const REPLICAS_READY: &str = "ReplicasReady";
-    pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
-    pub const AS_EXPECTED: &str = "AsExpected";
-    pub const SERVICE_MONITOR_SKIPPED: &str = "ServiceMonitorSkipped";
-    pub const BROKER_INVALID: &str = "BrokerInvalid";
-    pub const NO_BROKERS_SELECTED: &str = "NoBrokersSelected";
     // Destination health (the `Connected` condition and `Degraded` on proxies).
     pub const CONNECTED: &str = "Connected";
     pub const PARTIALLY_CONNECTED: &str = "PartiallyConnected";
@@ -59,6 +47,19 @@ pub mod reason {
     /// `spec.enabled: false`: not expected to connect.
     pub const DISABLED: &str = "Disabled";
     pub const BROKERS_DISCONNECTED: &str = "BrokersDisconnected";
+
+    pub const VALID: &str = "Valid";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const SECRET_KEY_NOT_FOUND: &str = "SecretKeyNotFound";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const APPLIED: &str = "Applied";
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+    pub const REPLICAS_READY: &str = "ReplicasReady";
+    pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
+    pub const AS_EXPECTED: &str = "AsExpected";
+    pub const SERVICE_MONITOR_SKIPPED: &str = "ServiceMonitorSkipped";
+    pub const BROKER_INVALID: &str = "BrokerInvalid";
+    pub const NO_BROKERS_SELECTED: &str = "NoBrokersSelected";
 }
 
 /// A status condition, in the shape of `metav1.Condition`.
