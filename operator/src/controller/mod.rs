@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::health::{self, HealthIndex, HealthMetrics, Poller};
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
@@ -29,8 +30,6 @@ use crate::crd::{MqttBroker, MqttProxy};
 use crate::metrics::Metrics;
 use status::ProxyOutcome;
 use validate::Inputs;
-
-use crate::health::{self, HealthIndex, HealthMetrics, Poller};
 
 pub use discovery::ServiceMonitorDiscovery;
 pub use index::RenderedIndex;
