@@ -15,6 +15,7 @@
 
 pub mod crd;
 pub mod crdgen;
+pub mod health;
 pub mod leader;
 
 pub use mqtt_proxy::broker::BrokerConfig;

@@ -51,7 +51,7 @@ fn crds_have_the_agreed_names_and_subresources() {
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(cols, ["Replicas", "Ready", "Brokers", "Age"]);
+    assert_eq!(cols, ["Replicas", "Ready", "Brokers", "Devices", "Age"]);
     let bv = &b.spec.versions[0];
     let cols: Vec<_> = bv
         .additional_printer_columns
@@ -59,7 +59,17 @@ fn crds_have_the_agreed_names_and_subresources() {
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(cols, ["Address", "Port", "Bidirectional", "Ready", "Age"]);
+    assert_eq!(
+        cols,
+        [
+            "Address",
+            "Port",
+            "Bidirectional",
+            "Ready",
+            "Connected",
+            "Age"
+        ]
+    );
 }
 
 /// Walks a schema (as JSON) and reports what Kubernetes 1.20 rejects or mishandles.

@@ -88,7 +88,9 @@ async fn reconcile_applies_children_in_order_then_status() {
     assert_eq!(status["apiVersion"], "mqttproxy.io/v1alpha1");
     assert_eq!(status["kind"], "MqttProxy");
     let st = &status["status"];
-    assert_eq!(st["brokers"], 2);
+    // Not polled yet (no pod): connected unknown, 2 selected.
+    assert_eq!(st["brokers"], "?/2");
+    assert_eq!(st["devices"], 0);
     assert_eq!(st["observedGeneration"], 3);
     assert_eq!(
         st["selector"],

@@ -26,6 +26,17 @@ impl RenderedIndex {
             .insert(key, brokers);
     }
 
+    /// The broker ids of `proxy`'s last applied set.
+    pub fn brokers_of(&self, proxy: &MqttProxy) -> BTreeSet<String> {
+        let key = (proxy.namespace().unwrap_or_default(), proxy.name_any());
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     fn renders(&self, proxy: &MqttProxy, broker: &str) -> bool {
         let key = (proxy.namespace().unwrap_or_default(), proxy.name_any());
         self.0

@@ -1,5 +1,6 @@
 //! The controllers: one reconciles each MqttProxy into its children (validate → build →
-//! apply → status), one keeps each MqttBroker's `Ready` condition. Watches map MqttBroker
+//! apply → status), one keeps each MqttBroker's `Ready` and `Connected` conditions (both
+//! also run when the health poller, [`crate::health`], saw the pods' state change). Watches map MqttBroker
 //! and Secret changes to the proxies that select or reference them through the reflector
 //! stores and an index of what each proxy rendered last, never a list call per event.
 
@@ -15,9 +16,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::health::{self, HealthIndex, HealthMetrics, Poller};
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, Store};
@@ -73,6 +75,8 @@ pub struct Ctx {
     /// `Store::wait_until_ready` in every reconcile: kube's ready signal wakes only one of
     /// several concurrent waiters, and the others would hang (and block shutdown).
     pub brokers_synced: tokio::sync::watch::Receiver<bool>,
+    /// What the proxy pods last said about their brokers (written by the health poller).
+    pub health: Arc<HealthIndex>,
 }
 
 /// The MqttProxy pipeline. Short on purpose: every step is a function of its own.
@@ -124,7 +128,15 @@ async fn write_proxy_status(
     let api: Api<MqttProxy> =
         Api::namespaced(ctx.client.clone(), &proxy.namespace().unwrap_or_default());
     let old = proxy.status.as_ref();
-    let st = status::proxy_status(old, proxy.meta().generation, outcome, &status::now());
+    let (generation, now) = (proxy.meta().generation, status::now());
+    let mut st = status::proxy_status(old, generation, outcome, &now);
+    if let ProxyOutcome::Applied { .. } = outcome {
+        // What the health poller last saw of the brokers just rendered.
+        let selected = ctx.rendered.brokers_of(proxy);
+        let ns = proxy.namespace().unwrap_or_default();
+        let health = ctx.health.proxy_summary(&ns, &proxy.name_any(), &selected);
+        st = status::with_proxy_health(st, old, health.as_ref(), generation, &now);
+    }
     status::write_status(&api, proxy, old, st).await
 }
 
@@ -215,7 +227,8 @@ pub async fn reconcile_broker(broker: Arc<MqttBroker>, ctx: Arc<Ctx>) -> Result<
     if let Err(inv) = &result {
         ctx.metrics.invalid("mqttbroker", inv.reason);
     }
-    let st = status::broker_status_for(&broker, &result);
+    let health = ctx.health.broker_summary(&ns, &broker.name_any());
+    let st = status::broker_status_for(&broker, &result, health.as_ref());
     let api: Api<MqttBroker> = Api::namespaced(ctx.client.clone(), &ns);
     status::write_status(&api, &*broker, broker.status.as_ref(), st).await?;
     Ok(match result {
@@ -277,7 +290,33 @@ pub async fn run(
         rendered: RenderedIndex::default(),
         service_monitors: ServiceMonitorDiscovery::default(),
         brokers_synced: synced_rx,
+        health: Arc::new(HealthIndex::default()),
     });
+    // Proxy pods (not owned by the MqttProxy but by its ReplicaSets) for the health poller.
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pod_watch = reflector::reflector(
+        pod_writer,
+        watcher(
+            api::<Pod>(&client, ns),
+            watcher::Config::default().labels(&format!(
+                "{}={}",
+                health::POD_NAME_LABEL.0,
+                health::POD_NAME_LABEL.1
+            )),
+        ),
+    )
+    .default_backoff()
+    .for_each(|_| std::future::ready(()));
+    // The poller's own MqttProxy store (see `Poller`).
+    let (poller_proxies, proxy_writer) = reflector::store::<MqttProxy>();
+    let proxy_watch = reflector::reflector(
+        proxy_writer,
+        watcher(api::<MqttProxy>(&client, ns), watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(|_| std::future::ready(()));
+    let (proxy_tx, proxy_triggers) = health::trigger_channel::<MqttProxy>();
+    let (broker_tx, broker_triggers) = health::trigger_channel::<MqttBroker>();
     let owned = watcher::Config::default().labels(&format!(
         "{}={}",
         build::MANAGED_BY_LABEL,
@@ -285,6 +324,20 @@ pub async fn run(
     ));
     let proxies = Controller::new(api::<MqttProxy>(&client, ns), watcher::Config::default());
     let proxy_store = proxies.store();
+    let poller = Poller {
+        client: client.clone(),
+        proxies: poller_proxies,
+        pods,
+        brokers: brokers.clone(),
+        brokers_synced: ctx.brokers_synced.clone(),
+        health: ctx.health.clone(),
+        metrics: HealthMetrics::new(&ctx.metrics.registry),
+        triggers: health::Triggers {
+            proxies: proxy_tx,
+            brokers: broker_tx,
+        },
+        tokens: Default::default(),
+    };
     let (c1, s1) = (ctx.clone(), proxy_store.clone());
     let (c2, s2) = (ctx.clone(), proxy_store.clone());
     let proxy_controller = proxies
@@ -302,6 +355,7 @@ pub async fn run(
             .default_backoff(),
             move |s| index::proxies_for_secret(&s2.state(), &c2.brokers.state(), &c2.rendered, &s),
         )
+        .reconcile_on(proxy_triggers)
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|r| async move {
@@ -321,6 +375,7 @@ pub async fn run(
             .default_backoff(),
             move |s| index::brokers_for_secret(&broker_store.state(), &s),
         )
+        .reconcile_on(broker_triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile_broker, broker_error_policy, ctx.clone())
         .for_each(|r| async move {
@@ -340,6 +395,10 @@ pub async fn run(
     };
     let started = Instant::now();
     tokio::select! {
+        // The health poller and its watches never end by themselves.
+        _ = pod_watch => {},
+        _ = proxy_watch => {},
+        _ = poller.run() => {},
         _ = async { tokio::join!(proxy_controller, broker_controller) } => {},
         _ = readiness => {},
     }

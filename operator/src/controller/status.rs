@@ -9,7 +9,10 @@ use serde_json::json;
 use super::apply::FIELD_MANAGER;
 use super::validate::Invalid;
 use super::Error;
-use crate::crd::{condition, reason, Condition, MqttBroker, MqttBrokerStatus, MqttProxyStatus};
+use crate::crd::{
+    condition, reason, Condition, MqttBroker, MqttBrokerStatus, MqttProxyStatus, ProxyConnection,
+};
+use crate::health::{BrokerSummary, ProxySummary};
 
 /// Now, as Kubernetes writes times (RFC 3339, seconds).
 pub fn now() -> String {
@@ -27,6 +30,19 @@ fn cond(
     now: &str,
 ) -> Condition {
     let status = if ok { "True" } else { "False" };
+    cond_status(old, type_, status, reason, message, generation, now)
+}
+
+/// [`cond`] for a status that may also be `Unknown`.
+fn cond_status(
+    old: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &str,
+) -> Condition {
     let since = old
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -120,7 +136,9 @@ pub fn proxy_status(
                 ],
                 replicas: *replicas,
                 ready_replicas: *ready,
-                brokers: *brokers,
+                // Connected unknown here: [`with_proxy_health`] fills it in.
+                brokers: format!("?/{brokers}"),
+                devices: 0,
                 selector: Some(selector.clone()),
                 observed_generation: generation,
             }
@@ -156,10 +174,65 @@ pub fn proxy_status(
     }
 }
 
+/// Folds what the health poller saw (`None`: nothing yet since start) into a proxy's
+/// applied status: `brokers` connected/selected, `devices`, and `Degraded` naming the
+/// disconnected brokers, which outranks the other `Degraded` reasons. With nothing known
+/// the fields and a health `Degraded` stay as they were, so an operator restart writes
+/// nothing.
+pub fn with_proxy_health(
+    mut st: MqttProxyStatus,
+    old: Option<&MqttProxyStatus>,
+    health: Option<&ProxySummary>,
+    generation: Option<i64>,
+    now: &str,
+) -> MqttProxyStatus {
+    let empty = MqttProxyStatus::default();
+    let old = old.unwrap_or(&empty);
+    let degraded = match health {
+        Some(h) => {
+            st.brokers = h.brokers_column();
+            st.devices = h.devices;
+            h.degraded.as_ref().map(|(reason, message)| {
+                cond(
+                    &old.conditions,
+                    condition::DEGRADED,
+                    true,
+                    reason,
+                    message.clone(),
+                    generation,
+                    now,
+                )
+            })
+        }
+        None => {
+            if !old.brokers.is_empty() {
+                st.brokers = old.brokers.clone();
+                st.devices = old.devices;
+            }
+            old.conditions
+                .iter()
+                .find(|c| {
+                    c.type_ == condition::DEGRADED && c.reason == reason::BROKERS_DISCONNECTED
+                })
+                .map(|c| Condition {
+                    observed_generation: generation,
+                    ..c.clone()
+                })
+        }
+    };
+    if let Some(d) = degraded {
+        for c in st.conditions.iter_mut().filter(|c| c.type_ == d.type_) {
+            *c = d.clone();
+        }
+    }
+    st
+}
+
 pub fn broker_status(
     old: Option<&MqttBrokerStatus>,
     generation: Option<i64>,
     result: &Result<(), Invalid>,
+    health: Option<&BrokerSummary>,
     now: &str,
 ) -> MqttBrokerStatus {
     let c = old.map_or(&[][..], |s| &s.conditions[..]);
@@ -183,9 +256,44 @@ pub fn broker_status(
             now,
         ),
     };
+    let Some(health) = health else {
+        // The poller has not finished a round since the operator started: keep what the
+        // last one found (a restart must not flap every broker to `Unknown` and back).
+        let old = old.cloned().unwrap_or_default();
+        let mut conditions = vec![ready];
+        conditions.extend(c.iter().find(|c| c.type_ == condition::CONNECTED).cloned());
+        return MqttBrokerStatus {
+            conditions,
+            observed_generation: generation,
+            ..old
+        };
+    };
+    let connected = cond_status(
+        c,
+        condition::CONNECTED,
+        health.status,
+        health.reason,
+        health.message.clone(),
+        generation,
+        now,
+    );
     MqttBrokerStatus {
-        conditions: vec![ready],
+        conditions: vec![ready, connected],
         observed_generation: generation,
+        connected: Some(health.column()),
+        proxies: health
+            .proxies
+            .iter()
+            .map(|(name, connected, total)| ProxyConnection {
+                name: name.clone(),
+                connected: *connected,
+                total: *total,
+            })
+            .collect(),
+        last_error: health.last_error.clone(),
+        // Unknown without a pod to ask: absent rather than a misleading 0.
+        queue_depth: (health.total > 0).then_some(health.queue_depth),
+        dropped_total: (health.total > 0).then_some(health.dropped_total),
     }
 }
 
@@ -215,7 +323,17 @@ where
     Ok(true)
 }
 
-/// The broker `b`'s status after checking it.
-pub fn broker_status_for(b: &MqttBroker, result: &Result<(), Invalid>) -> MqttBrokerStatus {
-    broker_status(b.status.as_ref(), b.meta().generation, result, &now())
+/// The broker `b`'s status after checking it, with what the proxy pods say about it.
+pub fn broker_status_for(
+    b: &MqttBroker,
+    result: &Result<(), Invalid>,
+    health: Option<&BrokerSummary>,
+) -> MqttBrokerStatus {
+    broker_status(
+        b.status.as_ref(),
+        b.meta().generation,
+        result,
+        health,
+        &now(),
+    )
 }

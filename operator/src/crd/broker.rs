@@ -29,6 +29,7 @@ use super::Condition;
     printcolumn = r#"{"name":"Port","type":"integer","jsonPath":".spec.port"}"#,
     printcolumn = r#"{"name":"Bidirectional","type":"boolean","jsonPath":".spec.bidirectional"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Connected","type":"string","jsonPath":".status.connected"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -143,11 +144,41 @@ pub struct SecretNameRef {
 #[serde(rename_all = "camelCase")]
 pub struct MqttBrokerStatus {
     /// `Ready`: the spec is valid and every referenced Secret and key exists.
+    /// `Connected`: every ready proxy pod that forwards to this broker is connected to it
+    /// (read from the pods' `/api/status` every ~10 s).
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` the status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Ready proxy pods connected to this broker, of all ready pods that forward to it,
+    /// e.g. `3/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected: Option<String>,
+    /// The same per MqttProxy that selects this broker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxies: Vec<ProxyConnection>,
+    /// The last connection error a disconnected proxy pod reported, with the pod's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Messages queued for this broker, summed over the proxy pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<i64>,
+    /// Messages for this broker the proxy pods dropped since they started, summed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_total: Option<u64>,
+}
+
+/// How many ready pods of one MqttProxy are connected to a broker.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyConnection {
+    /// Name of the MqttProxy (same namespace).
+    pub name: String,
+    /// Its ready pods connected to this broker.
+    pub connected: i32,
+    /// Its ready pods.
+    pub total: i32,
 }
 
 pub const DEFAULT_USERNAME_KEY: &str = "username";

@@ -27,10 +27,27 @@ pub mod condition {
     /// MqttProxy: running, but something is off (a skipped ServiceMonitor, an invalid broker
     /// left out, replicas missing).
     pub const DEGRADED: &str = "Degraded";
+    /// MqttBroker: every ready proxy pod forwarding to it is connected.
+    pub const CONNECTED: &str = "Connected";
 }
 
 /// Condition reasons (CamelCase, as Kubernetes wants them).
 pub mod reason {
+    // Destination health (the `Connected` condition and `Degraded` on proxies).
+    pub const CONNECTED: &str = "Connected";
+    pub const PARTIALLY_CONNECTED: &str = "PartiallyConnected";
+    pub const DISCONNECTED: &str = "Disconnected";
+    pub const AUTH_FAILED: &str = "AuthFailed";
+    pub const TLS_ERROR: &str = "TlsError";
+    pub const UNREACHABLE: &str = "Unreachable";
+    /// No ready proxy pod forwards to the broker, so nothing is known.
+    pub const NO_READY_PODS: &str = "NoReadyProxyPods";
+    /// The proxy pods' `/api/status` could not be read, so nothing is known.
+    pub const STATUS_UNAVAILABLE: &str = "StatusUnavailable";
+    /// `spec.enabled: false`: not expected to connect.
+    pub const DISABLED: &str = "Disabled";
+    pub const BROKERS_DISCONNECTED: &str = "BrokersDisconnected";
+
     pub const VALID: &str = "Valid";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const SECRET_KEY_NOT_FOUND: &str = "SecretKeyNotFound";
@@ -49,7 +66,7 @@ pub mod reason {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// Condition type: `Ready`, `ConfigApplied` or `Degraded`.
+    /// Condition type: `Ready`, `ConfigApplied`, `Degraded` or `Connected`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.

@@ -31,7 +31,8 @@ use super::Condition;
     ),
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
-    printcolumn = r#"{"name":"Brokers","type":"integer","jsonPath":".status.brokers"}"#,
+    printcolumn = r#"{"name":"Brokers","type":"string","jsonPath":".status.brokers"}"#,
+    printcolumn = r#"{"name":"Devices","type":"integer","jsonPath":".status.devices"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -233,7 +234,8 @@ pub struct PodTemplateSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MqttProxyStatus {
-    /// `Ready`, `ConfigApplied` and `Degraded`.
+    /// `Ready`, `ConfigApplied` and `Degraded` (also when a selected broker is disconnected
+    /// from any ready pod; the message names it).
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Pods of the Deployment.
@@ -242,9 +244,13 @@ pub struct MqttProxyStatus {
     /// Pods that pass their readiness probe.
     #[serde(default)]
     pub ready_replicas: i32,
-    /// MqttBrokers rendered into the proxies' broker set.
+    /// Selected MqttBrokers every ready pod is connected to, of those rendered into the
+    /// proxies' broker set, e.g. `2/3` (`?/3` while the pods were not polled).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub brokers: String,
+    /// Devices connected, summed over the ready pods.
     #[serde(default)]
-    pub brokers: i32,
+    pub devices: i64,
     /// Label selector of the pods (for the scale subresource, so a HorizontalPodAutoscaler
     /// can target an MqttProxy).
     #[serde(default, skip_serializing_if = "Option::is_none")]

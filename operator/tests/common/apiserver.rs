@@ -119,6 +119,7 @@ pub fn make_ctx(client: Client) -> (Arc<Ctx>, Writer<MqttBroker>) {
         rendered: RenderedIndex::default(),
         service_monitors: ServiceMonitorDiscovery::default(),
         brokers_synced: tokio::sync::watch::channel(true).1,
+        health: Default::default(),
     };
     (Arc::new(ctx), writer)
 }

@@ -67,3 +67,4 @@ pub fn validated() -> ValidatedProxy {
     validate(&proxy(), &inputs(), IMAGE).expect("fixtures are valid")
 }
 pub mod apiserver;
+pub mod health;
