@@ -67,6 +67,9 @@ pub struct SessionOptions {
     /// when its SUBACK comes (a broker that is down answers at once by refusing the TCP
     /// connection; one that hangs costs at most this).
     pub connack_wait: Duration,
+    /// Appended to every upstream client id of this process (see [`crate::client_id`]):
+    /// `None` in device mode, `@<instance id>` in instance mode.
+    pub client_id_suffix: Option<String>,
 }
 
 impl SessionOptions {
@@ -148,6 +151,7 @@ impl Default for Config {
                 topic_alias_max: 64,
                 limits: crate::limits::DeviceLimits::default(),
                 connack_wait: Duration::from_secs(2),
+                client_id_suffix: None,
             },
             queue: QueueLimits::default(),
             queue_total_max_bytes: 512 << 20,
@@ -181,6 +185,7 @@ pub struct FileConfig {
     pub queue_overflow: Option<OverflowPolicy>,
     pub queue_total_max_bytes: Option<usize>,
     pub instance_id: Option<String>,
+    pub upstream_client_id: Option<crate::client_id::UpstreamClientId>,
     pub hop_property: Option<String>,
     pub max_hops: Option<u32>,
     pub users_file: Option<PathBuf>,
@@ -285,9 +290,15 @@ pub struct RunArgs {
     /// Seconds a closing upstream may spend delivering what it holds [default: 5]
     #[arg(long, env = "MQTT_PROXY_DRAIN_TIMEOUT_SECS")]
     pub drain_timeout_secs: Option<u64>,
-    /// Unique name of this proxy instance, used in its mirror client ids [default: $HOSTNAME]
+    /// Unique name of this proxy instance, used in its mirror client ids (and upstream
+    /// client ids with `--upstream-client-id instance`) [default: $HOSTNAME]
     #[arg(long, env = "MQTT_PROXY_INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// Upstream client ids: `device` ({prefix}{device id}) or `instance`
+    /// ({prefix}{device id}@{instance id}, for replicas that may serve the same device at
+    /// once) [default: device]
+    #[arg(long, env = "MQTT_PROXY_UPSTREAM_CLIENT_ID", value_enum)]
+    pub upstream_client_id: Option<crate::client_id::UpstreamClientId>,
     /// MQTT 5 user property that carries the hop count of mirrored messages
     #[arg(long, env = "MQTT_PROXY_HOP_PROPERTY")]
     pub hop_property: Option<String>,
@@ -419,6 +430,12 @@ impl Config {
         }
         layer!(c.queue_total_max_bytes, queue_total_max_bytes);
         layer!(c.mirror.instance_id, instance_id);
+        c.session.client_id_suffix = crate::client_id::suffix(
+            args.upstream_client_id
+                .or(file.upstream_client_id)
+                .unwrap_or_default(),
+            &c.mirror.instance_id,
+        );
         layer!(c.mirror.hop_property, hop_property);
         layer!(c.mirror.max_hops, max_hops);
         layer!(c.session.to_device_max_bytes, to_device_max_bytes);

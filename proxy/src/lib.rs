@@ -17,6 +17,7 @@ pub mod auth;
 pub mod broker;
 pub mod brokers_cmd;
 pub mod brokerset;
+pub mod client_id;
 pub mod codec;
 pub mod config;
 pub mod crypto;

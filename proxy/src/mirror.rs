@@ -219,6 +219,8 @@ async fn reconcile(
         let h = UpstreamHandle::spawn(UpstreamParams {
             broker: b.clone(),
             device_id: client_id.to_string(),
+            // Already unique per instance (`mqtt-proxy-mirror-<instance id>`).
+            client_id_suffix: None,
             clean_session: true,
             keep_alive: 30,
             will: None,

@@ -218,7 +218,11 @@ fn resume_spools(
         Default::default();
     for broker in set.brokers.iter().filter(|b| b.config.spool) {
         for (client_id, path) in crate::spool::pending_files(dir, broker.id()) {
-            let Some(device_id) = client_id.strip_prefix(&broker.config.client_id_prefix) else {
+            let Some(device_id) = crate::client_id::device_of(
+                &client_id,
+                &broker.config.client_id_prefix,
+                opts.client_id_suffix.as_deref(),
+            ) else {
                 continue;
             };
             tracing::info!(broker = broker.label(), %client_id, file = %path.display(), "delivering spooled messages from a previous run");
@@ -238,6 +242,7 @@ fn resume_spools(
                 let h = crate::upstream::UpstreamHandle::spawn(crate::upstream::UpstreamParams {
                     broker,
                     device_id: device_id.clone(),
+                    client_id_suffix: opts.client_id_suffix.clone(),
                     clean_session: true,
                     keep_alive: 30,
                     will: None,
