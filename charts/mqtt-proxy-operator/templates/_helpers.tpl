@@ -85,6 +85,9 @@ without it; tests/packaging/helm_chart.rs applies as this ServiceAccount to prov
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
   verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["create", "patch"]
 {{- end }}
 
 {{/* Cluster-scoped API calls: none today (CRD presence is checked by listing the custom

@@ -4,6 +4,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::DynamicObject;
@@ -69,6 +70,7 @@ pub async fn apply(client: &Client, namespace: &str, bundle: &Bundle) -> Result<
         brokers_secret,
         deployment,
         service,
+        pdb,
         service_monitor,
         stale_service_monitor,
     } = bundle;
@@ -79,6 +81,9 @@ pub async fn apply(client: &Client, namespace: &str, bundle: &Bundle) -> Result<
     ssa(&secrets, brokers_secret).await?;
     let deployment = ssa(&Api::namespaced(client.clone(), namespace), deployment).await?;
     ssa::<Service>(&Api::namespaced(client.clone(), namespace), service).await?;
+    if let Some(p) = pdb {
+        ssa::<PodDisruptionBudget>(&Api::namespaced(client.clone(), namespace), p).await?;
+    }
     if let Some(sm) = service_monitor {
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), namespace, &service_monitor_resource());
