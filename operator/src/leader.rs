@@ -2,7 +2,14 @@
 //! (or the old and new pod of a rolling update) never reconcile at the same time. The
 //! decision is a pure function of the Lease and the clock ([`decide`]); writes use the
 //! Lease's `resourceVersion`, so of two candidates only one wins a take-over.
+//!
+//! Timing follows client-go's leader election: a standby retries every `retry`; the leader
+//! renews every `retry` too and gives up once it could not renew for `renew_deadline`,
+//! which is shorter than the lease, so it has stopped reconciling before anyone else may
+//! take the expired Lease over. A clean shutdown releases the Lease, so a standby takes
+//! over within one `retry` instead of a whole lease.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -12,18 +19,41 @@ use kube::api::PostParams;
 use kube::Api;
 use tracing::{info, warn};
 
-/// Name of the Lease.
+/// Name of the operator's Lease.
 pub const LEASE_NAME: &str = "mqtt-proxy-operator";
+
+/// How long a Lease lasts and how often it is tried (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// A holder that has not renewed for this long has lost the Lease.
+    pub lease: Duration,
+    /// The leader stops once renewing failed for this long (shorter than `lease`).
+    pub renew_deadline: Duration,
+    /// How often the leader renews and a standby tries to acquire.
+    pub retry: Duration,
+}
+
+impl Default for Timing {
+    /// client-go's defaults.
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry: Duration::from_secs(2),
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Elector {
     pub api: Api<Lease>,
+    /// Name of the Lease.
+    pub name: String,
     /// This process: `<hostname>_<pid>`, unique per pod and restart.
     pub identity: String,
-    /// A holder that has not renewed for this long has lost the Lease.
-    pub lease: Duration,
-    /// How often the leader renews (well inside `lease`).
-    pub renew: Duration,
+    pub timing: Timing,
+    /// The holder seen by the last round (for `/readyz`).
+    holder: Arc<Mutex<Option<String>>>,
 }
 
 /// What to do with the Lease as read.
@@ -65,11 +95,33 @@ pub fn decide(lease: Option<&Lease>, me: &str, now: Timestamp) -> Step {
 }
 
 impl Elector {
+    pub fn new(api: Api<Lease>, name: &str, identity: String, timing: Timing) -> Self {
+        Self {
+            api,
+            name: name.into(),
+            identity,
+            timing,
+            holder: Arc::default(),
+        }
+    }
+
+    /// Who held the Lease at the last read or write (`None`: free, or not read yet).
+    pub fn holder(&self) -> Option<String> {
+        self.holder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn saw(&self, holder: Option<String>) {
+        *self.holder.lock().unwrap_or_else(|e| e.into_inner()) = holder;
+    }
+
     fn spec(&self, now: Timestamp, old: Option<&LeaseSpec>, transition: bool) -> LeaseSpec {
         let transitions = old.and_then(|s| s.lease_transitions).unwrap_or(0);
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
-            lease_duration_seconds: Some(i32::try_from(self.lease.as_secs()).unwrap_or(15)),
+            lease_duration_seconds: Some(i32::try_from(self.timing.lease.as_secs()).unwrap_or(15)),
             acquire_time: if transition {
                 Some(MicroTime(now))
             } else {
@@ -83,18 +135,19 @@ impl Elector {
 
     /// One round: read, decide, write. `Ok(true)` when we hold the Lease afterwards.
     pub async fn try_once(&self) -> Result<bool, kube::Error> {
-        let current = self.api.get_opt(LEASE_NAME).await?;
+        let current = self.api.get_opt(&self.name).await?;
         let now = Timestamp::now();
         let step = decide(current.as_ref(), &self.identity, now);
         let result = match (&step, current) {
             (Step::Wait { holder }, _) => {
-                tracing::debug!(holder, "lease held by another operator");
+                tracing::debug!(holder, lease = %self.name, "lease held by another process");
+                self.saw(Some(holder.clone()));
                 return Ok(false);
             }
             (Step::Create, _) | (_, None) => {
                 let lease = Lease {
                     metadata: ObjectMeta {
-                        name: Some(LEASE_NAME.into()),
+                        name: Some(self.name.clone()),
                         ..ObjectMeta::default()
                     },
                     spec: Some(self.spec(now, None, true)),
@@ -106,12 +159,15 @@ impl Elector {
                 lease.spec = Some(self.spec(now, lease.spec.as_ref(), transition));
                 // Carries the resourceVersion we read: a concurrent writer makes this a 409.
                 self.api
-                    .replace(LEASE_NAME, &PostParams::default(), &lease)
+                    .replace(&self.name, &PostParams::default(), &lease)
                     .await
             }
         };
         match result {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                self.saw(Some(self.identity.clone()));
+                Ok(true)
+            }
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e),
         }
@@ -128,34 +184,40 @@ impl Elector {
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "leader election: cannot read or write the lease"),
             }
-            tokio::time::sleep(self.renew).await;
+            tokio::time::sleep(self.timing.retry).await;
         }
     }
 
-    /// Renews until the Lease is lost (someone else holds it, or renewing failed for a whole
-    /// lease duration); then returns so the caller stops reconciling.
+    /// Renews until the Lease is lost (someone else holds it, or renewing failed for
+    /// `renew_deadline`); then returns so the caller stops reconciling.
     pub async fn hold(&self) {
         let mut last_ok = tokio::time::Instant::now();
         loop {
-            tokio::time::sleep(self.renew).await;
-            match self.try_once().await {
-                Ok(true) => last_ok = tokio::time::Instant::now(),
-                Ok(false) => {
+            tokio::time::sleep(self.timing.retry).await;
+            // A renewal stuck on a dead API server must not outlive the deadline either.
+            let left = self.timing.renew_deadline.saturating_sub(last_ok.elapsed());
+            match tokio::time::timeout(left, self.try_once()).await {
+                Ok(Ok(true)) => last_ok = tokio::time::Instant::now(),
+                Ok(Ok(false)) => {
                     warn!("leader election: the lease was taken over");
                     return;
                 }
-                Err(e) if last_ok.elapsed() >= self.lease => {
-                    warn!(error = %e, "leader election: could not renew within the lease duration");
+                Err(_) => {
+                    warn!("leader election: could not renew within the renew deadline");
                     return;
                 }
-                Err(e) => warn!(error = %e, "leader election: renew failed; retrying"),
+                Ok(Err(e)) if last_ok.elapsed() >= self.timing.renew_deadline => {
+                    warn!(error = %e, "leader election: could not renew within the renew deadline");
+                    return;
+                }
+                Ok(Err(e)) => warn!(error = %e, "leader election: renew failed; retrying"),
             }
         }
     }
 
     /// Gives the Lease up on a clean shutdown so a successor need not wait for it to expire.
     pub async fn release(&self) {
-        let Ok(Some(mut lease)) = self.api.get_opt(LEASE_NAME).await else {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
             return;
         };
         let ours = lease
@@ -172,10 +234,13 @@ impl Elector {
         }
         match self
             .api
-            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .replace(&self.name, &PostParams::default(), &lease)
             .await
         {
-            Ok(_) => info!("leader election: lease released"),
+            Ok(_) => {
+                self.saw(None);
+                info!("leader election: lease released")
+            }
             Err(e) => warn!(error = %e, "leader election: could not release the lease"),
         }
     }

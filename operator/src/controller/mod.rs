@@ -344,10 +344,22 @@ pub async fn run(
         // Keep the sender alive so reconciles never see a closed channel.
         std::future::pending::<()>().await;
     };
+    // Watched-object counts from the stores the controllers keep anyway (no API calls).
+    let counts = {
+        let (metrics, proxies, brokers) = (ctx.metrics.clone(), proxy_store, ctx.brokers.clone());
+        async move {
+            loop {
+                metrics.watching("MqttProxy", proxies.state().len());
+                metrics.watching("MqttBroker", brokers.state().len());
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
     let started = Instant::now();
     tokio::select! {
         _ = async { tokio::join!(proxy_controller, broker_controller) } => {},
         _ = readiness => {},
+        () = counts => {},
     }
     info!(after = ?started.elapsed(), "controllers stopped");
 }
