@@ -41,8 +41,12 @@ async fn pair(mode: &str) -> Result<Pair> {
     let start = |id: &'static str| {
         let file = file.clone();
         async move {
-            ProxyProcess::start_with(&file, &["--instance-id", id, "--upstream-client-id", mode])
-                .await
+            ProxyProcess::start_with(
+                &file,
+                &["--instance-id", id, "--upstream-client-id", mode],
+                &[],
+            )
+            .await
         }
     };
     let (a, b) = tokio::try_join!(start("replica-a"), start("replica-b"))?;

@@ -90,6 +90,9 @@ pub struct MirrorOptions {
     pub hop_property: String,
     /// A message whose hop count has reached this is not mirrored again.
     pub max_hops: u32,
+    /// Mirror only while holding this Lease (one replica of several mirrors).
+    #[cfg(feature = "lease")]
+    pub lease: Option<crate::mirror_lease::MirrorLease>,
 }
 
 impl Default for MirrorOptions {
@@ -102,6 +105,8 @@ impl Default for MirrorOptions {
             instance_id,
             hop_property: "mqtt-proxy-hop".into(),
             max_hops: 1,
+            #[cfg(feature = "lease")]
+            lease: None,
         }
     }
 }
@@ -299,6 +304,16 @@ pub struct RunArgs {
     /// once) [default: device]
     #[arg(long, env = "MQTT_PROXY_UPSTREAM_CLIENT_ID", value_enum)]
     pub upstream_client_id: Option<crate::client_id::UpstreamClientId>,
+    /// Run mirror sessions only while holding this coordination.k8s.io Lease (Kubernetes,
+    /// several replicas: exactly one mirrors) [default: off, mirror always]
+    #[arg(long, env = "MQTT_PROXY_MIRROR_LEASE")]
+    pub mirror_lease: Option<String>,
+    /// Namespace of the mirror Lease [default: the pod's own]
+    #[arg(long, env = "MQTT_PROXY_MIRROR_LEASE_NAMESPACE")]
+    pub mirror_lease_namespace: Option<String>,
+    /// Seconds a replica that stopped renewing keeps the mirror Lease [default: 15]
+    #[arg(long, env = "MQTT_PROXY_MIRROR_LEASE_SECS")]
+    pub mirror_lease_secs: Option<u64>,
     /// MQTT 5 user property that carries the hop count of mirrored messages
     #[arg(long, env = "MQTT_PROXY_HOP_PROPERTY")]
     pub hop_property: Option<String>,
@@ -437,6 +452,21 @@ impl Config {
             &c.mirror.instance_id,
         );
         layer!(c.mirror.hop_property, hop_property);
+        #[cfg(feature = "lease")]
+        {
+            c.mirror.lease = args
+                .mirror_lease
+                .clone()
+                .filter(|n| !n.is_empty())
+                .map(|name| crate::mirror_lease::MirrorLease {
+                    name,
+                    namespace: args
+                        .mirror_lease_namespace
+                        .clone()
+                        .filter(|n| !n.is_empty()),
+                    duration: Duration::from_secs(args.mirror_lease_secs.unwrap_or(15).max(3)),
+                });
+        }
         layer!(c.mirror.max_hops, max_hops);
         layer!(c.session.to_device_max_bytes, to_device_max_bytes);
         layer!(c.session.max_subscriptions, max_subscriptions);

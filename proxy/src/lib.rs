@@ -24,11 +24,15 @@ pub mod crypto;
 pub mod delivery;
 pub mod devices;
 pub mod events;
+#[cfg(feature = "lease")]
+pub mod lease;
 pub mod limits;
 pub mod listener;
 pub mod loopguard;
 pub mod metrics;
 pub mod mirror;
+#[cfg(feature = "lease")]
+pub mod mirror_lease;
 pub mod proxy;
 pub mod qos;
 pub mod queue;
