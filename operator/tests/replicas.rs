@@ -263,3 +263,58 @@ fn a_users_secret_change_reaches_its_proxy() {
     let miss = proxies_for_secret(&[other], &[], &RenderedIndex::default(), &meta);
     assert!(miss.is_empty());
 }
+
+/// With a mirroring broker in the set, the pods get an account that may take exactly their
+/// mirror Lease, and the proxy is told to elect over it; without, no token at all.
+#[test]
+fn mirroring_brokers_get_the_pods_a_lease_account() {
+    let mut i = inputs();
+    i.brokers = i
+        .brokers
+        .into_iter()
+        .map(|b| {
+            let mut b = (*b).clone();
+            if b.metadata.name.as_deref() == Some("edge") {
+                b.spec.mirror = true;
+            }
+            std::sync::Arc::new(b)
+        })
+        .collect();
+    let v = validate(&proxy(), &i, IMAGE).expect("valid");
+    let rbac = build::build_mirror_rbac(&v).expect("mirroring");
+    assert_eq!(
+        rbac.service_account.metadata.name.as_deref(),
+        Some("factory-proxy")
+    );
+    let rules = rbac.role.rules.clone().expect("rules");
+    assert!(rules
+        .iter()
+        .all(|r| r.resources.as_deref() == Some(&["leases".to_string()][..])));
+    let named = rules
+        .iter()
+        .find(|r| r.verbs.contains(&"update".to_string()))
+        .expect("update rule");
+    assert_eq!(
+        named.resource_names.as_deref(),
+        Some(&["factory-mirror".to_string()][..])
+    );
+    assert_eq!(rbac.role_binding.role_ref.name, "factory-proxy");
+    let spec = pod(&v);
+    assert_eq!(spec.service_account_name.as_deref(), Some("factory-proxy"));
+    assert_eq!(spec.automount_service_account_token, Some(true));
+    let c = &spec.containers[0];
+    assert_eq!(
+        env_value(c, "MQTT_PROXY_MIRROR_LEASE").as_deref(),
+        Some("factory-mirror")
+    );
+    assert_eq!(
+        env_value(c, "MQTT_PROXY_MIRROR_LEASE_NAMESPACE").as_deref(),
+        Some("plant")
+    );
+    assert_eq!(build::build(&v).mirror_rbac, Some(rbac));
+
+    let plain = validated();
+    assert!(build::build_mirror_rbac(&plain).is_none());
+    assert_eq!(pod(&plain).automount_service_account_token, Some(false));
+    assert!(env_value(&proxy_container(&plain), "MQTT_PROXY_MIRROR_LEASE").is_none());
+}

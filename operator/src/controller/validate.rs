@@ -82,6 +82,8 @@ pub struct ValidatedProxy {
     /// Resolved from the spec (its default depends on `replicas`).
     pub upstream_client_id: UpstreamClientIdPolicy,
     pub drain_timeout_seconds: u32,
+    /// Some selected broker mirrors: the pods elect one mirroring pod over a Lease.
+    pub mirror: bool,
     /// Build a PodDisruptionBudget: `replicas > 1` and the cluster serves `policy/v1`.
     pub pdb: bool,
     /// Why a PodDisruptionBudget is not built although `replicas > 1`.
@@ -309,6 +311,7 @@ pub fn validate(
             UpstreamClientIdPolicy::Device
         }),
         drain_timeout_seconds: spec.drain_timeout_seconds,
+        mirror: brokers.iter().any(|b| b.mirror),
         pdb,
         pdb_skipped,
         resources: spec.resources.clone(),

@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{child_meta, labels, selector_labels};
+use super::{child_meta, labels, mirror_lease_name, proxy_account_name, selector_labels};
 use crate::controller::validate::{brokers_secret_name, ValidatedProxy};
 use crate::crd::{AckPolicy, UpstreamClientIdPolicy};
 
@@ -73,8 +73,9 @@ pub fn build_deployment(v: &ValidatedProxy) -> Deployment {
                         }),
                         ..PodSecurityContext::default()
                     }),
-                    // The proxy needs no API access.
-                    automount_service_account_token: Some(false),
+                    // The proxy needs API access only to elect its mirroring pod.
+                    automount_service_account_token: Some(v.mirror),
+                    service_account_name: v.mirror.then(|| proxy_account_name(&v.name)),
                     // SIGTERM starts the drain; Kubernetes must not SIGKILL before it ends.
                     termination_grace_period_seconds: Some(
                         i64::from(v.drain_timeout_seconds) + GRACE_MARGIN_SECS,
@@ -208,6 +209,13 @@ fn env(v: &ValidatedProxy) -> Vec<EnvVar> {
             v.drain_timeout_seconds.to_string(),
         ),
     ];
+    if v.mirror {
+        env.push(plain("MQTT_PROXY_MIRROR_LEASE", mirror_lease_name(&v.name)));
+        env.push(plain(
+            "MQTT_PROXY_MIRROR_LEASE_NAMESPACE",
+            v.namespace.clone(),
+        ));
+    }
     if let Some(u) = &v.device_users {
         env.push(plain(
             "MQTT_PROXY_USERS_FILE",

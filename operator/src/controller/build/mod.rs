@@ -4,12 +4,14 @@
 
 mod deployment;
 mod pdb;
+mod rbac;
 mod secret;
 mod service;
 mod servicemonitor;
 
 pub use deployment::{build_deployment, BROKERS_DIR, BROKERS_FILE};
 pub use pdb::build_pdb;
+pub use rbac::{build_mirror_rbac, mirror_lease_name, proxy_account_name, MirrorRbac};
 pub use secret::{build_admin_secret, build_brokers_secret, BROKERS_KEY};
 pub use service::build_service;
 pub use servicemonitor::{build_service_monitor, service_monitor_resource};
@@ -36,6 +38,8 @@ pub struct Bundle {
     /// Operator-created admin token (None when the user gives one or web is disabled).
     pub admin_secret: Option<Secret>,
     pub brokers_secret: Secret,
+    /// The pods' ServiceAccount and Lease rights, only when the broker set mirrors.
+    pub mirror_rbac: Option<MirrorRbac>,
     pub deployment: Deployment,
     pub service: Service,
     /// None with one replica, or when the cluster has no `policy/v1`.
@@ -50,6 +54,7 @@ pub fn build(v: &ValidatedProxy) -> Bundle {
     Bundle {
         admin_secret: build_admin_secret(v),
         brokers_secret: build_brokers_secret(v),
+        mirror_rbac: build_mirror_rbac(v),
         deployment: build_deployment(v),
         service: build_service(v),
         pdb: build_pdb(v),
