@@ -1,0 +1,200 @@
+//! The operator's replica and device-user wiring end to end, against a real kube-apiserver:
+//! a device users Secret that is missing, then created (the Secret watch brings the proxy
+//! back to `ConfigApplied=True`) and mounted; per-pod client ids and the grace period in the
+//! Deployment; and, for a broker set that mirrors, the proxy pods' ServiceAccount whose Role
+//! is enough for the real `mqtt-proxy` binary, running as that ServiceAccount
+//! (impersonated), to take its mirror Lease and nothing more.
+//!
+//! Outside CI this skips (with a message) when `tests/k8s/apiserver.sh build` has not run.
+
+use anyhow::{ensure, Context, Result};
+use mqtt_proxy::broker::BrokerConfig;
+use mqtt_proxy::store::render_brokers_file;
+use mqtt_proxy_tests::k8s::operator::{apply_crds, operator, workspace_path, WAIT};
+use mqtt_proxy_tests::k8s::proxy_loop::ProxyProcess;
+use mqtt_proxy_tests::k8s::TestApiServer;
+use mqtt_proxy_tests::Mosquitto;
+use serde_json::Value;
+
+const NS: &str = "rep";
+const SA: &str = "system:serviceaccount:rep:factory-proxy";
+
+fn env_of<'a>(deployment: &'a Value, name: &str) -> Option<&'a Value> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+fn users_secret() -> Result<String> {
+    let hash = mqtt_proxy::auth::users::hash_password("sensor-pw")?;
+    let file = serde_json::json!({"users": {"sensor-1": {"password": hash}}}).to_string();
+    Ok(format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: device-users\n  namespace: {NS}\n\
+         stringData:\n  users.json: '{file}'\n"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_secret_and_mirror_lease_account_work_on_a_real_api_server() -> Result<()> {
+    let Some(api) = TestApiServer::start().await? else {
+        return Ok(());
+    };
+    let k = api.kubectl();
+    apply_crds(&api).await?;
+    k.create_namespace(NS).await?;
+    k.apply_path(&workspace_path("examples"), NS).await?;
+    k.run(
+        &[
+            "patch",
+            "mqb",
+            "edge",
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"mirror":true}}"#,
+        ],
+        None,
+    )
+    .await?;
+    k.run(
+        &[
+            "patch",
+            "mqp",
+            "factory",
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"deviceUsers":{"secretRef":{"name":"device-users"}}}}"#,
+        ],
+        None,
+    )
+    .await?;
+    let op = operator(&api, &["--namespace", NS])?;
+    let result = check(&api).await;
+    if result.is_err() {
+        eprintln!("{}", op.process.log_tail());
+    }
+    result
+}
+
+async fn check(api: &TestApiServer) -> Result<()> {
+    let k = api.kubectl();
+    let missing = k
+        .wait_condition("mqp", "factory", NS, ("Ready", "False"), WAIT)
+        .await?;
+    ensure!(missing["reason"] == "SecretNotFound", "{missing}");
+    ensure!(
+        missing["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("deviceUsers")),
+        "{missing}"
+    );
+    k.apply(&users_secret()?).await?;
+    k.wait_condition("mqp", "factory", NS, ("ConfigApplied", "True"), WAIT)
+        .await
+        .context("the users Secret's creation reached the proxy")?;
+
+    let d = k
+        .wait_for("deployment", "factory", NS, WAIT, |d| {
+            d.filter(|d| env_of(d, "MQTT_PROXY_USERS_FILE").is_some())
+                .cloned()
+        })
+        .await?;
+    let pod = &d["spec"]["template"]["spec"];
+    ensure!(env_of(&d, "MQTT_PROXY_USERS_FILE")
+        .is_some_and(|e| e["value"] == "/etc/mqtt-proxy-users/users.json"));
+    ensure!(env_of(&d, "MQTT_PROXY_UPSTREAM_CLIENT_ID").is_some_and(|e| e["value"] == "instance"));
+    ensure!(env_of(&d, "MQTT_PROXY_MIRROR_LEASE").is_some_and(|e| e["value"] == "factory-mirror"));
+    ensure!(pod["terminationGracePeriodSeconds"] == 15, "{pod}");
+    ensure!(pod["serviceAccountName"] == "factory-proxy", "{pod}");
+
+    // The Role lets the pods take their own Lease and nothing else.
+    k.wait_for("rolebinding", "factory-proxy", NS, WAIT, |r| r.map(|_| ()))
+        .await?;
+    ensure!(k.can_i(SA, "create", "leases", NS).await?);
+    ensure!(k.can_i(SA, "update", "leases/factory-mirror", NS).await?);
+    ensure!(
+        !k.can_i(SA, "update", "leases/mqtt-proxy-operator", NS)
+            .await?
+    );
+    ensure!(!k.can_i(SA, "get", "secrets", NS).await?);
+
+    // The real proxy, as that ServiceAccount, takes the Lease the operator named.
+    let kubeconfig = std::fs::read_to_string(api.kubeconfig())?;
+    let token_line = kubeconfig
+        .lines()
+        .find(|l| l.trim_start().starts_with("token:"))
+        .context("token in kubeconfig")?;
+    let as_sa = kubeconfig.replace(token_line, &format!("{token_line}\n    as: {SA}"));
+    let dir = tempfile::tempdir()?;
+    let sa_kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&sa_kubeconfig, as_sa)?;
+    let src = Mosquitto::start().await?;
+    let mut source = BrokerConfig::new("src", "127.0.0.1", src.port());
+    source.bidirectional = true;
+    source.mirror = true;
+    source.subscription_topics = vec!["m/#".into()];
+    let file = dir.path().join("brokers.yaml");
+    std::fs::write(&file, render_brokers_file(&[source])?)?;
+    let kc = sa_kubeconfig.to_str().context("path")?;
+    let proxy = ProxyProcess::start_with(
+        &file,
+        &[
+            "--instance-id",
+            "factory-pod-1",
+            "--mirror-lease",
+            "factory-mirror",
+            "--mirror-lease-namespace",
+            NS,
+        ],
+        &[("KUBECONFIG", kc)],
+    )
+    .await?;
+    let held = k
+        .wait_for("lease", "factory-mirror", NS, WAIT, |l| {
+            (l?["spec"]["holderIdentity"] == "factory-pod-1").then_some(())
+        })
+        .await;
+    ensure!(
+        held.is_ok(),
+        "the proxy did not take its Lease as {SA}: {held:?}\n{}",
+        proxy.process.log_tail()
+    );
+    ensure!(
+        !proxy.process.log().contains("forbidden"),
+        "{}",
+        proxy.process.log_tail()
+    );
+
+    // Control: the namespace's `default` ServiceAccount, impersonated the same way, is
+    // refused; so the proxy above really ran with the operator's Role, not as admin.
+    let as_default = kubeconfig.replace(
+        token_line,
+        &format!("{token_line}\n    as: system:serviceaccount:{NS}:default"),
+    );
+    let default_kubeconfig = dir.path().join("kubeconfig-default");
+    std::fs::write(&default_kubeconfig, as_default)?;
+    let kc = default_kubeconfig.to_str().context("path")?;
+    let mut refused = ProxyProcess::start_with(
+        &file,
+        &[
+            "--instance-id",
+            "intruder",
+            "--mirror-lease",
+            "factory-mirror",
+            "--mirror-lease-namespace",
+            NS,
+        ],
+        &[("KUBECONFIG", kc)],
+    )
+    .await?;
+    refused
+        .process
+        .wait_log("forbidden", WAIT)
+        .await
+        .context("the default ServiceAccount must be refused the Lease")?;
+    Ok(())
+}
