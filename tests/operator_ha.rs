@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use mqtt_proxy_tests::k8s::operator::{apply_crds, operator, workspace_path, Operator, WAIT};
+use mqtt_proxy_tests::k8s::operator::{examples_cluster, operator, Operator, WAIT};
 use mqtt_proxy_tests::k8s::TestApiServer;
 use mqtt_proxy_tests::wait_until;
 
@@ -86,20 +86,8 @@ fn gauge(op: &Operator, name: &str) -> Result<f64> {
 /// Sets `spec.replicas` and waits until the Deployment follows (a reconcile by the leader).
 async fn scale_and_wait(api: &TestApiServer, replicas: u32) -> Result<()> {
     let k = api.kubectl();
-    k.run(
-        &[
-            "patch",
-            "mqp",
-            "factory",
-            "-n",
-            NS,
-            "--type=merge",
-            "-p",
-            &format!(r#"{{"spec":{{"replicas":{replicas}}}}}"#),
-        ],
-        None,
-    )
-    .await?;
+    let patch = format!(r#"{{"spec":{{"replicas":{replicas}}}}}"#);
+    k.merge_patch("mqp", "factory", NS, &patch).await?;
     k.wait_for("deployment", "factory", NS, WAIT, |d| {
         (d?["spec"]["replicas"].as_u64()? == u64::from(replicas)).then_some(())
     })
@@ -120,13 +108,10 @@ async fn lease_holder(api: &TestApiServer) -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_reconciles_and_a_standby_takes_over_when_it_stops() -> Result<()> {
-    let Some(api) = TestApiServer::start().await? else {
+    let Some(api) = examples_cluster(NS).await? else {
         return Ok(());
     };
     let k = api.kubectl();
-    apply_crds(&api).await?;
-    k.create_namespace(NS).await?;
-    k.apply_path(&workspace_path("examples"), NS).await?;
 
     let mut a = start(&api)?;
     let a_id = wait_leader(&mut a, WAIT).await?;

@@ -7,10 +7,12 @@
 //!
 //! Outside CI this skips (with a message) when `tests/k8s/apiserver.sh build` has not run.
 
+use std::path::Path;
+
 use anyhow::{ensure, Context, Result};
 use mqtt_proxy::broker::BrokerConfig;
 use mqtt_proxy::store::render_brokers_file;
-use mqtt_proxy_tests::k8s::operator::{apply_crds, operator, workspace_path, WAIT};
+use mqtt_proxy_tests::k8s::operator::{examples_cluster, operator, WAIT};
 use mqtt_proxy_tests::k8s::proxy_loop::ProxyProcess;
 use mqtt_proxy_tests::k8s::TestApiServer;
 use mqtt_proxy_tests::Mosquitto;
@@ -26,6 +28,20 @@ fn env_of<'a>(deployment: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|e| e["name"] == name)
 }
 
+/// The real proxy on `file`, competing for `factory-mirror` as `id` with `kubeconfig`.
+async fn lease_proxy(file: &Path, id: &str, kubeconfig: &Path) -> Result<ProxyProcess> {
+    let kc = kubeconfig.to_str().context("kubeconfig path")?;
+    let args = [
+        "--instance-id",
+        id,
+        "--mirror-lease",
+        "factory-mirror",
+        "--mirror-lease-namespace",
+        NS,
+    ];
+    ProxyProcess::start_with(file, &args, &[("KUBECONFIG", kc)]).await
+}
+
 fn users_secret() -> Result<String> {
     let hash = mqtt_proxy::auth::users::hash_password("sensor-pw")?;
     let file = serde_json::json!({"users": {"sensor-1": {"password": hash}}}).to_string();
@@ -37,39 +53,17 @@ fn users_secret() -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_secret_and_mirror_lease_account_work_on_a_real_api_server() -> Result<()> {
-    let Some(api) = TestApiServer::start().await? else {
+    let Some(api) = examples_cluster(NS).await? else {
         return Ok(());
     };
     let k = api.kubectl();
-    apply_crds(&api).await?;
-    k.create_namespace(NS).await?;
-    k.apply_path(&workspace_path("examples"), NS).await?;
-    k.run(
-        &[
-            "patch",
-            "mqb",
-            "edge",
-            "-n",
-            NS,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"mirror":true}}"#,
-        ],
-        None,
-    )
-    .await?;
-    k.run(
-        &[
-            "patch",
-            "mqp",
-            "factory",
-            "-n",
-            NS,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"deviceUsers":{"secretRef":{"name":"device-users"}}}}"#,
-        ],
-        None,
+    k.merge_patch("mqb", "edge", NS, r#"{"spec":{"mirror":true}}"#)
+        .await?;
+    k.merge_patch(
+        "mqp",
+        "factory",
+        NS,
+        r#"{"spec":{"deviceUsers":{"secretRef":{"name":"device-users"}}}}"#,
     )
     .await?;
     let op = operator(&api, &["--namespace", NS])?;
@@ -139,20 +133,7 @@ async fn check(api: &TestApiServer) -> Result<()> {
     source.subscription_topics = vec!["m/#".into()];
     let file = dir.path().join("brokers.yaml");
     std::fs::write(&file, render_brokers_file(&[source])?)?;
-    let kc = sa_kubeconfig.to_str().context("path")?;
-    let proxy = ProxyProcess::start_with(
-        &file,
-        &[
-            "--instance-id",
-            "factory-pod-1",
-            "--mirror-lease",
-            "factory-mirror",
-            "--mirror-lease-namespace",
-            NS,
-        ],
-        &[("KUBECONFIG", kc)],
-    )
-    .await?;
+    let proxy = lease_proxy(&file, "factory-pod-1", &sa_kubeconfig).await?;
     let held = k
         .wait_for("lease", "factory-mirror", NS, WAIT, |l| {
             (l?["spec"]["holderIdentity"] == "factory-pod-1").then_some(())
@@ -177,20 +158,7 @@ async fn check(api: &TestApiServer) -> Result<()> {
     );
     let default_kubeconfig = dir.path().join("kubeconfig-default");
     std::fs::write(&default_kubeconfig, as_default)?;
-    let kc = default_kubeconfig.to_str().context("path")?;
-    let mut refused = ProxyProcess::start_with(
-        &file,
-        &[
-            "--instance-id",
-            "intruder",
-            "--mirror-lease",
-            "factory-mirror",
-            "--mirror-lease-namespace",
-            NS,
-        ],
-        &[("KUBECONFIG", kc)],
-    )
-    .await?;
+    let mut refused = lease_proxy(&file, "intruder", &default_kubeconfig).await?;
     refused
         .process
         .wait_log("forbidden", WAIT)

@@ -218,30 +218,39 @@ async fn missing_secret_writes_ready_false_and_applies_nothing() {
 
 #[tokio::test]
 async fn service_monitor_is_skipped_with_a_reason_when_its_api_group_is_missing() {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (ctx, _w) = make_ctx(Client::new(svc, "default"));
     let mut script = happy_script(true);
     script[4].2 = Reply::PlainNotFound;
     script.remove(11); // no ServiceMonitor apply
-    let task = serve(handle, script);
-    reconcile(Arc::new(common::proxy()), ctx)
-        .await
-        .expect("reconciles");
-    let seen = finish(task).await;
-    let conds = seen[11].body["status"]["conditions"]
-        .as_array()
-        .expect("conditions")
-        .clone();
-    let degraded = conds
-        .iter()
-        .find(|c| c["type"] == "Degraded")
-        .expect("Degraded");
+    let seen = reconcile_fixture(script).await;
+    let degraded = degraded_of(&seen[11].body);
     assert_eq!(degraded["status"], "True");
     assert_eq!(degraded["reason"], "ServiceMonitorSkipped");
     assert!(degraded["message"]
         .as_str()
         .expect("message")
         .contains("no monitoring.coreos.com/v1 ServiceMonitor CRD"));
+}
+
+/// Runs one reconcile of the fixture proxy against `script`; returns the calls seen.
+async fn reconcile_fixture(script: Vec<(&'static str, String, Reply)>) -> Vec<Seen> {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (ctx, _w) = make_ctx(Client::new(svc, "default"));
+    let task = serve(handle, script);
+    reconcile(Arc::new(common::proxy()), ctx)
+        .await
+        .expect("reconciles");
+    finish(task).await
+}
+
+/// The `Degraded` condition of a status write's body.
+fn degraded_of(body: &Value) -> Value {
+    body["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .cloned()
+        .expect("Degraded")
 }
 
 #[tokio::test]
@@ -277,27 +286,14 @@ async fn disabling_the_service_monitor_deletes_the_one_this_proxy_owns() {
 /// then get no PodDisruptionBudget, and `Degraded` says why.
 #[tokio::test]
 async fn pdb_is_skipped_with_a_reason_without_policy_v1() {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (ctx, _w) = make_ctx(Client::new(svc, "default"));
     let mut script = happy_script(true);
     script[5].2 = Reply::PlainNotFound;
     script.remove(10); // no PodDisruptionBudget apply
-    let task = serve(handle, script);
-    reconcile(Arc::new(common::proxy()), ctx)
-        .await
-        .expect("reconciles");
-    let seen = finish(task).await;
+    let seen = reconcile_fixture(script).await;
     assert!(seen
         .iter()
         .all(|s| !s.path.contains("poddisruptionbudgets")));
-    let conds = seen[11].body["status"]["conditions"]
-        .as_array()
-        .expect("conditions")
-        .clone();
-    let degraded = conds
-        .iter()
-        .find(|c| c["type"] == "Degraded")
-        .expect("Degraded");
+    let degraded = degraded_of(&seen[11].body);
     assert_eq!(degraded["status"], "True");
     assert_eq!(degraded["reason"], "PodDisruptionBudgetSkipped");
 }
