@@ -3,7 +3,8 @@
 //! back to `ConfigApplied=True`) and mounted; per-pod client ids and the grace period in the
 //! Deployment; and, for a broker set that mirrors, the proxy pods' ServiceAccount whose Role
 //! is enough for the real `mqtt-proxy` binary, running as that ServiceAccount
-//! (impersonated), to take its mirror Lease and nothing more.
+//! (impersonated), to take its mirror Lease and nothing more; and the users Secret, mounted
+//! the way the kubelet does, logging devices into the real proxy and hot-reloaded.
 //!
 //! Outside CI this skips (with a message) when `tests/k8s/apiserver.sh build` has not run.
 
@@ -12,10 +13,11 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use mqtt_proxy::broker::BrokerConfig;
 use mqtt_proxy::store::render_brokers_file;
+use mqtt_proxy_tests::k8s::kubelet::{secret_data, SecretDir};
 use mqtt_proxy_tests::k8s::operator::{examples_cluster, operator, WAIT};
 use mqtt_proxy_tests::k8s::proxy_loop::ProxyProcess;
 use mqtt_proxy_tests::k8s::TestApiServer;
-use mqtt_proxy_tests::Mosquitto;
+use mqtt_proxy_tests::{Mosquitto, Publisher};
 use serde_json::Value;
 
 const NS: &str = "rep";
@@ -42,13 +44,76 @@ async fn lease_proxy(file: &Path, id: &str, kubeconfig: &Path) -> Result<ProxyPr
     ProxyProcess::start_with(file, &args, &[("KUBECONFIG", kc)]).await
 }
 
-fn users_secret() -> Result<String> {
-    let hash = mqtt_proxy::auth::users::hash_password("sensor-pw")?;
-    let file = serde_json::json!({"users": {"sensor-1": {"password": hash}}}).to_string();
+fn users_secret(users: &[(&str, &str)]) -> Result<String> {
+    let mut map = serde_json::Map::new();
+    for (name, password) in users {
+        let hash = mqtt_proxy::auth::users::hash_password(password)?;
+        map.insert((*name).into(), serde_json::json!({ "password": hash }));
+    }
+    let file = serde_json::json!({ "users": map }).to_string();
     Ok(format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: device-users\n  namespace: {NS}\n\
          stringData:\n  users.json: '{file}'\n"
     ))
+}
+
+/// Whether `user`/`password` gets a CONNACK from the proxy on `port`.
+async fn logs_in(port: u16, user: &str, password: &str) -> bool {
+    Publisher::builder(port)
+        .credentials(user, password)
+        .connect()
+        .await
+        .is_ok()
+}
+
+/// The users Secret as the kubelet mounts it drives the real proxy's `--users-file`; a
+/// user added to the Secret can log in without a restart.
+async fn users_reach_the_proxy(api: &TestApiServer, dir: &Path) -> Result<()> {
+    let k = api.kubectl();
+    let read = || async {
+        let secret = k.get_json("secret", "device-users", NS).await?;
+        secret_data(&secret.context("device-users exists")?)
+    };
+    let mount = dir.join("users-volume");
+    std::fs::create_dir_all(&mount)?;
+    let mut volume = SecretDir::create(&mount, &read().await?)?;
+    let broker = Mosquitto::start().await?;
+    let file = dir.join("users-brokers.yaml");
+    let config = BrokerConfig::new("b", "127.0.0.1", broker.port());
+    std::fs::write(&file, render_brokers_file(&[config])?)?;
+    let users_file = volume.path().join("users.json");
+    let users_arg = users_file.to_str().context("path")?;
+    let proxy = ProxyProcess::start_with(&file, &["--users-file", users_arg], &[]).await?;
+    ensure!(
+        logs_in(proxy.port, "sensor-1", "sensor-pw").await,
+        "sensor-1 refused\n{}",
+        proxy.process.log_tail()
+    );
+    ensure!(
+        !logs_in(proxy.port, "sensor-1", "wrong").await,
+        "a wrong password got in"
+    );
+    ensure!(
+        !logs_in(proxy.port, "sensor-2", "second-pw").await,
+        "sensor-2 exists too early"
+    );
+
+    k.apply(&users_secret(&[
+        ("sensor-1", "sensor-pw"),
+        ("sensor-2", "second-pw"),
+    ])?)
+    .await?;
+    volume.update(&read().await?)?;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !logs_in(proxy.port, "sensor-2", "second-pw").await {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the proxy never reloaded the users Secret\n{}",
+            proxy.process.log_tail()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +151,8 @@ async fn check(api: &TestApiServer) -> Result<()> {
             .is_some_and(|m| m.contains("deviceUsers")),
         "{missing}"
     );
-    k.apply(&users_secret()?).await?;
+    k.apply(&users_secret(&[("sensor-1", "sensor-pw")])?)
+        .await?;
     k.wait_condition("mqp", "factory", NS, ("ConfigApplied", "True"), WAIT)
         .await
         .context("the users Secret's creation reached the proxy")?;
@@ -164,5 +230,5 @@ async fn check(api: &TestApiServer) -> Result<()> {
         .wait_log("forbidden", WAIT)
         .await
         .context("the default ServiceAccount must be refused the Lease")?;
-    Ok(())
+    users_reach_the_proxy(api, dir.path()).await
 }

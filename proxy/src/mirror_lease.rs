@@ -18,6 +18,9 @@ use tracing::{info, warn};
 
 use crate::lease::{Elector, Timing};
 
+/// How long a shutdown waits to release the Lease.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What `--mirror-lease` configures.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MirrorLease {
@@ -91,7 +94,14 @@ impl MirrorGate {
     pub async fn release(self) {
         if let Some(task) = self.task {
             if let Ok(Some(elector)) = task.await {
-                elector.release().await;
+                // Bounded: a dead API server must not eat the pod's grace period (the
+                // Lease then simply expires).
+                if tokio::time::timeout(RELEASE_TIMEOUT, elector.release())
+                    .await
+                    .is_err()
+                {
+                    warn!("mirror Lease: release timed out; it expires by itself");
+                }
                 LEADER.set(0);
             }
         }
