@@ -32,9 +32,9 @@ pub const BROKERS_FILE: &str = "/etc/mqtt-proxy/brokers.yaml";
 /// mount inside the read-only brokers volume would need a mount point there).
 pub const USERS_DIR: &str = "/etc/mqtt-proxy-users";
 /// What a stopping pod needs beyond the upstream drain. On SIGTERM the proxy stops
-/// accepting and drains device sessions and their upstreams, bounded by the drain timeout
-/// + 2 s, mirror sessions close alongside, then the mirror Lease is released (bounded by
-/// 2 s): 10 s leave room for that and for the kubelet's own latency.
+/// accepting and drains device sessions and their upstreams (bounded by the drain timeout
+/// plus 2 s), mirror sessions close alongside, then the mirror Lease is released (bounded
+/// by 2 s): 10 s leave room for that and for the kubelet's own latency.
 pub const GRACE_MARGIN_SECS: i64 = 10;
 /// The proxy image's non-root user (Dockerfile).
 const UID: i64 = 10001;
