@@ -416,3 +416,38 @@ fn rbac_md_parses() {
         .iter()
         .any(|(g, r, v)| g.is_empty() && r == "secrets" && v.contains(&"watch".to_string())));
 }
+
+/// A broker set that mirrors: the pods' ServiceAccount, Role and RoleBinding are applied
+/// after the rendered Secret and before the Deployment that names the account, each call
+/// listed in RBAC.md (`finish` checks).
+#[tokio::test]
+async fn a_mirroring_broker_set_applies_the_pods_lease_account_first() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (ctx, mut writer) = make_ctx(Client::new(svc, "default"));
+    let mut edge = common::brokers()
+        .into_iter()
+        .find(|b| b.metadata.name.as_deref() == Some("edge"))
+        .map(|b| (*b).clone())
+        .expect("edge");
+    edge.spec.mirror = true;
+    writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(edge));
+    let mut script = happy_script(true);
+    let ns = "/namespaces/plant";
+    for (i, path) in [
+        format!("/api/v1{ns}/serviceaccounts/factory-proxy"),
+        format!("/apis/rbac.authorization.k8s.io/v1{ns}/roles/factory-proxy"),
+        format!("/apis/rbac.authorization.k8s.io/v1{ns}/rolebindings/factory-proxy"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        script.insert(8 + i, ("PATCH", path, Reply::Echo));
+    }
+    let task = serve(handle, script);
+    reconcile(Arc::new(common::proxy()), ctx)
+        .await
+        .expect("reconciles");
+    let seen = finish(task).await;
+    let pod = &seen[11].body["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "factory-proxy");
+}
