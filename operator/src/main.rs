@@ -17,7 +17,7 @@ use futures_util::future::FutureExt;
 use kube::api::ListParams;
 use kube::{Api, Client, CustomResourceExt};
 use mqtt_proxy_operator::crd::{MqttBroker, MqttProxy};
-use mqtt_proxy_operator::leader::Elector;
+use mqtt_proxy_operator::leader::{Elector, Timing, LEASE_NAME};
 use mqtt_proxy_operator::metrics::Metrics;
 use tracing::info;
 
@@ -55,6 +55,28 @@ struct Args {
     /// Namespace of that Lease [default: --namespace, else the pod's own namespace]
     #[arg(long, env = "MQTT_PROXY_OPERATOR_LEADER_ELECTION_NAMESPACE")]
     leader_election_namespace: Option<String>,
+    /// Seconds a leader that stopped renewing keeps the Lease
+    #[arg(
+        long,
+        env = "MQTT_PROXY_OPERATOR_LEADER_LEASE_SECS",
+        default_value_t = 15
+    )]
+    leader_lease_secs: u64,
+    /// Seconds the leader may fail to renew before it stops reconciling (less than the
+    /// lease, so it stops before another replica can take over)
+    #[arg(
+        long,
+        env = "MQTT_PROXY_OPERATOR_LEADER_RENEW_DEADLINE_SECS",
+        default_value_t = 10
+    )]
+    leader_renew_deadline_secs: u64,
+    /// Seconds between renewals by the leader and attempts by a standby
+    #[arg(
+        long,
+        env = "MQTT_PROXY_OPERATOR_LEADER_RETRY_SECS",
+        default_value_t = 2
+    )]
+    leader_retry_secs: u64,
     #[command(flatten)]
     webhook: WebhookArgs,
 }
@@ -88,6 +110,7 @@ struct WebhookArgs {
 
 struct Health {
     metrics: Arc<Metrics>,
+    elector: Option<Elector>,
     ready: AtomicBool,
     running: AtomicBool,
     /// Waiting for the Lease: ready too, or a rolling update would wait forever for a new
@@ -115,9 +138,28 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting to Kubernetes (in-cluster or KUBECONFIG)")?;
     check_crds(&client, namespace.as_deref()).await?;
 
+    if args.leader_renew_deadline_secs >= args.leader_lease_secs || args.leader_retry_secs == 0 {
+        bail!("leader election: need 0 < --leader-retry-secs and --leader-renew-deadline-secs < --leader-lease-secs");
+    }
+    let timing = Timing {
+        lease: Duration::from_secs(args.leader_lease_secs),
+        renew_deadline: Duration::from_secs(args.leader_renew_deadline_secs),
+        retry: Duration::from_secs(args.leader_retry_secs),
+    };
+    let elector = if args.leader_elect {
+        Some(elector(
+            &client,
+            args.leader_election_namespace,
+            namespace.as_deref(),
+            timing,
+        ))
+    } else {
+        None
+    };
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health {
         metrics: metrics.clone(),
+        elector: elector.clone(),
         ready: AtomicBool::new(false),
         running: AtomicBool::new(true),
         standby: AtomicBool::new(false),
@@ -148,20 +190,12 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
-    let elector = if args.leader_elect {
-        Some(elector(
-            &client,
-            args.leader_election_namespace,
-            namespace.as_deref(),
-        ))
-    } else {
-        None
-    };
     let lost = Arc::new(AtomicBool::new(false));
     let (leading_tx, leading_rx) = tokio::sync::watch::channel(false);
     // Stop on SIGTERM, or when the Lease is lost (another replica reconciles now).
     let stop = {
         let (signal, elector, lost) = (signal.clone(), elector.clone(), lost.clone());
+        let metrics_for_stop = metrics.clone();
         let mut leading = leading_rx;
         async move {
             let held = async {
@@ -172,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
                         }
                         e.hold().await;
                         lost.store(true, Ordering::Relaxed);
+                        metrics_for_stop.leader.set(0);
                     }
                     None => std::future::pending().await,
                 }
@@ -202,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
             health.standby.store(false, Ordering::Relaxed);
             let _ = leading_tx.send(true);
         }
+        health.metrics.leader.set(1);
         mqtt_proxy_operator::controller::run(
             client,
             namespace,
@@ -218,6 +254,7 @@ async fn main() -> anyhow::Result<()> {
     let (served, ()) = tokio::join!(server, async {
         work.await;
         health.running.store(false, Ordering::Relaxed);
+        health.metrics.leader.set(0);
     });
     if let Some(e) = &elector {
         if lost.load(Ordering::Relaxed) {
@@ -238,13 +275,22 @@ async fn healthz(State(h): State<Arc<Health>>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn readyz(State(h): State<Arc<Health>>) -> (StatusCode, &'static str) {
+/// Ready, and which role: `leader <identity>` or `standby, lease held by <holder>`.
+async fn readyz(State(h): State<Arc<Health>>) -> (StatusCode, String) {
     if h.standby.load(Ordering::Relaxed) {
-        (StatusCode::OK, "standby: waiting for the leader lease\n")
+        let holder = h.elector.as_ref().and_then(Elector::holder);
+        let holder = holder.as_deref().unwrap_or("nobody (taking it over)");
+        (StatusCode::OK, format!("standby: lease held by {holder}\n"))
     } else if h.ready.load(Ordering::Relaxed) && h.running.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
+        match &h.elector {
+            Some(e) => (StatusCode::OK, format!("ready: leader {}\n", e.identity)),
+            None => (StatusCode::OK, "ready\n".into()),
+        }
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "caches not synced\n".into(),
+        )
     }
 }
 
@@ -282,19 +328,29 @@ fn own_namespace() -> Option<String> {
 
 /// The Lease lives in `--leader-election-namespace`, else the watched namespace, else the
 /// pod's own (service account) namespace, else `default`.
-fn elector(client: &Client, lease_ns: Option<String>, watched: Option<&str>) -> Elector {
+fn elector(
+    client: &Client,
+    lease_ns: Option<String>,
+    watched: Option<&str>,
+    timing: Timing,
+) -> Elector {
+    let pod_ns = || {
+        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
     let ns = lease_ns
         .filter(|n| !n.is_empty())
         .or_else(|| watched.map(String::from))
         .or_else(own_namespace)
         .unwrap_or_else(|| "default".into());
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "mqtt-proxy-operator".into());
-    Elector {
-        api: Api::namespaced(client.clone(), &ns),
-        identity: format!("{host}_{}", std::process::id()),
-        lease: Duration::from_secs(15),
-        renew: Duration::from_secs(5),
-    }
+    Elector::new(
+        Api::namespaced(client.clone(), &ns),
+        LEASE_NAME,
+        format!("{host}_{}", std::process::id()),
+        timing,
+    )
 }
 
 /// Fails with what to do when a CRD is not installed (404 on its list endpoint).

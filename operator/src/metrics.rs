@@ -1,7 +1,10 @@
 //! The operator's Prometheus metrics (`mqtt_proxy_operator_*`), served on `/metrics`.
-//! Labels are bounded: the controller (two values) and an error reason (a fixed set).
+//! Labels are bounded: the controller (two values: the resource kind it reconciles), an
+//! error reason (a fixed set) and a watched kind (a fixed set).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -10,6 +13,10 @@ pub struct Metrics {
     /// Failed or invalid reconciliations by controller and reason.
     pub errors: IntCounterVec,
     pub duration: HistogramVec,
+    /// 1 while this process holds the leader Lease (or runs without leader election).
+    pub leader: IntGauge,
+    /// Objects in the reflector stores, by kind (`MqttProxy`, `MqttBroker`).
+    pub watched: IntGaugeVec,
 }
 
 impl Metrics {
@@ -42,10 +49,25 @@ impl Metrics {
             &["controller"],
         )
         .expect("valid metric");
+        let leader = IntGauge::new(
+            "mqtt_proxy_operator_leader",
+            "1 while this operator holds the leader Lease and reconciles, 0 on standby",
+        )
+        .expect("valid metric");
+        let watched = IntGaugeVec::new(
+            Opts::new(
+                "mqtt_proxy_operator_watched_objects",
+                "Objects the operator watches, by kind",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciliations.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
             Box::new(duration.clone()),
+            Box::new(leader.clone()),
+            Box::new(watched.clone()),
         ] {
             registry.register(c).expect("registered once");
         }
@@ -54,7 +76,16 @@ impl Metrics {
             reconciliations,
             errors,
             duration,
+            leader,
+            watched,
         }
+    }
+
+    /// Sets the watched-object count of `kind`.
+    pub fn watching(&self, kind: &str, n: usize) {
+        self.watched
+            .with_label_values(&[kind])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Counts one reconciliation of `controller`; the guard observes its duration on drop.

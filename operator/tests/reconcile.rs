@@ -42,6 +42,11 @@ fn happy_script(status_write: bool) -> Vec<(&'static str, String, Reply)> {
             "/apis/monitoring.coreos.com/v1".into(),
             Reply::Json(discovery()),
         ),
+        (
+            "GET",
+            "/apis/policy/v1".into(),
+            Reply::Json(pdb_discovery()),
+        ),
         ("PATCH", format!("{SECRETS}/factory-admin"), Reply::Echo),
         ("PATCH", format!("{SECRETS}/factory-brokers"), Reply::Echo),
         (
@@ -52,6 +57,11 @@ fn happy_script(status_write: bool) -> Vec<(&'static str, String, Reply)> {
         (
             "PATCH",
             "/api/v1/namespaces/plant/services/factory".into(),
+            Reply::Echo,
+        ),
+        (
+            "PATCH",
+            "/apis/policy/v1/namespaces/plant/poddisruptionbudgets/factory".into(),
             Reply::Echo,
         ),
         (
@@ -81,10 +91,11 @@ async fn reconcile_applies_children_in_order_then_status() {
     assert_eq!(action, Action::requeue(RESYNC));
     let seen = finish(task).await;
 
-    let brokers = &seen[6].body;
+    let brokers = &seen[7].body;
     assert_eq!(brokers["kind"], "Secret");
     assert!(brokers["data"]["brokers.yaml"].is_string());
-    let status = &seen[10].body;
+    assert_eq!(seen[10].body["kind"], "PodDisruptionBudget");
+    let status = &seen[12].body;
     assert_eq!(status["apiVersion"], "mqttproxy.io/v1alpha1");
     assert_eq!(status["kind"], "MqttProxy");
     let st = &status["status"];
@@ -171,6 +182,11 @@ async fn missing_secret_writes_ready_false_and_applies_nothing() {
             Reply::Json(discovery()),
         ),
         (
+            "GET",
+            "/apis/policy/v1".into(),
+            Reply::Json(pdb_discovery()),
+        ),
+        (
             "PATCH",
             "/apis/mqttproxy.io/v1alpha1/namespaces/plant/mqttproxies/factory/status".into(),
             Reply::Json(proxy_with_status(&json!({"status": {}}))),
@@ -186,7 +202,7 @@ async fn missing_secret_writes_ready_false_and_applies_nothing() {
         "no requeue storm on a permanent error"
     );
     let seen = finish(task).await;
-    let st = &seen[5].body["status"];
+    let st = &seen[6].body["status"];
     let conds = st["conditions"].as_array().expect("conditions");
     let ready = conds.iter().find(|c| c["type"] == "Ready").expect("Ready");
     assert_eq!(ready["status"], "False");
@@ -204,30 +220,39 @@ async fn missing_secret_writes_ready_false_and_applies_nothing() {
 
 #[tokio::test]
 async fn service_monitor_is_skipped_with_a_reason_when_its_api_group_is_missing() {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (ctx, _w) = make_ctx(Client::new(svc, "default"));
     let mut script = happy_script(true);
     script[4].2 = Reply::PlainNotFound;
-    script.remove(9); // no ServiceMonitor apply
-    let task = serve(handle, script);
-    reconcile(Arc::new(common::proxy()), ctx)
-        .await
-        .expect("reconciles");
-    let seen = finish(task).await;
-    let conds = seen[9].body["status"]["conditions"]
-        .as_array()
-        .expect("conditions")
-        .clone();
-    let degraded = conds
-        .iter()
-        .find(|c| c["type"] == "Degraded")
-        .expect("Degraded");
+    script.remove(11); // no ServiceMonitor apply
+    let seen = reconcile_fixture(script).await;
+    let degraded = degraded_of(&seen[11].body);
     assert_eq!(degraded["status"], "True");
     assert_eq!(degraded["reason"], "ServiceMonitorSkipped");
     assert!(degraded["message"]
         .as_str()
         .expect("message")
         .contains("no monitoring.coreos.com/v1 ServiceMonitor CRD"));
+}
+
+/// Runs one reconcile of the fixture proxy against `script`; returns the calls seen.
+async fn reconcile_fixture(script: Vec<(&'static str, String, Reply)>) -> Vec<Seen> {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (ctx, _w) = make_ctx(Client::new(svc, "default"));
+    let task = serve(handle, script);
+    reconcile(Arc::new(common::proxy()), ctx)
+        .await
+        .expect("reconciles");
+    finish(task).await
+}
+
+/// The `Degraded` condition of a status write's body.
+fn degraded_of(body: &Value) -> Value {
+    body["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .cloned()
+        .expect("Degraded")
 }
 
 #[tokio::test]
@@ -243,10 +268,10 @@ async fn disabling_the_service_monitor_deletes_the_one_this_proxy_owns() {
             "uid": "0b7e4a52-6a51-4c1e-9a33-7f3f6a0c2e11", "controller": true}]},
         "spec": {}});
     let mut script = happy_script(true);
-    script.remove(9); // no ServiceMonitor apply...
-    script.insert(9, ("GET", sm_path.into(), Reply::Json(owned)));
+    script.remove(11); // no ServiceMonitor apply...
+    script.insert(11, ("GET", sm_path.into(), Reply::Json(owned)));
     script.insert(
-        10,
+        12,
         (
             "DELETE",
             sm_path.into(),
@@ -256,7 +281,23 @@ async fn disabling_the_service_monitor_deletes_the_one_this_proxy_owns() {
     let task = serve(handle, script);
     reconcile(Arc::new(proxy), ctx).await.expect("reconciles");
     let seen = finish(task).await;
-    assert_eq!(seen[10].method, "DELETE");
+    assert_eq!(seen[12].method, "DELETE");
+}
+
+/// The 1.20 test API server (and any cluster before 1.21) has no `policy/v1`: two replicas
+/// then get no PodDisruptionBudget, and `Degraded` says why.
+#[tokio::test]
+async fn pdb_is_skipped_with_a_reason_without_policy_v1() {
+    let mut script = happy_script(true);
+    script[5].2 = Reply::PlainNotFound;
+    script.remove(10); // no PodDisruptionBudget apply
+    let seen = reconcile_fixture(script).await;
+    assert!(seen
+        .iter()
+        .all(|s| !s.path.contains("poddisruptionbudgets")));
+    let degraded = degraded_of(&seen[11].body);
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "PodDisruptionBudgetSkipped");
 }
 
 #[tokio::test]
@@ -376,4 +417,39 @@ fn rbac_md_parses() {
     assert!(rows
         .iter()
         .any(|(g, r, v)| g.is_empty() && r == "secrets" && v.contains(&"watch".to_string())));
+}
+
+/// A broker set that mirrors: the pods' ServiceAccount, Role and RoleBinding are applied
+/// after the rendered Secret and before the Deployment that names the account, each call
+/// listed in RBAC.md (`finish` checks).
+#[tokio::test]
+async fn a_mirroring_broker_set_applies_the_pods_lease_account_first() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (ctx, mut writer) = make_ctx(Client::new(svc, "default"));
+    let mut edge = common::brokers()
+        .into_iter()
+        .find(|b| b.metadata.name.as_deref() == Some("edge"))
+        .map(|b| (*b).clone())
+        .expect("edge");
+    edge.spec.mirror = true;
+    writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(edge));
+    let mut script = happy_script(true);
+    let ns = "/namespaces/plant";
+    for (i, path) in [
+        format!("/api/v1{ns}/serviceaccounts/factory-proxy"),
+        format!("/apis/rbac.authorization.k8s.io/v1{ns}/roles/factory-proxy"),
+        format!("/apis/rbac.authorization.k8s.io/v1{ns}/rolebindings/factory-proxy"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        script.insert(8 + i, ("PATCH", path, Reply::Echo));
+    }
+    let task = serve(handle, script);
+    reconcile(Arc::new(common::proxy()), ctx)
+        .await
+        .expect("reconciles");
+    let seen = finish(task).await;
+    let pod = &seen[11].body["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "factory-proxy");
 }

@@ -67,6 +67,9 @@ pub struct SessionOptions {
     /// when its SUBACK comes (a broker that is down answers at once by refusing the TCP
     /// connection; one that hangs costs at most this).
     pub connack_wait: Duration,
+    /// Appended to every upstream client id of this process (see [`crate::client_id`]):
+    /// `None` in device mode, `@<instance id>` in instance mode.
+    pub client_id_suffix: Option<String>,
 }
 
 impl SessionOptions {
@@ -87,6 +90,9 @@ pub struct MirrorOptions {
     pub hop_property: String,
     /// A message whose hop count has reached this is not mirrored again.
     pub max_hops: u32,
+    /// Mirror only while holding this Lease (one replica of several mirrors).
+    #[cfg(feature = "lease")]
+    pub lease: Option<crate::mirror_lease::MirrorLease>,
 }
 
 impl Default for MirrorOptions {
@@ -99,6 +105,8 @@ impl Default for MirrorOptions {
             instance_id,
             hop_property: "mqtt-proxy-hop".into(),
             max_hops: 1,
+            #[cfg(feature = "lease")]
+            lease: None,
         }
     }
 }
@@ -148,6 +156,7 @@ impl Default for Config {
                 topic_alias_max: 64,
                 limits: crate::limits::DeviceLimits::default(),
                 connack_wait: Duration::from_secs(2),
+                client_id_suffix: None,
             },
             queue: QueueLimits::default(),
             queue_total_max_bytes: 512 << 20,
@@ -181,6 +190,7 @@ pub struct FileConfig {
     pub queue_overflow: Option<OverflowPolicy>,
     pub queue_total_max_bytes: Option<usize>,
     pub instance_id: Option<String>,
+    pub upstream_client_id: Option<crate::client_id::UpstreamClientId>,
     pub hop_property: Option<String>,
     pub max_hops: Option<u32>,
     pub users_file: Option<PathBuf>,
@@ -285,9 +295,25 @@ pub struct RunArgs {
     /// Seconds a closing upstream may spend delivering what it holds [default: 5]
     #[arg(long, env = "MQTT_PROXY_DRAIN_TIMEOUT_SECS")]
     pub drain_timeout_secs: Option<u64>,
-    /// Unique name of this proxy instance, used in its mirror client ids [default: $HOSTNAME]
+    /// Unique name of this proxy instance, used in its mirror client ids (and upstream
+    /// client ids with `--upstream-client-id instance`) [default: $HOSTNAME]
     #[arg(long, env = "MQTT_PROXY_INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// Upstream client ids: `device` ({prefix}{device id}) or `instance`
+    /// ({prefix}{device id}@{instance id}, for replicas that may serve the same device at
+    /// once) [default: device]
+    #[arg(long, env = "MQTT_PROXY_UPSTREAM_CLIENT_ID", value_enum)]
+    pub upstream_client_id: Option<crate::client_id::UpstreamClientId>,
+    /// Run mirror sessions only while holding this coordination.k8s.io Lease (Kubernetes,
+    /// several replicas: exactly one mirrors) [default: off, mirror always]
+    #[arg(long, env = "MQTT_PROXY_MIRROR_LEASE")]
+    pub mirror_lease: Option<String>,
+    /// Namespace of the mirror Lease [default: the pod's own]
+    #[arg(long, env = "MQTT_PROXY_MIRROR_LEASE_NAMESPACE")]
+    pub mirror_lease_namespace: Option<String>,
+    /// Seconds a replica that stopped renewing keeps the mirror Lease [default: 15]
+    #[arg(long, env = "MQTT_PROXY_MIRROR_LEASE_SECS")]
+    pub mirror_lease_secs: Option<u64>,
     /// MQTT 5 user property that carries the hop count of mirrored messages
     #[arg(long, env = "MQTT_PROXY_HOP_PROPERTY")]
     pub hop_property: Option<String>,
@@ -419,7 +445,28 @@ impl Config {
         }
         layer!(c.queue_total_max_bytes, queue_total_max_bytes);
         layer!(c.mirror.instance_id, instance_id);
+        c.session.client_id_suffix = crate::client_id::suffix(
+            args.upstream_client_id
+                .or(file.upstream_client_id)
+                .unwrap_or_default(),
+            &c.mirror.instance_id,
+        );
         layer!(c.mirror.hop_property, hop_property);
+        #[cfg(feature = "lease")]
+        {
+            c.mirror.lease = args
+                .mirror_lease
+                .clone()
+                .filter(|n| !n.is_empty())
+                .map(|name| crate::mirror_lease::MirrorLease {
+                    name,
+                    namespace: args
+                        .mirror_lease_namespace
+                        .clone()
+                        .filter(|n| !n.is_empty()),
+                    duration: Duration::from_secs(args.mirror_lease_secs.unwrap_or(15).max(3)),
+                });
+        }
         layer!(c.mirror.max_hops, max_hops);
         layer!(c.session.to_device_max_bytes, to_device_max_bytes);
         layer!(c.session.max_subscriptions, max_subscriptions);

@@ -147,11 +147,13 @@ impl MirrorGuard {
     }
 }
 
-/// Runs the mirror session until shutdown.
+/// Runs the mirror session until shutdown, while `gate` is true (always, outside
+/// Kubernetes; while holding the mirror Lease with several replicas, see `mirror_lease`).
 pub async fn run(
     mut brokers: watch::Receiver<Arc<BrokerSet>>,
     session: SessionOptions,
     opts: MirrorOptions,
+    mut gate: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (tx, mut rx) = mpsc::channel::<FromBroker>(1024);
@@ -159,14 +161,19 @@ pub async fn run(
     let mut guard = MirrorGuard::new(opts);
     let mut upstreams: Vec<UpstreamHandle> = Vec::new();
     let mut set = brokers.borrow_and_update().clone();
+    let mut allowed = *gate.borrow_and_update();
     loop {
-        reconcile(&mut upstreams, &set, &client_id, &session, &tx).await;
+        reconcile(&mut upstreams, &set, allowed, &client_id, &session, &tx).await;
         loop {
             tokio::select! {
                 Some(m) = rx.recv() => forward(m, &upstreams, &mut guard),
                 r = brokers.changed() => {
                     if r.is_err() { return close_all(upstreams, &session).await; }
                     set = brokers.borrow_and_update().clone();
+                    break;
+                }
+                Ok(()) = gate.changed() => {
+                    allowed = *gate.borrow_and_update();
                     break;
                 }
                 _ = wait_true(&mut shutdown) => return close_all(upstreams, &session).await,
@@ -186,15 +193,17 @@ async fn close_all(upstreams: Vec<UpstreamHandle>, session: &SessionOptions) {
 }
 
 /// Mirroring needs a session on every enabled broker (targets) but only while at least
-/// one broker mirrors; unchanged brokers keep their connection across reloads.
+/// one broker mirrors and the gate allows it; unchanged brokers keep their connection
+/// across reloads.
 async fn reconcile(
     upstreams: &mut Vec<UpstreamHandle>,
     set: &BrokerSet,
+    allowed: bool,
     client_id: &str,
     session: &SessionOptions,
     tx: &mpsc::Sender<FromBroker>,
 ) {
-    let active = set.brokers.iter().any(|b| b.config.mirror);
+    let active = allowed && set.brokers.iter().any(|b| b.config.mirror);
     let old = std::mem::take(upstreams);
     for mut u in old {
         match set.get(u.broker.id()) {
@@ -219,6 +228,8 @@ async fn reconcile(
         let h = UpstreamHandle::spawn(UpstreamParams {
             broker: b.clone(),
             device_id: client_id.to_string(),
+            // Already unique per instance (`mqtt-proxy-mirror-<instance id>`).
+            client_id_suffix: None,
             clean_session: true,
             keep_alive: 30,
             will: None,
@@ -316,6 +327,7 @@ mod tests {
             instance_id: "t".into(),
             hop_property: "hop".into(),
             max_hops: 1,
+            ..MirrorOptions::default()
         }
     }
 

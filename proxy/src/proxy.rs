@@ -66,6 +66,8 @@ pub struct ProxyHandle {
     shutdown_tx: watch::Sender<bool>,
     listener: JoinHandle<()>,
     mirror: JoinHandle<()>,
+    #[cfg(feature = "lease")]
+    mirror_gate_task: Option<crate::mirror_lease::MirrorGate>,
     registry: Arc<Registry>,
     users_reload: Option<JoinHandle<()>>,
 }
@@ -100,10 +102,28 @@ impl ProxyHandle {
             opts: config.session.clone(),
             shutdown: shutdown_rx.clone(),
         });
+        #[cfg(feature = "lease")]
+        let (gate, mirror_gate_task) = match &config.mirror.lease {
+            Some(lease) => {
+                let g = crate::mirror_lease::MirrorGate::elect(
+                    lease,
+                    &config.mirror.instance_id,
+                    shutdown_rx.clone(),
+                )
+                .await?;
+                (g.gate.clone(), Some(g))
+            }
+            // Always open: a dropped sender leaves the value in place and the mirror's
+            // select skips the closed channel.
+            None => (watch::channel(true).1, None),
+        };
+        #[cfg(not(feature = "lease"))]
+        let gate = watch::channel(true).1;
         let mirror = tokio::spawn(crate::mirror::run(
             brokers_rx.clone(),
             config.session.clone(),
             config.mirror.clone(),
+            gate,
             shutdown_rx.clone(),
         ));
         if let Some(dir) = &config.session.spool_dir {
@@ -127,6 +147,8 @@ impl ProxyHandle {
             shutdown_tx,
             listener,
             mirror,
+            #[cfg(feature = "lease")]
+            mirror_gate_task,
             registry,
             users_reload,
         })
@@ -200,6 +222,11 @@ impl ProxyHandle {
         }
         let _ = self.listener.await;
         let _ = self.mirror.await;
+        // Only now: the successor must not mirror while this replica's mirror drains.
+        #[cfg(feature = "lease")]
+        if let Some(g) = self.mirror_gate_task {
+            g.release().await;
+        }
     }
 }
 
@@ -218,7 +245,11 @@ fn resume_spools(
         Default::default();
     for broker in set.brokers.iter().filter(|b| b.config.spool) {
         for (client_id, path) in crate::spool::pending_files(dir, broker.id()) {
-            let Some(device_id) = client_id.strip_prefix(&broker.config.client_id_prefix) else {
+            let Some(device_id) = crate::client_id::device_of(
+                &client_id,
+                &broker.config.client_id_prefix,
+                opts.client_id_suffix.as_deref(),
+            ) else {
                 continue;
             };
             tracing::info!(broker = broker.label(), %client_id, file = %path.display(), "delivering spooled messages from a previous run");
@@ -238,6 +269,7 @@ fn resume_spools(
                 let h = crate::upstream::UpstreamHandle::spawn(crate::upstream::UpstreamParams {
                     broker,
                     device_id: device_id.clone(),
+                    client_id_suffix: opts.client_id_suffix.clone(),
                     clean_session: true,
                     keep_alive: 30,
                     will: None,
@@ -278,6 +310,9 @@ pub enum StartError {
     Users(#[from] UsersError),
     #[error(transparent)]
     Listen(#[from] crate::listener::ListenError),
+    #[cfg(feature = "lease")]
+    #[error(transparent)]
+    MirrorLease(#[from] crate::mirror_lease::LeaseError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,

@@ -248,6 +248,10 @@ pub async fn reconcile_as_chart(api: &TestApiServer, ns: &str) -> Result<()> {
             ("secret", "factory-admin"),
             ("deployment", "factory"),
             ("service", "factory"),
+            // The examples' `edge` mirrors in this test: the pods' Lease account.
+            ("serviceaccount", "factory-proxy"),
+            ("role", "factory-proxy"),
+            ("rolebinding", "factory-proxy"),
         ] {
             k.wait_for(kind, name, ns, OPERATOR_WAIT, |o| o.cloned())
                 .await

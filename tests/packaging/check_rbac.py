@@ -158,9 +158,10 @@ def main():
         print(f"note RBAC: operator/RBAC.md lists patch without create for {fmt(apply_creates - base)}; "
               "server-side apply needs create to make new objects, so the chart grants it")
     base |= apply_creates
-    # The leader-election Lease is granted by its own Role in the release namespace.
+    # The leader-election Lease is granted by its own Role in the release namespace; the
+    # watched namespaces hold lease rights too (the operator grants them to mirroring proxy
+    # pods, and RBAC lets it grant only what it holds).
     lease_want = {t for t in base if t[0] == "coordination.k8s.io"}
-    base -= lease_want
     cluster_want = {t for t in base if t[1] in CLUSTER_SCOPED}
     ns_want = base - cluster_want
 

@@ -274,6 +274,10 @@ async fn the_real_operator_reconciles_with_only_the_charts_rbac() -> Result<()> 
     let examples = repo().join("examples");
     for ns in ["team-a", "team-b"] {
         k.apply_path(&examples, ns).await?;
+        // Mirroring: the operator must also grant the proxy pods their Lease, which RBAC
+        // allows only with rights the chart gave the operator itself.
+        k.merge_patch("mqb", "edge", ns, r#"{"spec":{"mirror":true}}"#)
+            .await?;
     }
     reconcile_as_chart(&api, "team-a").await?;
 

@@ -3,7 +3,9 @@
 //! object is a no-op on the server (no new resourceVersion, no watch event).
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::DynamicObject;
@@ -11,7 +13,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::build::{service_monitor_resource, Bundle};
+use super::build::{service_monitor_resource, Bundle, MirrorRbac};
 use super::Error;
 
 /// The one field manager of everything this operator writes.
@@ -67,8 +69,10 @@ pub async fn apply(client: &Client, namespace: &str, bundle: &Bundle) -> Result<
     let Bundle {
         admin_secret,
         brokers_secret,
+        mirror_rbac,
         deployment,
         service,
+        pdb,
         service_monitor,
         stale_service_monitor,
     } = bundle;
@@ -77,8 +81,21 @@ pub async fn apply(client: &Client, namespace: &str, bundle: &Bundle) -> Result<
         ssa(&secrets, s).await?;
     }
     ssa(&secrets, brokers_secret).await?;
+    if let Some(MirrorRbac {
+        service_account,
+        role,
+        role_binding,
+    }) = mirror_rbac
+    {
+        ssa::<ServiceAccount>(&Api::namespaced(client.clone(), namespace), service_account).await?;
+        ssa::<Role>(&Api::namespaced(client.clone(), namespace), role).await?;
+        ssa::<RoleBinding>(&Api::namespaced(client.clone(), namespace), role_binding).await?;
+    }
     let deployment = ssa(&Api::namespaced(client.clone(), namespace), deployment).await?;
     ssa::<Service>(&Api::namespaced(client.clone(), namespace), service).await?;
+    if let Some(p) = pdb {
+        ssa::<PodDisruptionBudget>(&Api::namespaced(client.clone(), namespace), p).await?;
+    }
     if let Some(sm) = service_monitor {
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), namespace, &service_monitor_resource());

@@ -72,7 +72,7 @@ pub fn proxies_for_broker(
 }
 
 /// Proxies a Secret change concerns: the owner of a rendered child Secret, users of an
-/// admin token Secret, and the proxies of every broker that references it.
+/// admin token or device users Secret, and the proxies of every broker that references it.
 pub fn proxies_for_secret(
     proxies: &[Arc<MqttProxy>],
     brokers: &[Arc<MqttBroker>],
@@ -95,12 +95,19 @@ pub fn proxies_for_secret(
         Some(r) => r.name == name,
         None => admin_secret_name(&p.name_any()) == name,
     };
+    let device_users = |p: &MqttProxy| {
+        p.spec
+            .device_users
+            .as_ref()
+            .is_some_and(|u| u.secret_ref.name == name)
+    };
     proxies
         .iter()
         .filter(|p| p.namespace() == ns)
         .filter(|p| {
             owned_by(p)
                 || token(p)
+                || device_users(p)
                 || users
                     .iter()
                     .any(|b| selects(p, b) || rendered.renders(p, &b.name_any()))

@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use status::ProxyOutcome;
 use validate::Inputs;
 
-pub use discovery::ServiceMonitorDiscovery;
+pub use discovery::{PdbDiscovery, ServiceMonitorDiscovery};
 pub use index::RenderedIndex;
 
 /// Drift net: even without events, every object is re-checked this often.
@@ -71,6 +71,7 @@ pub struct Ctx {
     pub proxy_image: String,
     pub rendered: RenderedIndex,
     pub service_monitors: ServiceMonitorDiscovery,
+    pub pdbs: PdbDiscovery,
     /// Becomes true once `brokers` has synced. A watch channel and not
     /// `Store::wait_until_ready` in every reconcile: kube's ready signal wakes only one of
     /// several concurrent waiters, and the others would hang (and block shutdown).
@@ -145,6 +146,10 @@ fn applied_outcome(v: &validate::ValidatedProxy, d: Option<&Deployment>) -> Prox
     let st = d.and_then(|d| d.status.clone()).unwrap_or_default();
     let degraded = match (&v.service_monitor_skipped, v.brokers.is_empty()) {
         (Some(why), _) => Some((crate::crd::reason::SERVICE_MONITOR_SKIPPED, why.clone())),
+        (None, _) if v.pdb_skipped.is_some() => Some((
+            crate::crd::reason::PDB_SKIPPED,
+            v.pdb_skipped.clone().unwrap_or_default(),
+        )),
         (None, true) => Some((
             crate::crd::reason::NO_BROKERS_SELECTED,
             "brokerSelector selects no MqttBroker: the proxies forward nowhere".to_string(),
@@ -182,6 +187,9 @@ async fn read_inputs(proxy: &MqttProxy, ctx: &Ctx, ns: &str) -> Result<Inputs, E
         Err(_) => Vec::new(), // validate reports the bad selector
     };
     let web = &proxy.spec.web;
+    if let Some(u) = &proxy.spec.device_users {
+        names.push(u.secret_ref.name.clone());
+    }
     if web.enabled {
         names.push(match &web.admin_token_secret_ref {
             Some(r) => r.name.clone(),
@@ -199,11 +207,18 @@ async fn read_inputs(proxy: &MqttProxy, ctx: &Ctx, ns: &str) -> Result<Inputs, E
     }
     // Asked even when disabled: a ServiceMonitor left from when it was enabled is removed.
     let service_monitor_available = Some(ctx.service_monitors.available(&ctx.client).await?);
+    // Only asked when a budget is wanted (one replica needs none).
+    let pdb_available = if proxy.spec.replicas > 1 {
+        Some(ctx.pdbs.available(&ctx.client).await?)
+    } else {
+        None
+    };
     Ok(Inputs {
         brokers,
         secrets,
         new_admin_token: random_token(),
         service_monitor_available,
+        pdb_available,
     })
 }
 
@@ -289,6 +304,7 @@ pub async fn run(
         proxy_image,
         rendered: RenderedIndex::default(),
         service_monitors: ServiceMonitorDiscovery::default(),
+        pdbs: PdbDiscovery::default(),
         brokers_synced: synced_rx,
         health: Arc::new(HealthIndex::default()),
     });
@@ -393,6 +409,17 @@ pub async fn run(
         // Keep the sender alive so reconciles never see a closed channel.
         std::future::pending::<()>().await;
     };
+    // Watched-object counts from the stores the controllers keep anyway (no API calls).
+    let counts = {
+        let (metrics, proxies, brokers) = (ctx.metrics.clone(), proxy_store, ctx.brokers.clone());
+        async move {
+            loop {
+                metrics.watching("MqttProxy", proxies.state().len());
+                metrics.watching("MqttBroker", brokers.state().len());
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
     let started = Instant::now();
     tokio::select! {
         // The health poller and its watches never end by themselves.
@@ -401,6 +428,7 @@ pub async fn run(
         _ = poller.run() => {},
         _ = async { tokio::join!(proxy_controller, broker_controller) } => {},
         _ = readiness => {},
+        () = counts => {},
     }
     info!(after = ?started.elapsed(), "controllers stopped");
 }

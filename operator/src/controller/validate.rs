@@ -14,7 +14,8 @@ use mqtt_proxy::broker::{BrokerConfig, Secret as Password};
 
 use crate::crd::{
     broker_config, reason, AckPolicy, MqttBroker, MqttProxy, PodTemplateSpec, ResolvedSecrets,
-    ServiceMonitorSpec, ServiceSpec, TLS_CRT_KEY, TLS_KEY_KEY,
+    ServiceMonitorSpec, ServiceSpec, UpstreamClientIdPolicy, UsersSecretRef, TLS_CRT_KEY,
+    TLS_KEY_KEY,
 };
 
 /// Key of the operator-created admin token Secret.
@@ -48,6 +49,8 @@ pub struct Inputs {
     /// Whether the cluster serves `monitoring.coreos.com/v1` ServiceMonitors (`None`: not
     /// known).
     pub service_monitor_available: Option<bool>,
+    /// Whether the cluster serves `policy/v1` PodDisruptionBudgets (`None`: not known).
+    pub pdb_available: Option<bool>,
 }
 
 /// The admin token the pods get through `secretKeyRef`.
@@ -74,6 +77,17 @@ pub struct ValidatedProxy {
     pub web_port: u16,
     pub ack_policy: Option<AckPolicy>,
     pub allow_anonymous: bool,
+    /// The users file's Secret and key, checked to exist and to parse.
+    pub device_users: Option<UsersSecretRef>,
+    /// Resolved from the spec (its default depends on `replicas`).
+    pub upstream_client_id: UpstreamClientIdPolicy,
+    pub drain_timeout_seconds: u32,
+    /// Some selected broker mirrors: the pods elect one mirroring pod over a Lease.
+    pub mirror: bool,
+    /// Build a PodDisruptionBudget: `replicas > 1` and the cluster serves `policy/v1`.
+    pub pdb: bool,
+    /// Why a PodDisruptionBudget is not built although `replicas > 1`.
+    pub pdb_skipped: Option<String>,
     pub resources: Option<ResourceRequirements>,
     pub service: ServiceSpec,
     /// Some when enabled and the CRD exists.
@@ -254,6 +268,19 @@ pub fn validate(
     let brokers_yaml = mqtt_proxy::store::render_brokers_file(&brokers)
         .map_err(|e| Invalid::spec(format!("rendering the broker set: {e}")))?;
     let admin_token = admin_token(proxy, &namespace, &name, inputs)?;
+    let device_users = device_users(proxy, &namespace, &name, inputs)?;
+    let (pdb, pdb_skipped) = match inputs.pdb_available {
+        _ if spec.replicas <= 1 => (false, None),
+        Some(true) => (true, None),
+        Some(false) | None => (
+            false,
+            Some(format!(
+                "replicas is {} but the cluster serves no policy/v1 PodDisruptionBudget \
+                 (Kubernetes < 1.21): voluntary evictions may take every pod at once",
+                spec.replicas
+            )),
+        ),
+    };
     let (service_monitor, service_monitor_skipped) = match inputs.service_monitor_available {
         _ if !spec.service_monitor.enabled => (None, None),
         Some(true) => (Some(spec.service_monitor.clone()), None),
@@ -277,6 +304,16 @@ pub fn validate(
         web_port: spec.web.port,
         ack_policy: spec.ack_policy,
         allow_anonymous: spec.allow_anonymous,
+        device_users,
+        upstream_client_id: spec.upstream_client_id.unwrap_or(if spec.replicas > 1 {
+            UpstreamClientIdPolicy::PerPod
+        } else {
+            UpstreamClientIdPolicy::Device
+        }),
+        drain_timeout_seconds: spec.drain_timeout_seconds,
+        mirror: brokers.iter().any(|b| b.mirror),
+        pdb,
+        pdb_skipped,
         resources: spec.resources.clone(),
         service: spec.service.clone(),
         service_monitor,
@@ -338,6 +375,27 @@ fn admin_token(
         hash: short_hash(value.as_bytes()),
         owned_value: Some(value),
     }))
+}
+
+/// The device users Secret, when the spec names one: it must hold the key, and the key a
+/// users file the proxy accepts (a proxy refuses to start on an invalid one).
+fn device_users(
+    proxy: &MqttProxy,
+    ns: &str,
+    name: &str,
+    inputs: &Inputs,
+) -> Result<Option<UsersSecretRef>, Invalid> {
+    let Some(users) = &proxy.spec.device_users else {
+        return Ok(None);
+    };
+    let r = &users.secret_ref;
+    let user = format!("MqttProxy {ns}/{name} deviceUsers.secretRef");
+    let v = secret_value(&inputs.secrets, ns, &r.name, &r.key, &user)?;
+    let text = utf8(v, ns, &r.name, &r.key)?;
+    let path = PathBuf::from(format!("{}/{}", r.name, r.key));
+    mqtt_proxy::auth::Users::parse(&path, &text)
+        .map_err(|e| Invalid::spec(format!("{user}: {e}")))?;
+    Ok(Some(r.clone()))
 }
 
 /// First 16 hex digits of SHA-256: enough to notice a change, useless to guess the token.

@@ -5,9 +5,11 @@
 
 mod broker;
 mod proxy;
+mod replicas;
 
 pub use broker::*;
 pub use proxy::*;
+pub use replicas::*;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -60,6 +62,8 @@ pub mod reason {
     pub const SERVICE_MONITOR_SKIPPED: &str = "ServiceMonitorSkipped";
     pub const BROKER_INVALID: &str = "BrokerInvalid";
     pub const NO_BROKERS_SELECTED: &str = "NoBrokersSelected";
+    /// `replicas > 1` but the cluster serves no `policy/v1` PodDisruptionBudget.
+    pub const PDB_SKIPPED: &str = "PodDisruptionBudgetSkipped";
 }
 
 /// A status condition, in the shape of `metav1.Condition`.

@@ -72,6 +72,20 @@ pub struct MqttProxySpec {
     /// relay. Turn it on only where every device that can reach the Service is trusted.
     #[serde(default)]
     pub allow_anonymous: bool,
+    /// Device users, from a Secret holding the proxy's users file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_users: Option<super::DeviceUsersSpec>,
+    /// How pods name a device's sessions on the brokers: `Device` or `PerPod`. Default:
+    /// `Device` with one replica, `PerPod` with more (so replicas never kick each other off
+    /// a broker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_client_id: Option<super::UpstreamClientIdPolicy>,
+    /// Seconds a stopping pod may spend delivering what it still holds upstream (the
+    /// proxy's `--drain-timeout-secs`); the pod's termination grace period is this plus a
+    /// margin, so Kubernetes never kills a pod mid-drain.
+    #[serde(default = "default_drain_timeout")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub drain_timeout_seconds: u32,
     /// CPU and memory of the proxy container; defaults to small requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -260,6 +274,9 @@ pub struct MqttProxyStatus {
     pub observed_generation: Option<i64>,
 }
 
+fn default_drain_timeout() -> u32 {
+    5
+}
 fn default_replicas() -> i32 {
     1
 }

@@ -10,7 +10,7 @@ use kube::client::Body;
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use kube::Client;
-use mqtt_proxy_operator::controller::{Ctx, RenderedIndex, ServiceMonitorDiscovery};
+use mqtt_proxy_operator::controller::{Ctx, PdbDiscovery, RenderedIndex, ServiceMonitorDiscovery};
 use mqtt_proxy_operator::crd::MqttBroker;
 use mqtt_proxy_operator::metrics::Metrics;
 use serde_json::{json, Value};
@@ -118,6 +118,7 @@ pub fn make_ctx(client: Client) -> (Arc<Ctx>, Writer<MqttBroker>) {
         proxy_image: super::IMAGE.into(),
         rendered: RenderedIndex::default(),
         service_monitors: ServiceMonitorDiscovery::default(),
+        pdbs: PdbDiscovery::default(),
         brokers_synced: tokio::sync::watch::channel(true).1,
         health: Default::default(),
     };
@@ -135,6 +136,13 @@ pub fn discovery() -> Value {
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "monitoring.coreos.com/v1",
            "resources": [{"name": "servicemonitors", "singularName": "servicemonitor", "namespaced": true,
                           "kind": "ServiceMonitor", "verbs": ["get", "list", "watch", "patch"]}]})
+}
+
+pub fn pdb_discovery() -> Value {
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "policy/v1",
+           "resources": [{"name": "poddisruptionbudgets", "singularName": "poddisruptionbudget",
+                          "namespaced": true, "kind": "PodDisruptionBudget",
+                          "verbs": ["create", "get", "list", "patch", "watch"]}]})
 }
 
 /// The proxy as the server returns it after a status write.

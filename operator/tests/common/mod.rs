@@ -60,6 +60,7 @@ pub fn inputs() -> Inputs {
         secrets: secrets(),
         new_admin_token: "unused-new-token".into(),
         service_monitor_available: Some(true),
+        pdb_available: Some(true),
     }
 }
 

@@ -285,6 +285,7 @@ impl Session {
         UpstreamHandle::spawn(UpstreamParams {
             broker,
             device_id: self.connect.client_id.clone(),
+            client_id_suffix: self.shared.opts.client_id_suffix.clone(),
             clean_session: self.connect.clean_session,
             keep_alive: self.connect.keep_alive,
             will: self.connect.will.clone(),

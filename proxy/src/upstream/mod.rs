@@ -85,6 +85,8 @@ pub struct Held(Control);
 pub struct UpstreamParams {
     pub broker: Arc<Broker>,
     pub device_id: String,
+    /// Appended to the client id (see [`crate::client_id`]).
+    pub client_id_suffix: Option<String>,
     pub clean_session: bool,
     pub keep_alive: u16,
     pub will: Option<Will>,
@@ -368,10 +370,10 @@ impl Upstream {
     }
 
     fn client_id(&self) -> String {
-        format!(
-            "{}{}",
-            self.broker().config.client_id_prefix,
-            self.p.device_id
+        crate::client_id::upstream(
+            &self.broker().config.client_id_prefix,
+            &self.p.device_id,
+            self.p.client_id_suffix.as_deref(),
         )
     }
 

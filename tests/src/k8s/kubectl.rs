@@ -269,6 +269,31 @@ impl Kubectl {
         Ok(())
     }
 
+    /// `kubectl patch <resource> <name> -n <ns> --type=merge -p <patch>`.
+    pub async fn merge_patch(
+        &self,
+        resource: &str,
+        name: &str,
+        ns: &str,
+        patch: &str,
+    ) -> Result<()> {
+        self.run(
+            &[
+                "patch",
+                resource,
+                name,
+                "-n",
+                ns,
+                "--type=merge",
+                "-p",
+                patch,
+            ],
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Merge-patches `status` through the status subresource, as the kubelet (Pods) or the
     /// controller-manager (Deployments) would.
     pub async fn patch_status(

@@ -41,6 +41,20 @@ pub async fn apply_crds(api: &TestApiServer) -> Result<()> {
     Ok(())
 }
 
+/// A test API server with the CRDs established and `examples/` applied in namespace `ns`
+/// (`None`: skipped, see [`TestApiServer::start`]).
+pub async fn examples_cluster(ns: &str) -> Result<Option<TestApiServer>> {
+    let Some(api) = TestApiServer::start().await? else {
+        return Ok(None);
+    };
+    apply_crds(&api).await?;
+    api.kubectl().create_namespace(ns).await?;
+    api.kubectl()
+        .apply_path(&workspace_path("examples"), ns)
+        .await?;
+    Ok(Some(api))
+}
+
 /// The real operator binary running against a test API server.
 #[derive(Debug)]
 pub struct Operator {

@@ -186,17 +186,27 @@ impl ProxyProcess {
     /// Starts `mqtt-proxy --brokers-file <brokers_file>` and waits until it listens; on
     /// free ports, so it retries on fresh ones when another process took them first.
     pub async fn start(brokers_file: &Path) -> Result<Self> {
+        Self::start_with(brokers_file, &[], &[]).await
+    }
+
+    /// [`Self::start`] with further flags (e.g. `--instance-id`) and environment (e.g.
+    /// `KUBECONFIG`).
+    pub async fn start_with(
+        brokers_file: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::start_once(brokers_file).await {
+            match Self::start_once(brokers_file, extra, env).await {
                 Err(e) if attempt < 3 && format!("{e:#}").contains("in use") => continue,
                 other => return other,
             }
         }
     }
 
-    async fn start_once(brokers_file: &Path) -> Result<Self> {
+    async fn start_once(brokers_file: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let bin = workspace_binary("mqtt-proxy", "mqtt-proxy")?;
         let data = tempfile::tempdir()?;
         let port = free_port();
@@ -208,7 +218,9 @@ impl ProxyProcess {
             .arg("--data-dir")
             .arg(data.path())
             // The test devices have no users: anonymous devices are an explicit opt-in.
-            .arg("--allow-anonymous");
+            .arg("--allow-anonymous")
+            .args(extra)
+            .envs(env.iter().copied());
         let mut process = Process::spawn("mqtt-proxy", &mut cmd)?;
         let deadline = Instant::now() + WAIT;
         while tokio::net::TcpStream::connect(("127.0.0.1", port))

@@ -1,27 +1,41 @@
 //! The proxy Deployment. Its pod template depends only on what needs a restart (image,
 //! ports, ack policy, resources, scheduling, the admin token's hash): never on the broker set,
-//! which reaches the pods through the mounted Secret directory and the proxy's hot reload.
+//! which reaches the pods through the mounted Secret directory and the proxy's hot reload
+//! (the device users Secret too: mounted as a directory, reloaded by the proxy).
+//!
+//! Replicas: every pod gets its own instance id (its name, downward API), which the proxy
+//! puts into its upstream client ids under `PerPod` (see `mqtt_proxy::client_id`), and a
+//! termination grace period that covers the proxy's drain.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{child_meta, labels, selector_labels};
+use super::{child_meta, labels, mirror_lease_name, proxy_account_name, selector_labels};
 use crate::controller::validate::{brokers_secret_name, ValidatedProxy};
-use crate::crd::AckPolicy;
+use crate::crd::{AckPolicy, UpstreamClientIdPolicy};
 
 /// Where the rendered Secret is mounted (a directory, never `subPath`: the kubelet only
 /// updates directory mounts, by swapping their `..data` symlink).
 pub const BROKERS_DIR: &str = "/etc/mqtt-proxy";
 pub const BROKERS_FILE: &str = "/etc/mqtt-proxy/brokers.yaml";
+/// Where the device users Secret is mounted (its own directory, beside the brokers one: a
+/// mount inside the read-only brokers volume would need a mount point there).
+pub const USERS_DIR: &str = "/etc/mqtt-proxy-users";
+/// What a stopping pod needs beyond the upstream drain. On SIGTERM the proxy stops
+/// accepting and drains device sessions and their upstreams (bounded by the drain timeout
+/// plus 2 s), mirror sessions close alongside, then the mirror Lease is released (bounded
+/// by 2 s): 10 s leave room for that and for the kubelet's own latency.
+pub const GRACE_MARGIN_SECS: i64 = 10;
 /// The proxy image's non-root user (Dockerfile).
 const UID: i64 = 10001;
 /// Pod template annotation that rolls the pods when the admin token changes.
@@ -61,8 +75,13 @@ pub fn build_deployment(v: &ValidatedProxy) -> Deployment {
                         }),
                         ..PodSecurityContext::default()
                     }),
-                    // The proxy needs no API access.
-                    automount_service_account_token: Some(false),
+                    // The proxy needs API access only to elect its mirroring pod.
+                    automount_service_account_token: Some(v.mirror),
+                    service_account_name: v.mirror.then(|| proxy_account_name(&v.name)),
+                    // SIGTERM starts the drain; Kubernetes must not SIGKILL before it ends.
+                    termination_grace_period_seconds: Some(
+                        i64::from(v.drain_timeout_seconds) + GRACE_MARGIN_SECS,
+                    ),
                     node_selector: (!pt.node_selector.is_empty()).then(|| pt.node_selector.clone()),
                     tolerations: (!pt.tolerations.is_empty()).then(|| pt.tolerations.clone()),
                     affinity: pt.affinity.clone(),
@@ -101,6 +120,27 @@ fn container(v: &ValidatedProxy) -> Container {
     if v.allow_anonymous {
         args.push("--allow-anonymous".to_string());
     }
+    let mut mounts = vec![
+        VolumeMount {
+            name: "brokers".into(),
+            mount_path: BROKERS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "data".into(),
+            mount_path: "/data".into(),
+            ..VolumeMount::default()
+        },
+    ];
+    if v.device_users.is_some() {
+        mounts.push(VolumeMount {
+            name: "users".into(),
+            mount_path: USERS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     Container {
         name: "proxy".into(),
         image: Some(v.image.clone()),
@@ -120,19 +160,7 @@ fn container(v: &ValidatedProxy) -> Container {
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "brokers".into(),
-                mount_path: BROKERS_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "data".into(),
-                mount_path: "/data".into(),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     }
 }
@@ -163,7 +191,39 @@ fn env(v: &ValidatedProxy) -> Vec<EnvVar> {
         plain("MQTT_PROXY_HTTP_LISTEN", format!("0.0.0.0:{}", v.web_port)),
         plain("MQTT_PROXY_DATA_DIR", "/data".into()),
         plain("MQTT_PROXY_LOG_FORMAT", "json".into()),
+        EnvVar {
+            name: "MQTT_PROXY_INSTANCE_ID".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: Some("v1".into()),
+                    field_path: "metadata.name".into(),
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+        plain(
+            "MQTT_PROXY_UPSTREAM_CLIENT_ID",
+            upstream_client_id_arg(v.upstream_client_id),
+        ),
+        plain(
+            "MQTT_PROXY_DRAIN_TIMEOUT_SECS",
+            v.drain_timeout_seconds.to_string(),
+        ),
     ];
+    if v.mirror {
+        env.push(plain("MQTT_PROXY_MIRROR_LEASE", mirror_lease_name(&v.name)));
+        env.push(plain(
+            "MQTT_PROXY_MIRROR_LEASE_NAMESPACE",
+            v.namespace.clone(),
+        ));
+    }
+    if let Some(u) = &v.device_users {
+        env.push(plain(
+            "MQTT_PROXY_USERS_FILE",
+            format!("{USERS_DIR}/{}", u.key),
+        ));
+    }
     if let Some(t) = &v.admin_token {
         env.push(EnvVar {
             name: "MQTT_PROXY_ADMIN_TOKEN".into(),
@@ -181,8 +241,22 @@ fn env(v: &ValidatedProxy) -> Vec<EnvVar> {
     env
 }
 
+/// The proxy's own `--upstream-client-id` value, via its clap enum like `ack_policy_arg`.
+fn upstream_client_id_arg(p: UpstreamClientIdPolicy) -> String {
+    use clap::ValueEnum;
+    use mqtt_proxy::client_id::UpstreamClientId as P;
+    let proxy = match p {
+        UpstreamClientIdPolicy::Device => P::Device,
+        UpstreamClientIdPolicy::PerPod => P::Instance,
+    };
+    proxy
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
+}
+
 fn volumes(v: &ValidatedProxy) -> Vec<Volume> {
-    vec![
+    let mut volumes = vec![
         Volume {
             name: "brokers".into(),
             secret: Some(SecretVolumeSource {
@@ -198,7 +272,19 @@ fn volumes(v: &ValidatedProxy) -> Vec<Volume> {
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Volume::default()
         },
-    ]
+    ];
+    if let Some(u) = &v.device_users {
+        volumes.push(Volume {
+            name: "users".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(u.name.clone()),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    volumes
 }
 
 /// Small requests so the scheduler counts the pods; a memory limit, no CPU limit (CPU

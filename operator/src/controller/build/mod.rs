@@ -3,11 +3,15 @@
 //! apply a no-op when nothing changed.
 
 mod deployment;
+mod pdb;
+mod rbac;
 mod secret;
 mod service;
 mod servicemonitor;
 
 pub use deployment::{build_deployment, BROKERS_DIR, BROKERS_FILE};
+pub use pdb::build_pdb;
+pub use rbac::{build_mirror_rbac, mirror_lease_name, proxy_account_name, MirrorRbac};
 pub use secret::{build_admin_secret, build_brokers_secret, BROKERS_KEY};
 pub use service::build_service;
 pub use servicemonitor::{build_service_monitor, service_monitor_resource};
@@ -16,6 +20,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::DynamicObject;
 
@@ -33,8 +38,12 @@ pub struct Bundle {
     /// Operator-created admin token (None when the user gives one or web is disabled).
     pub admin_secret: Option<Secret>,
     pub brokers_secret: Secret,
+    /// The pods' ServiceAccount and Lease rights, only when the broker set mirrors.
+    pub mirror_rbac: Option<MirrorRbac>,
     pub deployment: Deployment,
     pub service: Service,
+    /// None with one replica, or when the cluster has no `policy/v1`.
+    pub pdb: Option<PodDisruptionBudget>,
     /// None when disabled or the CRD is missing.
     pub service_monitor: Option<DynamicObject>,
     /// Name of a ServiceMonitor to delete if this proxy owns one (disabled, CRD present).
@@ -45,8 +54,10 @@ pub fn build(v: &ValidatedProxy) -> Bundle {
     Bundle {
         admin_secret: build_admin_secret(v),
         brokers_secret: build_brokers_secret(v),
+        mirror_rbac: build_mirror_rbac(v),
         deployment: build_deployment(v),
         service: build_service(v),
+        pdb: build_pdb(v),
         service_monitor: build_service_monitor(v),
         stale_service_monitor: v.prune_service_monitor.then(|| v.name.clone()),
     }
