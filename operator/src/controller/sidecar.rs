@@ -25,6 +25,11 @@ pub async fn apply(client: &Client, namespace: &str, bundle: &Bundle) -> Result<
         // left from Deployment mode goes too (either field set means the CRD exists).
         service_monitor,
         stale_service_monitor,
+        // The injected sidecars run under the app pod's own ServiceAccount, and a budget left
+        // from Deployment mode selects proxy pods that no longer exist (it goes with the
+        // MqttProxy through its owner reference): neither is applied here.
+        mirror_rbac: _,
+        pdb: _,
     } = bundle;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();

@@ -60,6 +60,7 @@ pub fn sidecar_for(
         secrets,
         new_admin_token: String::new(),
         service_monitor_available: Some(false),
+        pdb_available: Some(false),
     };
     let valid = validate(proxy, &inputs, default_image).map_err(|i| i.message)?;
     let template = build_deployment(&valid)
