@@ -173,6 +173,11 @@ impl Mosquitto {
         log_tail(&self.log, n)
     }
 
+    /// The broker's process id (for its CPU times in /proc), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Kills the broker and reaps it (dropping the handle also kills it).
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;

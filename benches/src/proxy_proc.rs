@@ -119,6 +119,11 @@ impl ProxyProc {
         log_tail(&self.log, n)
     }
 
+    /// The proxy's process id (for its CPU times in /proc), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
