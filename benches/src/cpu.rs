@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::compare::{loadavg, Case};
-use crate::cpu_report::{CpuReport, CpuRun};
+use crate::cpu_report::{CpuReport, CpuRun, CpuWindow};
 use crate::mosquitto::{Bridge, BrokerLimits, Mosquitto};
 use crate::proxy_proc::ProxyProc;
 use crate::workload::{self, Sink, Topology, Workload};
@@ -261,16 +261,13 @@ async fn run_case(cfg: &CpuConfig, case: Case, rate: u64, rep: usize) -> anyhow:
             _ => anyhow::bail!("could not read /proc/<pid>/stat of a receiving broker"),
         }
     }
-    Ok(CpuRun::new(
-        case,
-        rate,
-        rep,
+    let window = CpuWindow {
         front_cpu,
         brokers_cpu,
-        report,
         loadavg_before,
         loadavg_after,
-    ))
+    };
+    Ok(CpuRun::new(case, rate, rep, window, report))
 }
 
 #[cfg(test)]

@@ -34,18 +34,17 @@ pub struct CpuRun {
     pub report: RunReport,
 }
 
+/// What was measured around one run: the CPU deltas and the load before and after.
+#[derive(Debug, Clone)]
+pub struct CpuWindow {
+    pub front_cpu: Option<CpuTimes>,
+    pub brokers_cpu: Vec<CpuTimes>,
+    pub loadavg_before: Option<String>,
+    pub loadavg_after: Option<String>,
+}
+
 impl CpuRun {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        case: Case,
-        rate: u64,
-        rep: usize,
-        front_cpu: Option<CpuTimes>,
-        brokers_cpu: Vec<CpuTimes>,
-        report: RunReport,
-        loadavg_before: Option<String>,
-        loadavg_after: Option<String>,
-    ) -> CpuRun {
+    pub fn new(case: Case, rate: u64, rep: usize, window: CpuWindow, report: RunReport) -> CpuRun {
         let sent = report.publish.sent;
         let delivered: Vec<(String, u64, u64)> = report
             .brokers
@@ -62,13 +61,13 @@ impl CpuRun {
             case,
             rate,
             rep,
-            front_cpu,
-            brokers_cpu,
+            front_cpu: window.front_cpu,
+            brokers_cpu: window.brokers_cpu,
             sent,
             delivered_all,
             delivered,
-            loadavg_before,
-            loadavg_after,
+            loadavg_before: window.loadavg_before,
+            loadavg_after: window.loadavg_after,
             report,
         }
     }
@@ -281,4 +280,96 @@ pub fn summarize(
         })
         .collect();
     (summaries, ratios)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publisher::PubStats;
+    use crate::report::{BrokerReport, PublishReport};
+    use crate::summary::LatencyMs;
+    use crate::workload::ClientKind;
+
+    fn report(sent: u64, received: &[u64]) -> RunReport {
+        RunReport {
+            label: "t".into(),
+            qos: 1,
+            payload_size: 64,
+            count_per_device: sent,
+            rate_per_device: 500,
+            devices: 1,
+            ready: true,
+            wall_s: 1.0,
+            ready_s: 0.1,
+            timed_out: false,
+            publish: PublishReport {
+                client: ClientKind::Raw,
+                sent,
+                acked: sent,
+                send_s: 1.0,
+                send_rate: sent as f64,
+                last_ack_s: Some(1.0),
+            },
+            publishers: vec![PubStats::default()],
+            brokers: received
+                .iter()
+                .map(|&r| BrokerReport {
+                    name: "b".into(),
+                    addr: "x".into(),
+                    sent,
+                    received: r,
+                    lost: sent - r,
+                    duplicates: 0,
+                    unexpected: 0,
+                    window_s: 1.0,
+                    throughput_msgs: r as f64,
+                    throughput_mb_s: 0.0,
+                    latency: LatencyMs::default(),
+                })
+                .collect(),
+            warnings: vec![],
+        }
+    }
+
+    fn cpu(s: f64) -> CpuTimes {
+        CpuTimes {
+            user_s: s / 2.0,
+            system_s: s / 2.0,
+        }
+    }
+
+    fn run(case: Case, rep: usize, front: Option<f64>, received: &[u64]) -> CpuRun {
+        let window = CpuWindow {
+            front_cpu: front.map(cpu),
+            brokers_cpu: received.iter().map(|_| cpu(0.1)).collect(),
+            loadavg_before: None,
+            loadavg_after: None,
+        };
+        CpuRun::new(case, 500, rep, window, report(1000, received))
+    }
+
+    #[test]
+    fn proxy_over_bridge_is_taken_within_a_rep_and_loss_is_flagged() {
+        let runs = vec![
+            run(Case::A, 1, None, &[1000]),
+            run(Case::C, 1, Some(0.2), &[1000, 1000, 1000]),
+            run(Case::D, 1, Some(0.4), &[1000, 1000, 1000]),
+            run(Case::C, 2, Some(0.3), &[1000, 999, 1000]),
+            run(Case::D, 2, Some(0.3), &[1000, 1000, 1000]),
+        ];
+        assert!(runs[1].delivered_all && !runs[3].delivered_all);
+        assert!((runs[1].brokers_s() - 0.3).abs() < 1e-9);
+        let (cases, ratios) = summarize(&runs, &[500], &[Case::A, Case::C, Case::D], 3, 2);
+        let c = cases.iter().find(|c| c.case == Case::C).expect("case c");
+        assert_eq!((c.runs, c.delivered_all), (2, 1));
+        let us = c.front_us_per_msg.expect("per message");
+        assert!((us.min - 200.0).abs() < 1e-9 && (us.max - 300.0).abs() < 1e-9);
+        let a = cases.iter().find(|c| c.case == Case::A).expect("case a");
+        assert!(
+            a.front_s.is_none(),
+            "direct publishing has no front process"
+        );
+        assert_eq!(ratios.len(), 1);
+        assert_eq!(ratios[0].per_rep, vec![0.5, 1.0]);
+    }
 }
