@@ -112,7 +112,7 @@ pub async fn compare(cfg: &CompareConfig) -> CompareReport {
 
 /// `/proc/loadavg`'s 1/5/15-minute averages: other work on the box skews every case,
 /// so the report says how busy it was.
-fn loadavg() -> Option<String> {
+pub fn loadavg() -> Option<String> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
     Some(
         text.split_whitespace()

@@ -135,7 +135,7 @@ pub fn summarize(
     (summaries, ratios)
 }
 
-fn fmt_spread(s: Option<Spread>, decimals: usize) -> String {
+pub(crate) fn fmt_spread(s: Option<Spread>, decimals: usize) -> String {
     match s {
         None => "-".into(),
         Some(s) if s.n == 1 => format!("{:.*}", decimals, s.median),

@@ -8,6 +8,7 @@
 //!  workload::run:  subscribe all ─▶ connect devices ─▶ probe until every sink sees
 //!                  every device ─▶ go ─▶ publish `count` at `rate` ─▶ drain ─▶ report
 //!  compare:        per rep, cases a,b,c,d = different topologies over fresh brokers
+//!  cpu:            per rep and fixed rate, cases a,c,d; CPU seconds from /proc/<pid>/stat
 //! ```
 //!
 //! Everything runs on 127.0.0.1 and is bounded by a message count and a timeout.
@@ -17,11 +18,14 @@
 //! target/release/mqtt-load run --target 127.0.0.1:1883 --sub 127.0.0.1:1884 --sub 127.0.0.1:1885 \
 //!     --qos 1 --count 20000 --rate 2000 --json run.json
 //! target/release/mqtt-load compare --qos 0 --count 50000 --brokers 3 --reps 3 --json cmp.json
+//! target/release/mqtt-load cpu --rates 500,2000,10000 --duration 10 --brokers 3 --reps 3
 //! ```
 
 pub mod churn;
 pub mod compare;
 pub mod compare_report;
+pub mod cpu;
+pub mod cpu_report;
 pub mod device;
 pub mod fleet;
 pub mod fleet_device;

@@ -173,3 +173,61 @@ async fn a_sink_the_target_never_reaches_is_reported_not_ready_within_the_timeou
     b1.stop().await;
     b2.stop().await;
 }
+
+/// The proxy binary for the CPU scenario: `MQTT_LOAD_PROXY_BIN`, else the workspace's debug
+/// build (`cargo test --workspace` builds it for the proxy's CLI tests), else release.
+fn proxy_bin() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("MQTT_LOAD_PROXY_BIN") {
+        return Some(p.into());
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    ["debug", "release"]
+        .iter()
+        .map(|profile| root.join(profile).join("mqtt-proxy"))
+        .find(|p| p.is_file())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_scenario_delivers_everything_and_reads_every_process_cpu() {
+    use mqtt_proxy_benches::cpu::{cpu, CpuConfig};
+    let Some(proxy_bin) = proxy_bin() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "no mqtt-proxy binary under target/ (cargo build -p mqtt-proxy)"
+        );
+        eprintln!("skipped: no mqtt-proxy binary under target/; run `cargo build -p mqtt-proxy`");
+        return;
+    };
+    let cfg = CpuConfig {
+        rates: vec![1000],
+        duration: Duration::from_secs(1),
+        brokers: 3,
+        reps: 1,
+        cases: vec![Case::A, Case::C, Case::D],
+        qos: 1,
+        payload_size: 64,
+        proxy_bin,
+        limits: BrokerLimits::default(),
+        progress: false,
+    };
+    let r = cpu(&cfg).await;
+    let table = r.render_table();
+    assert!(r.failures.is_empty() && r.skipped.is_empty(), "{table}");
+    assert!(r.all_delivered(), "{table}");
+    assert!(table.contains("delivered all: yes"), "{table}");
+    let cases: Vec<Case> = r.runs.iter().map(|run| run.case).collect();
+    assert_eq!(cases, vec![Case::A, Case::C, Case::D]);
+    for run in &r.runs {
+        assert_eq!(run.sent, 1000, "{table}");
+        let brokers = if run.case == Case::A { 1 } else { 3 };
+        assert_eq!(run.brokers_cpu.len(), brokers);
+        assert!(run.brokers_cpu.iter().all(|c| c.total() > 0.0), "{table}");
+        match run.case {
+            Case::A => assert!(run.front_cpu.is_none()),
+            _ => assert!(run.front_s().is_some_and(|s| s > 0.0), "{table}"),
+        }
+    }
+    let ratio = &r.proxy_over_bridge[0];
+    assert_eq!(ratio.rate, 1000);
+    assert!(ratio.spread.is_some_and(|s| s.median > 0.0), "{table}");
+}

@@ -60,10 +60,44 @@ fn main() -> anyhow::Result<()> {
         None => {}
     }
     init_tracing(config.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = build_runtime(std::env::var(WORKER_THREADS_ENV).ok().as_deref())?;
     runtime.block_on(run(config))
+}
+
+/// Environment variable choosing the runtime's worker threads: `1` one thread for
+/// everything (tokio's current-thread runtime), `N > 1` a multi-thread runtime with N
+/// workers, `0` one worker per core.
+const WORKER_THREADS_ENV: &str = "MQTT_PROXY_WORKER_THREADS";
+/// One thread by default. A device PUBLISH wakes one upstream task per broker; on a
+/// multi-thread runtime those wake-ups hop to parked workers (futex, eventfd, context
+/// switches), which at everyday rates cost more than the forwarding itself (BENCHMARKS.md,
+/// "CPU per message"). One thread forwards well past 10,000 msg/s × 3 brokers; Argon2
+/// and file loads already run on the blocking pool.
+const DEFAULT_WORKER_THREADS: usize = 1;
+
+fn build_runtime(setting: Option<&str>) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = match setting.map(str::trim) {
+        None | Some("") => DEFAULT_WORKER_THREADS,
+        Some(v) => v.parse().unwrap_or_else(|_| {
+            warn!(
+                value = v,
+                "{WORKER_THREADS_ENV} is not a number; using the default"
+            );
+            DEFAULT_WORKER_THREADS
+        }),
+    };
+    match workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

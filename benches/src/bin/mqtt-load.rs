@@ -1,5 +1,6 @@
-//! `mqtt-load`: command line for one workload (`run`) and the proxy comparison
-//! (`compare`). Parsing and output only; the work is in the `mqtt_proxy_benches` lib.
+//! `mqtt-load`: command line for one workload (`run`), the proxy comparison
+//! (`compare`) and CPU at fixed rates (`cpu`). Parsing and output only; the work is in
+//! the `mqtt_proxy_benches` lib.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use mqtt_proxy_benches::churn::{self, ChurnConfig};
 use mqtt_proxy_benches::compare::{compare, Case, CompareConfig};
 use mqtt_proxy_benches::fleet::{self, FleetConfig};
+use mqtt_proxy_benches::cpu::{cpu, CpuConfig};
 use mqtt_proxy_benches::mosquitto::BrokerLimits;
 use mqtt_proxy_benches::proxy_proc::default_proxy_bin;
 use mqtt_proxy_benches::workload::{self, ClientKind, Topology, Workload};
@@ -33,6 +35,8 @@ enum Cmd {
     Fleet(FleetArgs),
     /// Connection churn: N devices reconnecting every few seconds; RSS and fds over time.
     Churn(ChurnArgs),
+    /// CPU seconds of the proxy, a bridging mosquitto and the receiving brokers at fixed rates.
+    Cpu(CpuArgs),
 }
 
 #[derive(Args)]
@@ -186,6 +190,39 @@ struct CompareArgs {
     output: OutputArgs,
 }
 
+#[derive(Args)]
+struct CpuArgs {
+    /// Messages per second of the one device; every rate runs every case.
+    #[arg(long, value_delimiter = ',', default_values_t = [500u64, 2_000, 10_000])]
+    rates: Vec<u64>,
+    /// Seconds of publishing per run (messages = rate × duration).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// N: downstream brokers for cases c and d.
+    #[arg(long, default_value_t = 3)]
+    brokers: usize,
+    /// Repetitions; each runs every rate and case, interleaved.
+    #[arg(long, default_value_t = 1)]
+    reps: usize,
+    /// Cases to run: a (direct), c (proxy), d (bridge).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Case::A, Case::C, Case::D])]
+    cases: Vec<Case>,
+    /// QoS of publishes, bridges and subscriptions.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: u8,
+    /// Payload bytes (≥ 16).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    payload_size: u64,
+    /// The proxy binary for case c (default as for `compare`).
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
 impl WorkloadArgs {
     fn build(&self) -> Workload {
         Workload {
@@ -245,6 +282,24 @@ async fn main() -> anyhow::Result<()> {
             };
             let report = compare(&cfg).await;
             emit(&args.output, &report, report.render_table())
+        }
+        Cmd::Cpu(args) => {
+            let cfg = CpuConfig {
+                rates: args.rates.iter().copied().filter(|r| *r > 0).collect(),
+                duration: Duration::from_secs_f64(args.duration.max(0.1)),
+                brokers: args.brokers.max(1),
+                reps: args.reps.max(1),
+                cases: args.cases.clone(),
+                qos: args.qos,
+                payload_size: args.payload_size as usize,
+                proxy_bin: args.proxy_bin.clone().unwrap_or_else(default_proxy_bin),
+                limits: BrokerLimits::default(),
+                progress: !args.quiet,
+            };
+            let report = cpu(&cfg).await;
+            emit(&args.output, &report, report.render_table())?;
+            anyhow::ensure!(report.all_delivered(), "not every message was delivered");
+            Ok(())
         }
         Cmd::Fleet(args) => {
             let cfg = FleetConfig {

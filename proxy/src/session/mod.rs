@@ -312,10 +312,18 @@ impl Session {
             return Ok(());
         }
         let limit = self.shared.opts.device_write_timeout;
-        let r = tokio::select! {
-            r = timeout(limit, write_flush(wr, wbuf)) => r,
-            _ = wait_true(&mut self.kicked) => return Err(End::TakenOver),
-            _ = wait_true(shutdown) => return Err(End::Shutdown),
+        let r = {
+            let mut write = std::pin::pin!(write_flush(wr, wbuf));
+            // Almost every write completes at once (the socket buffer has room): only one
+            // that does not pays for a timeout timer and the takeover/shutdown waiters.
+            match write.as_mut().now_or_never() {
+                Some(r) => Ok(r),
+                None => tokio::select! {
+                    r = timeout(limit, write) => r,
+                    _ = wait_true(&mut self.kicked) => return Err(End::TakenOver),
+                    _ = wait_true(shutdown) => return Err(End::Shutdown),
+                },
+            }
         };
         clear_written(wbuf);
         match r {
@@ -356,7 +364,12 @@ impl Session {
             .opts
             .limits
             .silence_allowed(self.connect.keep_alive);
-        let mut deadline = Instant::now() + ka;
+        // The keepalive timer is moved only when it fires, not on every read (which would
+        // re-insert it into the timer wheel once per packet): firing before `last_read + ka`
+        // just re-arms it.
+        let mut last_read = Instant::now();
+        let keepalive = sleep_until(last_read + ka);
+        tokio::pin!(keepalive);
         let mut ready = Vec::new();
         // Packets already read behind the CONNECT.
         let mut end = self.drain_packets(&mut rbuf, &mut wbuf).err();
@@ -378,15 +391,17 @@ impl Session {
                 r = self.brokers.changed() => Event::Reload(r.is_ok()),
                 _ = wait_true(&mut self.kicked) => Event::Kicked,
                 _ = wait_true(&mut shutdown) => Event::Shutdown,
-                _ = sleep_until(deadline), if !ka.is_zero() => Event::KeepAlive,
-                _ = sleep(HELD_RETRY), if holding => Event::RetryHeld,
+                _ = &mut keepalive, if !ka.is_zero() => Event::KeepAlive,
+                // In a block, so no timer is made while nothing is held (a disabled branch's
+                // expression is still evaluated).
+                _ = async { sleep(HELD_RETRY).await }, if holding => Event::RetryHeld,
             };
             match event {
                 Event::Read(Ok(0)) => {
                     return End::Lost("connection closed without DISCONNECT".into())
                 }
                 Event::Read(Ok(n)) => {
-                    deadline = Instant::now() + ka;
+                    last_read = Instant::now();
                     sizer.read(n);
                     end = self.drain_packets(&mut rbuf, &mut wbuf).err();
                     sizer.shrink(&mut rbuf);
@@ -438,6 +453,9 @@ impl Session {
                 Event::Shutdown => {
                     self.goodbye(0x8B, &mut wr, &mut wbuf).await;
                     return End::Shutdown;
+                }
+                Event::KeepAlive if last_read + ka > Instant::now() => {
+                    keepalive.as_mut().reset(last_read + ka);
                 }
                 Event::KeepAlive => {
                     METRICS

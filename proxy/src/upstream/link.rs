@@ -124,6 +124,12 @@ impl Upstream {
         let keep_alive = Duration::from_secs(u64::from(self.p.keep_alive));
         let mut last_write = Instant::now();
         let mut ping_sent: Option<Instant> = None;
+        // One keepalive timer for the connection, moved only when it fires: re-arming it on
+        // every write would insert into and remove from the timer wheel once per message.
+        // Its deadline never lies after the real one (`ping_at`, which only moves later
+        // with writes), so firing early just re-arms it.
+        let ping_timer = sleep_until(last_write + keep_alive);
+        tokio::pin!(ping_timer);
         let mut batch: Vec<Queued> = Vec::new();
         // A broker that kept the session sends what it queued right behind the CONNACK,
         // often in the same read: handle it now, not at the next read (maybe a keepalive
@@ -237,12 +243,19 @@ impl Upstream {
                         self.closing = Some(true);
                     }
                 },
-                _ = sleep_until_opt(ping_at) => {
-                    if ping_sent.is_some() {
-                        return Exit::Failed("broker did not answer PINGREQ".into());
+                _ = &mut ping_timer, if ping_at.is_some() => {
+                    let now = Instant::now();
+                    match ping_at {
+                        Some(at) if at > now => ping_timer.as_mut().reset(at),
+                        _ if ping_sent.is_some() => {
+                            return Exit::Failed("broker did not answer PINGREQ".into());
+                        }
+                        _ => {
+                            let _ = codec::write(self.proto, &Packet::PingReq, &mut wbuf);
+                            ping_sent = Some(now);
+                            ping_timer.as_mut().reset(now + keep_alive / 2);
+                        }
                     }
-                    let _ = codec::write(self.proto, &Packet::PingReq, &mut wbuf);
-                    ping_sent = Some(Instant::now());
                 }
             }
         }
@@ -381,12 +394,5 @@ impl Upstream {
                 .last_publish_ms
                 .store(now_ms(), Ordering::Relaxed);
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
