@@ -334,11 +334,6 @@ fn elector(
     watched: Option<&str>,
     timing: Timing,
 ) -> Elector {
-    let pod_ns = || {
-        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-            .ok()
-            .map(|s| s.trim().to_string())
-    };
     let ns = lease_ns
         .filter(|n| !n.is_empty())
         .or_else(|| watched.map(String::from))
