@@ -79,6 +79,38 @@ fn connected_transition_time_moves_only_on_a_flip() {
     );
 }
 
+#[test]
+fn sidecar_mode_asks_the_injected_application_pods() {
+    let mut proxy = common::proxy();
+    proxy.spec.mode = mqtt_proxy_operator::crd::ProxyMode::Sidecar;
+    let port = proxy.spec.web.port;
+    let app = |name: &str, inject: &str, injected: Option<&str>, ip: &str| {
+        let mut v = json!({
+            "metadata": {"name": name, "namespace": "plant",
+                         "labels": {"app.kubernetes.io/name": "my-app",
+                                    "mqttproxy.io/inject": inject}},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}
+        });
+        if let Some(by) = injected {
+            v["metadata"]["annotations"] = json!({"mqttproxy.io/injected": by});
+        }
+        Arc::new(serde_json::from_value::<Pod>(v).expect("pod"))
+    };
+    let pods = vec![
+        app("app-1", "factory", Some("factory"), "10.0.1.1"),
+        // Labelled, but admitted without the webhook: no proxy inside.
+        app("app-2", "factory", None, "10.0.1.2"),
+        app("app-3", "other", Some("other"), "10.0.1.3"),
+        // A Deployment-mode pod of the same name is not this proxy in Sidecar mode.
+        pod("factory-a", "factory", true, Some("10.0.0.1")),
+    ];
+    let want: Vec<(String, std::net::SocketAddr)> = vec![(
+        "app-1".into(),
+        format!("10.0.1.1:{port}").parse().expect("addr"),
+    )];
+    assert_eq!(ready_pods(&pods, &proxy), want);
+}
+
 fn pod(name: &str, instance: &str, ready: bool, ip: Option<&str>) -> Arc<Pod> {
     let v = json!({
         "metadata": {"name": name, "namespace": "plant",

@@ -323,6 +323,17 @@ pub async fn run(
     )
     .default_backoff()
     .for_each(|_| std::future::ready(()));
+    // Application pods carrying a sidecar (Sidecar mode), by the label the webhook reads.
+    let (sidecar_pods, sidecar_writer) = reflector::store::<Pod>();
+    let sidecar_watch = reflector::reflector(
+        sidecar_writer,
+        watcher(
+            api::<Pod>(&client, ns),
+            watcher::Config::default().labels(crate::webhook::inject::INJECT_LABEL),
+        ),
+    )
+    .default_backoff()
+    .for_each(|_| std::future::ready(()));
     // The poller's own MqttProxy store (see `Poller`).
     let (poller_proxies, proxy_writer) = reflector::store::<MqttProxy>();
     let proxy_watch = reflector::reflector(
@@ -344,6 +355,7 @@ pub async fn run(
         client: client.clone(),
         proxies: poller_proxies,
         pods,
+        sidecar_pods,
         brokers: brokers.clone(),
         brokers_synced: ctx.brokers_synced.clone(),
         health: ctx.health.clone(),
@@ -424,6 +436,7 @@ pub async fn run(
     tokio::select! {
         // The health poller and its watches never end by themselves.
         _ = pod_watch => {},
+        _ = sidecar_watch => {},
         _ = proxy_watch => {},
         _ = poller.run() => {},
         _ = async { tokio::join!(proxy_controller, broker_controller) } => {},

@@ -35,7 +35,8 @@ use tracing::debug;
 
 use crate::controller::build::INSTANCE_LABEL;
 use crate::controller::index::selects;
-use crate::crd::{MqttBroker, MqttProxy};
+use crate::crd::{MqttBroker, MqttProxy, ProxyMode};
+use crate::webhook::inject::{INJECTED_ANNOTATION, INJECT_LABEL};
 use poll::{poll_pod, token_ref, PollError, Tokens};
 pub use summary::{BrokerSummary, PodPoll, ProxyPolls, ProxySummary};
 
@@ -234,6 +235,9 @@ pub struct Poller {
     pub client: Client,
     pub proxies: Store<MqttProxy>,
     pub pods: Store<Pod>,
+    /// Application pods that asked for a sidecar (label [`INJECT_LABEL`]): the proxies of
+    /// `spec.mode: Sidecar` MqttProxies.
+    pub sidecar_pods: Store<Pod>,
     pub brokers: Store<MqttBroker>,
     pub brokers_synced: tokio::sync::watch::Receiver<bool>,
     pub health: Arc<HealthIndex>,
@@ -259,8 +263,18 @@ pub fn ready_pods(pods: &[Arc<Pod>], proxy: &MqttProxy) -> Vec<(String, SocketAd
         .filter(|p| p.namespace() == ns && p.metadata.deletion_timestamp.is_none())
         .filter(|p| {
             let l = p.labels();
-            l.get(POD_NAME_LABEL.0).map(String::as_str) == Some(POD_NAME_LABEL.1)
-                && l.get(INSTANCE_LABEL) == Some(&name)
+            match proxy.spec.mode {
+                ProxyMode::Deployment => {
+                    l.get(POD_NAME_LABEL.0).map(String::as_str) == Some(POD_NAME_LABEL.1)
+                        && l.get(INSTANCE_LABEL) == Some(&name)
+                }
+                // Only pods the webhook did inject: a labelled pod admitted while the
+                // webhook was away has no proxy to ask.
+                ProxyMode::Sidecar => {
+                    l.get(INJECT_LABEL) == Some(&name)
+                        && p.annotations().get(INJECTED_ANNOTATION) == Some(&name)
+                }
+            }
         })
         .filter_map(|p| {
             let st = p.status.as_ref()?;
@@ -285,6 +299,7 @@ impl Poller {
         let synced = async {
             self.proxies.wait_until_ready().await.ok()?;
             self.pods.wait_until_ready().await.ok()?;
+            self.sidecar_pods.wait_until_ready().await.ok()?;
             self.brokers_synced.wait_for(|s| *s).await.ok()?;
             Some(())
         };
@@ -304,7 +319,8 @@ impl Poller {
     /// One round over every proxy the store holds.
     pub async fn round(&self) {
         let proxies = self.proxies.state();
-        let pods = self.pods.state();
+        let mut pods = self.pods.state();
+        pods.extend(self.sidecar_pods.state());
         let mut rounds: HashMap<Key, Round> = HashMap::new();
         let mut jobs = Vec::new();
         let mut token_at = HashMap::new();
