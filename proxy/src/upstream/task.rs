@@ -122,7 +122,7 @@ impl Upstream {
                 tokio::select! {
                     _ = sleep_until(wake) => break,
                     c = self.ctl.recv() => match c {
-                        Some(c) => if self.control_offline(c) {
+                        Some(c) => if self.control_offline(*c) {
                             // New settings (e.g. the password that was refused): try now.
                             backoff.reset();
                             break;
