@@ -129,7 +129,7 @@ impl UpstreamHandle {
         let (link_tx, link) = watch::channel(None);
         let mut task = Upstream::new(p, queue.clone(), ctl_rx);
         task.link = link_tx;
-        let task = tokio::spawn(task.run());
+        let task = tokio::spawn(Box::new(task).run());
         Self {
             broker,
             queue,
