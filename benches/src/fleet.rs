@@ -234,6 +234,7 @@ async fn run_with(
 
     let mut cmd = Commander::connect(&brokers[0].addr()).await?;
     let cpu0 = cpu_all(pid, brokers)?;
+    let load0 = loadavg();
     let go_at = Instant::now();
     go_tx.send_replace(true);
     let publish_end = go_at + Duration::from_secs(cfg.secs);
@@ -296,6 +297,7 @@ async fn run_with(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu1 = cpu_all(pid, brokers)?;
+    let load1 = loadavg();
     let (rss_end, hwm) = procstat::rss_kb(pid)?;
     stop_tx.send_replace(true);
 
@@ -346,23 +348,33 @@ async fn run_with(
         downlinks_sent,
         downlinks_received: counters.downlinks.load(Ordering::Relaxed),
         proxy_cpu_s: (cpu1[0] - cpu0[0]).as_secs_f64(),
-        broker_cpu_s: cpu1[1..]
+        broker_cpu_s: cpu1[1..cpu1.len() - 1]
             .iter()
-            .zip(&cpu0[1..])
+            .zip(&cpu0[1..cpu0.len() - 1])
             .map(|(a, b)| (*a - *b).as_secs_f64())
             .collect(),
         proxy_rss_end_mb: mb(rss_end),
         proxy_hwm_mb: mb(hwm),
         publish_s,
+        load_cpu_s: (cpu1[cpu1.len() - 1] - cpu0[cpu0.len() - 1]).as_secs_f64(),
+        loadavg: (load0, load1),
         errors,
     })
 }
 
-/// CPU time of the proxy, then of each broker.
+/// The first three fields of `/proc/loadavg`.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// CPU time of the proxy, then of each broker, then of this process.
 fn cpu_all(proxy: u32, brokers: &[Mosquitto]) -> anyhow::Result<Vec<Duration>> {
     let mut v = vec![procstat::cpu_time(proxy)?];
     for b in brokers {
         v.push(procstat::cpu_time(b.pid().context("broker exited")?)?);
     }
+    v.push(procstat::cpu_time(std::process::id())?);
     Ok(v)
 }

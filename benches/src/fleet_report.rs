@@ -43,6 +43,10 @@ pub struct FleetReport {
     pub proxy_rss_end_mb: f64,
     pub proxy_hwm_mb: f64,
     pub publish_s: f64,
+    /// CPU of this load generator (devices and sinks) over the same window.
+    pub load_cpu_s: f64,
+    /// `/proc/loadavg` before the publish phase and after the drain: a busy box shows here.
+    pub loadavg: (String, String),
     pub errors: Vec<String>,
 }
 
@@ -108,6 +112,10 @@ impl FleetReport {
             if brokers > 0.0 { self.proxy_cpu_s / brokers } else { f64::NAN },
             self.proxy_rss_end_mb,
             self.proxy_hwm_mb
+        ));
+        line(format!(
+            "mqtt-load CPU {:.2} s; load average before: {} | after: {}",
+            self.load_cpu_s, self.loadavg.0, self.loadavg.1
         ));
         for e in &self.errors {
             line(format!("error: {e}"));

@@ -174,30 +174,31 @@ async fn a_sink_the_target_never_reaches_is_reported_not_ready_within_the_timeou
     b2.stop().await;
 }
 
-/// The proxy binary for the CPU scenario: `MQTT_LOAD_PROXY_BIN`, else the workspace's debug
-/// build (`cargo test --workspace` builds it for the proxy's CLI tests), else release.
-fn proxy_bin() -> Option<std::path::PathBuf> {
+/// The proxy binary: `MQTT_LOAD_PROXY_BIN`, else the one `cargo test --workspace` builds
+/// next to this test's directory (`target/<profile>/mqtt-proxy`; the mqtt-proxy package has
+/// integration tests, so its binary is built with them).
+fn proxy_bin() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("MQTT_LOAD_PROXY_BIN") {
-        return Some(p.into());
+        return p.into();
     }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
-    ["debug", "release"]
-        .iter()
-        .map(|profile| root.join(profile).join("mqtt-proxy"))
-        .find(|p| p.is_file())
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("mqtt-proxy"))
+        .expect("target/<profile>/");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p mqtt-proxy` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_scenario_delivers_everything_and_reads_every_process_cpu() {
     use mqtt_proxy_benches::cpu::{cpu, CpuConfig};
-    let Some(proxy_bin) = proxy_bin() else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "no mqtt-proxy binary under target/ (cargo build -p mqtt-proxy)"
-        );
-        eprintln!("skipped: no mqtt-proxy binary under target/; run `cargo build -p mqtt-proxy`");
-        return;
-    };
+    let proxy_bin = proxy_bin();
     let cfg = CpuConfig {
         rates: vec![1000],
         duration: Duration::from_secs(1),
@@ -230,4 +231,68 @@ async fn cpu_scenario_delivers_everything_and_reads_every_process_cpu() {
     let ratio = &r.proxy_over_bridge[0];
     assert_eq!(ratio.rate, 1000);
     assert!(ratio.spread.is_some_and(|s| s.median > 0.0), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_delivers_everything_and_reports_rss_per_stage() {
+    use mqtt_proxy_benches::fleet::{self, FleetConfig};
+    let cfg = FleetConfig {
+        proxy_bin: proxy_bin(),
+        devices: 40,
+        secs: 3,
+        payload_size: 64,
+        sub_fraction: 0.25,
+        rss_at: vec![20],
+        connect_concurrency: 16,
+        progress: false,
+    };
+    let r = fleet::run(&cfg).await.expect("fleet run");
+    let text = r.render();
+    assert!(r.all_delivered(), "{text}");
+    assert_eq!(r.subscribed_devices, 10, "{text}");
+    assert_eq!(r.sent, 40 * 3, "{text}");
+    assert_eq!(r.sinks.len(), 3);
+    assert!(
+        r.sinks
+            .iter()
+            .all(|s| s.expected == 120 && s.received == 120),
+        "{text}"
+    );
+    assert!(
+        r.downlinks_sent > 0 && r.downlinks_received >= r.downlinks_sent,
+        "{text}"
+    );
+    let stages: Vec<usize> = r.stages.iter().map(|s| s.devices).collect();
+    assert_eq!(stages, vec![20, 40], "{text}");
+    // The proxy holds a device socket and three upstream sockets per device.
+    assert!(
+        r.stages
+            .iter()
+            .all(|s| s.rss_mb > 0.0 && s.fds >= 4 * s.devices),
+        "{text}"
+    );
+    assert!(text.contains("open-file limit: soft"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_keeps_counters_consistent_and_descriptors_at_baseline() {
+    use mqtt_proxy_benches::churn::{self, ChurnConfig};
+    let cfg = ChurnConfig {
+        proxy_bin: proxy_bin(),
+        devices: 30,
+        every: Duration::from_millis(800),
+        secs: 4,
+        sample: Duration::from_secs(1),
+        progress: false,
+    };
+    let r = churn::run(&cfg).await.expect("churn run");
+    let text = r.render();
+    assert!(r.consistent().is_empty(), "{text}");
+    assert!(r.connects >= 30 * 4, "{text}");
+    assert_eq!(r.client_id_fights, 0, "{text}");
+    assert!(
+        !r.samples.is_empty() && r.samples.iter().all(|s| s.fds > 0),
+        "{text}"
+    );
+    assert_eq!(r.after.devices_connected, 0.0, "{text}");
 }

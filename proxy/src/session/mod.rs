@@ -65,7 +65,7 @@ const HELD_RETRY: Duration = Duration::from_millis(20);
 
 enum Event {
     Read(std::io::Result<usize>),
-    SubAck(SubDone),
+    SubAck(Box<SubDone>),
     Acks,
     FromBroker(FromBroker),
     Reload(bool),
@@ -181,8 +181,10 @@ struct Session {
     from_brokers_tx: mpsc::Sender<FromBroker>,
     from_brokers: mpsc::Receiver<FromBroker>,
     acks: Arc<AckSink>,
-    subacks_tx: mpsc::Sender<SubDone>,
-    subacks: mpsc::Receiver<SubDone>,
+    /// Boxed: a tokio channel allocates 32 slots up front, paid by every session although
+    /// SUBACKs are rare.
+    subacks_tx: mpsc::Sender<Box<SubDone>>,
+    subacks: mpsc::Receiver<Box<SubDone>>,
     /// Device packet ids whose PUBACK (QoS 1) or PUBREC (QoS 2) waits for brokers.
     deferred: HashMap<u16, u8>,
     inbound: Inbound,
@@ -432,7 +434,7 @@ impl Session {
                         self.to_device.offer(m, &self.subs, &mut wbuf);
                     }
                 }
-                Event::SubAck(d) => self.suback(d, &mut wbuf),
+                Event::SubAck(d) => self.suback(*d, &mut wbuf),
                 Event::Reload(true) => self.reconcile(),
                 Event::Reload(false) => return End::Shutdown,
                 Event::Kicked => {

@@ -183,12 +183,12 @@ impl Session {
                 }
             }
             let _ = done
-                .send(SubDone {
+                .send(Box::new(SubDone {
                     pkid,
                     filters,
                     preset,
                     replies,
-                })
+                }))
                 .await;
         });
     }

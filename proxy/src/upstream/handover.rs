@@ -23,7 +23,10 @@ impl UpstreamHandle {
     /// when it is not bidirectional).
     pub async fn handover(&mut self, broker: Arc<Broker>, subs: Vec<SubFilter>) {
         self.broker = broker.clone();
-        let _ = self.ctl.send(Control::Handover { broker, subs }).await;
+        let _ = self
+            .ctl
+            .send(Box::new(Control::Handover { broker, subs }))
+            .await;
     }
 }
 

@@ -210,7 +210,7 @@ impl Upstream {
                     Err(e) => return Exit::Failed(format!("read: {e}")),
                 },
                 _ = self.queue.notify.notified(), if room => {}
-                c = self.ctl.recv() => match c {
+                c = self.ctl.recv() => match c.map(|c| *c) {
                     Some(Control::Subscribe { filters, reply }) => {
                         self.merge_subs(filters.clone());
                         let Some(pkid) = self.out.reserve() else {

@@ -79,7 +79,7 @@ enum Control {
 
 /// A SUBSCRIBE/UNSUBSCRIBE for an upstream task, not handed over yet (its control channel
 /// was full).
-pub struct Held(Control);
+pub struct Held(Box<Control>);
 
 /// Everything an upstream needs to impersonate the device towards one broker.
 pub struct UpstreamParams {
@@ -103,7 +103,9 @@ pub struct UpstreamParams {
 pub struct UpstreamHandle {
     pub broker: Arc<Broker>,
     pub queue: Arc<UpstreamQueue>,
-    ctl: mpsc::Sender<Control>,
+    /// Boxed: a tokio channel allocates 32 slots up front, paid by every upstream although
+    /// control messages are rare.
+    ctl: mpsc::Sender<Box<Control>>,
     task: JoinHandle<()>,
     /// `None` until the first connection attempt ended: then `Some(session present)`
     /// (`Some(false)` when it failed). Updated on every later CONNACK.
@@ -130,7 +132,7 @@ impl UpstreamHandle {
         let (link_tx, link) = watch::channel(None);
         let mut task = Upstream::new(p, queue.clone(), ctl_rx);
         task.link = link_tx;
-        let task = tokio::spawn(task.run());
+        let task = tokio::spawn(Box::new(task).run());
         Self {
             broker,
             queue,
@@ -147,18 +149,24 @@ impl UpstreamHandle {
         let (tx, rx) = oneshot::channel();
         let _ = self
             .ctl
-            .send(Control::Subscribe { filters, reply: tx })
+            .send(Box::new(Control::Subscribe { filters, reply: tx }))
             .await;
         rx
     }
 
     pub async fn unsubscribe(&self, filters: Vec<String>) {
-        let _ = self.ctl.send(Control::Unsubscribe { filters }).await;
+        let _ = self
+            .ctl
+            .send(Box::new(Control::Unsubscribe { filters }))
+            .await;
     }
 
     /// See [`Control::SessionExpiry`]; sent before [`close`](Self::close).
     pub async fn set_session_expiry(&self, expiry: u32) {
-        let _ = self.ctl.send(Control::SessionExpiry(expiry)).await;
+        let _ = self
+            .ctl
+            .send(Box::new(Control::SessionExpiry(expiry)))
+            .await;
     }
 
     /// A SUBSCRIBE request to hand over with [`retry`] instead of awaiting: a device
@@ -168,19 +176,22 @@ impl UpstreamHandle {
     /// [`retry`]: Self::retry
     pub fn subscribe_request(filters: Vec<SubFilter>) -> (oneshot::Receiver<Vec<u8>>, Held) {
         let (tx, rx) = oneshot::channel();
-        (rx, Held(Control::Subscribe { filters, reply: tx }))
+        (
+            rx,
+            Held(Box::new(Control::Subscribe { filters, reply: tx })),
+        )
     }
 
     /// [`handover`](Self::handover) as a request to hand over with [`retry`](Self::retry),
     /// for a device session, which must not await this task.
     pub fn handover_request(&mut self, broker: Arc<Broker>, subs: Vec<SubFilter>) -> Held {
         self.broker = broker.clone();
-        Held(Control::Handover { broker, subs })
+        Held(Box::new(Control::Handover { broker, subs }))
     }
 
     /// An UNSUBSCRIBE request to hand over with [`retry`](Self::retry).
     pub fn unsubscribe_request(filters: Vec<String>) -> Held {
-        Held(Control::Unsubscribe { filters })
+        Held(Box::new(Control::Unsubscribe { filters }))
     }
 
     /// Hands a held request over if the channel has room now; `Some` while it is still full.
@@ -216,7 +227,10 @@ impl UpstreamHandle {
     /// Delivers everything it holds with no deadline (spool recovery), unless `stop` turns
     /// true first (the device came back): then it stops at once and the spool keeps the rest.
     pub async fn deliver_all(self, mut stop: watch::Receiver<bool>) {
-        let _ = self.ctl.send(Control::Close { with_will: false }).await;
+        let _ = self
+            .ctl
+            .send(Box::new(Control::Close { with_will: false }))
+            .await;
         let mut task = self.task;
         tokio::select! {
             _ = &mut task => {}
@@ -234,7 +248,7 @@ impl UpstreamHandle {
     /// Ends the upstream: drains within `deadline`, then aborts. Whatever could not be
     /// delivered is counted as dropped (`reason="shutdown"`).
     pub async fn close(self, with_will: bool, deadline: Duration) {
-        let _ = self.ctl.send(Control::Close { with_will }).await;
+        let _ = self.ctl.send(Box::new(Control::Close { with_will })).await;
         let mut task = self.task;
         if timeout(deadline, &mut task).await.is_err() {
             task.abort();
@@ -306,7 +320,7 @@ struct Upstream {
     _counted: SessionCount,
     p: UpstreamParams,
     queue: Arc<UpstreamQueue>,
-    ctl: mpsc::Receiver<Control>,
+    ctl: mpsc::Receiver<Box<Control>>,
     out: Outbound<Completion>,
     inbound: Inbound,
     subs: Vec<SubFilter>,
@@ -341,7 +355,11 @@ enum Exit {
 }
 
 impl Upstream {
-    fn new(p: UpstreamParams, queue: Arc<UpstreamQueue>, ctl: mpsc::Receiver<Control>) -> Self {
+    fn new(
+        p: UpstreamParams,
+        queue: Arc<UpstreamQueue>,
+        ctl: mpsc::Receiver<Box<Control>>,
+    ) -> Self {
         let proto = Protocol::from(p.broker.config.mqtt_version);
         Self {
             _counted: SessionCount::new(p.broker.clone()),
