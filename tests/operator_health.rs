@@ -186,7 +186,10 @@ async fn outage_and_recovery(
         beta["status"]
     );
     wait_object(k, "mqp", PROXY, |p| {
-        condition(p, "Degraded").is_some_and(|c| c["status"] == "False")
+        // Not degraded by brokers any more (with 3 replicas on the 1.20 test API server it
+        // stays Degraded for `PodDisruptionBudgetSkipped`: no policy/v1 there).
+        condition(p, "Degraded")
+            .is_some_and(|c| c["status"] == "False" || c["reason"] != "BrokersDisconnected")
             && p["status"]["brokers"] == "3/3"
     })
     .await?;
