@@ -207,8 +207,9 @@ async fn read_inputs(proxy: &MqttProxy, ctx: &Ctx, ns: &str) -> Result<Inputs, E
     }
     // Asked even when disabled: a ServiceMonitor left from when it was enabled is removed.
     let service_monitor_available = Some(ctx.service_monitors.available(&ctx.client).await?);
-    // Only asked when a budget is wanted (one replica needs none).
-    let pdb_available = if proxy.spec.replicas > 1 {
+    // Only asked when a budget is wanted (one replica needs none; Sidecar mode has no pods
+    // of its own).
+    let pdb_available = if proxy.spec.replicas > 1 && proxy.spec.mode == ProxyMode::Deployment {
         Some(ctx.pdbs.available(&ctx.client).await?)
     } else {
         None

@@ -13,9 +13,9 @@ use kube::{Resource, ResourceExt};
 use mqtt_proxy::broker::{BrokerConfig, Secret as Password};
 
 use crate::crd::{
-    broker_config, reason, AckPolicy, MqttBroker, MqttProxy, PodTemplateSpec, ResolvedSecrets,
-    ServiceMonitorSpec, ServiceSpec, UpstreamClientIdPolicy, UsersSecretRef, TLS_CRT_KEY,
-    TLS_KEY_KEY,
+    broker_config, reason, AckPolicy, MqttBroker, MqttProxy, PodTemplateSpec, ProxyMode,
+    ResolvedSecrets, ServiceMonitorSpec, ServiceSpec, UpstreamClientIdPolicy, UsersSecretRef,
+    TLS_CRT_KEY, TLS_KEY_KEY,
 };
 
 /// Key of the operator-created admin token Secret.
@@ -270,7 +270,7 @@ pub fn validate(
     let admin_token = admin_token(proxy, &namespace, &name, inputs)?;
     let device_users = device_users(proxy, &namespace, &name, inputs)?;
     let (pdb, pdb_skipped) = match inputs.pdb_available {
-        _ if spec.replicas <= 1 => (false, None),
+        _ if spec.replicas <= 1 || spec.mode == ProxyMode::Sidecar => (false, None),
         Some(true) => (true, None),
         Some(false) | None => (
             false,
