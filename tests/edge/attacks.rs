@@ -153,6 +153,9 @@ pub async fn never_reading_subscriber(port: u16, filter: &str) -> Result<TcpStre
 /// another device publishes 16 KiB QoS 1 messages to it, at least `flood_bytes` and until
 /// the proxy counts the disconnect. Returns once the never-reading device's socket, drained
 /// of what the kernel held for it, reads as closed; fails if that takes over `FLOOD_MAX`.
+/// How fast the never-reading attack floods (about what a loaded box managed unpaced).
+const FLOOD_BYTES_PER_SEC: f64 = 40.0 * 1024.0 * 1024.0;
+
 pub async fn never_reads(port: u16, flood_bytes: usize) -> Result<NeverReading> {
     let dropped =
         "mqtt_proxy_messages_dropped_total{broker=\"device\",reason=\"device_backlog_full\"}";
@@ -174,6 +177,13 @@ pub async fn never_reads(port: u16, flood_bytes: usize) -> Result<NeverReading> 
             .await?;
         sent += payload.len();
         if sent % (1 << 20) == 0 {
+            // Paced: the flood must outgrow the kernel's buffers plus the bound, not the
+            // upstream brokers' speed (an unpaced flood on an idle box ran at 230 MB/s and
+            // filled the per-broker queues, which are bounded elsewhere and measured here).
+            let due = Duration::from_secs_f64(sent as f64 / FLOOD_BYTES_PER_SEC);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(ahead).await;
+            }
             rss_peak = rss_peak.max(rss_kib());
             if disconnected.is_none() && disconnects() != disconnects_before {
                 disconnected = Some(started.elapsed());
