@@ -4,7 +4,7 @@
 //! Repeated and interleaved (a,b,c,d per rep) over fresh brokers, so drift on the
 //! machine hits every case alike; ratios are taken within a rep, then summarized.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -46,24 +46,33 @@ pub struct CompareConfig {
     pub limits: BrokerLimits,
 }
 
-pub async fn compare(cfg: &CompareConfig) -> CompareReport {
-    let mut runs = Vec::new();
-    let mut failures = Vec::new();
-    let mut skipped = Vec::new();
-    // Always a, b, c, d within a rep, whatever order they were asked in.
-    let mut cases = cfg.cases.clone();
+/// The cases to run, always in the order a, b, c, d within a rep whatever order they were
+/// asked in, and why any was skipped (case c without a proxy binary; printed too).
+pub(crate) fn plan_cases(
+    asked: impl IntoIterator<Item = Case>,
+    proxy_bin: &Path,
+) -> (Vec<Case>, Vec<String>) {
+    let mut cases: Vec<Case> = asked.into_iter().collect();
     cases.sort();
     cases.dedup();
-    if cases.contains(&Case::C) && !cfg.proxy_bin.is_file() {
+    let mut skipped = Vec::new();
+    if cases.contains(&Case::C) && !proxy_bin.is_file() {
         skipped.push(format!(
             "case c skipped: proxy binary not found at {} (build it with `cargo build --release -p mqtt-proxy` or pass --proxy-bin)",
-            cfg.proxy_bin.display()
+            proxy_bin.display()
         ));
         cases.retain(|&c| c != Case::C);
     }
     for s in &skipped {
         eprintln!("{s}");
     }
+    (cases, skipped)
+}
+
+pub async fn compare(cfg: &CompareConfig) -> CompareReport {
+    let mut runs = Vec::new();
+    let mut failures = Vec::new();
+    let (cases, skipped) = plan_cases(cfg.cases.iter().copied(), &cfg.proxy_bin);
     let loadavg_start = loadavg();
     if let Some(l) = &loadavg_start {
         eprintln!("load average before: {l}");

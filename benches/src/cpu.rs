@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::compare::{loadavg, Case};
+use crate::compare::{loadavg, plan_cases, Case};
 use crate::cpu_report::{CpuReport, CpuRun, CpuWindow};
 use crate::mosquitto::{Bridge, BrokerLimits, Mosquitto};
 use crate::proxy_proc::ProxyProc;
@@ -93,25 +93,10 @@ fn clock_ticks() -> f64 {
 }
 
 pub async fn cpu(cfg: &CpuConfig) -> CpuReport {
-    let mut cases: Vec<Case> = cfg
-        .cases
-        .iter()
-        .copied()
-        .filter(|c| *c != Case::B)
-        .collect();
-    cases.sort();
-    cases.dedup();
-    let mut skipped = Vec::new();
-    if cases.contains(&Case::C) && !cfg.proxy_bin.is_file() {
-        skipped.push(format!(
-            "case c skipped: proxy binary not found at {} (build it with `cargo build --release -p mqtt-proxy` or pass --proxy-bin)",
-            cfg.proxy_bin.display()
-        ));
-        cases.retain(|&c| c != Case::C);
-    }
-    for s in &skipped {
-        eprintln!("{s}");
-    }
+    let (cases, skipped) = plan_cases(
+        cfg.cases.iter().copied().filter(|c| *c != Case::B),
+        &cfg.proxy_bin,
+    );
     let loadavg_start = loadavg();
     let mut runs = Vec::new();
     let mut failures = Vec::new();
