@@ -156,7 +156,7 @@ pub async fn run(
     mut gate: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (tx, mut rx) = mpsc::channel::<FromBroker>(1024);
+    let (tx, mut rx) = mpsc::channel::<Box<FromBroker>>(1024);
     let client_id = format!("mqtt-proxy-mirror-{}", opts.instance_id);
     let mut guard = MirrorGuard::new(opts);
     let mut upstreams: Vec<UpstreamHandle> = Vec::new();
@@ -166,7 +166,7 @@ pub async fn run(
         reconcile(&mut upstreams, &set, allowed, &client_id, &session, &tx).await;
         loop {
             tokio::select! {
-                Some(m) = rx.recv() => forward(m, &upstreams, &mut guard),
+                Some(m) = rx.recv() => forward(*m, &upstreams, &mut guard),
                 r = brokers.changed() => {
                     if r.is_err() { return close_all(upstreams, &session).await; }
                     set = brokers.borrow_and_update().clone();
@@ -201,7 +201,7 @@ async fn reconcile(
     allowed: bool,
     client_id: &str,
     session: &SessionOptions,
-    tx: &mpsc::Sender<FromBroker>,
+    tx: &mpsc::Sender<Box<FromBroker>>,
 ) {
     let active = allowed && set.brokers.iter().any(|b| b.config.mirror);
     let old = std::mem::take(upstreams);

@@ -284,6 +284,11 @@ impl UpstreamQueue {
             }
         }
         q.bytes -= bytes;
+        // Drained: give the ring back (each of thousands of quiet upstreams would keep its
+        // largest backlog's worth of slots).
+        if q.items.is_empty() && q.items.capacity() > 0 {
+            q.items = VecDeque::new();
+        }
         self.account(-(n as i64), -(bytes as i64));
         self.depth.store(q.items.len(), Ordering::Relaxed);
     }

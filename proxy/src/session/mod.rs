@@ -67,7 +67,7 @@ enum Event {
     Read(std::io::Result<usize>),
     SubAck(Box<SubDone>),
     Acks,
-    FromBroker(FromBroker),
+    FromBroker(Box<FromBroker>),
     Reload(bool),
     Kicked,
     Shutdown,
@@ -178,15 +178,15 @@ struct Session {
     upstreams: Vec<UpstreamHandle>,
     /// Control requests for upstreams whose channel was full, by broker id, in order.
     held: HashMap<String, VecDeque<Held>>,
-    from_brokers_tx: mpsc::Sender<FromBroker>,
-    from_brokers: mpsc::Receiver<FromBroker>,
+    from_brokers_tx: mpsc::Sender<Box<FromBroker>>,
+    from_brokers: mpsc::Receiver<Box<FromBroker>>,
     acks: Arc<AckSink>,
     /// Boxed: a tokio channel allocates 32 slots up front, paid by every session although
     /// SUBACKs are rare.
     subacks_tx: mpsc::Sender<Box<SubDone>>,
     subacks: mpsc::Receiver<Box<SubDone>>,
     /// Device packet ids whose PUBACK (QoS 1) or PUBREC (QoS 2) waits for brokers.
-    deferred: HashMap<u16, u8>,
+    deferred: crate::qos::PkidMap<u8>,
     inbound: Inbound,
     /// Device subscriptions, for brokers added by a reload and for delivery checks.
     subs: SubTable,
@@ -251,7 +251,7 @@ impl Session {
             acks: Arc::new(AckSink::default()),
             subacks_tx,
             subacks,
-            deferred: HashMap::new(),
+            deferred: Default::default(),
             inbound,
             subs,
             to_device,
@@ -425,13 +425,13 @@ impl Session {
                 }
                 Event::FromBroker(m) => {
                     self.observe(&m);
-                    self.to_device.offer(m, &self.subs, &mut wbuf);
+                    self.to_device.offer(*m, &self.subs, &mut wbuf);
                     while wbuf.len() < WBUF_FLUSH {
                         let Ok(m) = self.from_brokers.try_recv() else {
                             break;
                         };
                         self.observe(&m);
-                        self.to_device.offer(m, &self.subs, &mut wbuf);
+                        self.to_device.offer(*m, &self.subs, &mut wbuf);
                     }
                 }
                 Event::SubAck(d) => self.suback(*d, &mut wbuf),

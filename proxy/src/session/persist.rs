@@ -75,7 +75,7 @@ impl Session {
                 Some(m) = self.from_brokers.recv() => {
                     // Written to nowhere: QoS 0 is gone with the connection; QoS 1/2 stays
                     // in flight and is resent (DUP) if the session is resumed.
-                    self.to_device.offer(m, &self.subs, &mut scratch);
+                    self.to_device.offer(*m, &self.subs, &mut scratch);
                     scratch.clear();
                 }
             }

@@ -53,10 +53,10 @@ impl Upstream {
                         .with_label_values(&[self.broker().label(), "echo"])
                         .inc();
                 } else if fresh {
-                    let m = FromBroker {
+                    let m = Box::new(FromBroker {
                         broker: self.p.broker.clone(),
                         msg,
-                    };
+                    });
                     // Backpressure: a slow device slows this broker's session only.
                     if self.p.to_session.send(m).await.is_err() {
                         return Err("device session ended".into());

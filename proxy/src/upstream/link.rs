@@ -130,7 +130,6 @@ impl Upstream {
         // with writes), so firing early just re-arms it.
         let ping_timer = sleep_until(last_write + keep_alive);
         tokio::pin!(ping_timer);
-        let mut batch: Vec<Queued> = Vec::new();
         // A broker that kept the session sends what it queued right behind the CONNACK,
         // often in the same read: handle it now, not at the next read (maybe a keepalive
         // later).
@@ -141,7 +140,7 @@ impl Upstream {
             return Exit::Failed(e);
         }
         loop {
-            self.fill(&mut batch, &mut wbuf);
+            self.fill(&mut wbuf);
             if !wbuf.is_empty() {
                 if let Err(e) = wr.write_all(&wbuf).await {
                     return Exit::Failed(format!("write: {e}"));
@@ -329,13 +328,16 @@ impl Upstream {
     }
 
     /// Moves queued messages into the write buffer while the in-flight window has room.
-    fn fill(&mut self, batch: &mut Vec<Queued>, wbuf: &mut BytesMut) {
+    fn fill(&mut self, wbuf: &mut BytesMut) {
+        // Per call, not per connection: allocated only when something is queued, and not
+        // kept by thousands of quiet upstreams.
+        let mut batch: Vec<Queued> = Vec::new();
         let broker = self.p.broker.clone();
         let prefix = broker.rule.topic_prefix.as_deref();
         let prefix_len = prefix.map_or(0, str::len);
         let mut written = 0u64;
         while self.out.room() > 0 && wbuf.len() < 256 * 1024 {
-            self.queue.pop_batch(self.out.room().min(BATCH), batch);
+            self.queue.pop_batch(self.out.room().min(BATCH), &mut batch);
             if batch.is_empty() {
                 break;
             }

@@ -92,7 +92,9 @@ pub struct UpstreamParams {
     pub will: Option<Will>,
     pub session_expiry: Option<u32>,
     pub max_packet_size: usize,
-    pub to_session: mpsc::Sender<FromBroker>,
+    /// Boxed: the channel allocates its first block of slots up front, in every session,
+    /// although only subscribed devices receive anything.
+    pub to_session: mpsc::Sender<Box<FromBroker>>,
     /// Data directory holding `spool/` (for brokers with `spool: true`).
     pub spool_dir: Option<std::path::PathBuf>,
     /// Wait (at most the given time) for the previous session with this client id to end.
