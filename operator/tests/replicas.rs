@@ -1,6 +1,7 @@
 //! Builders and validation for running several proxy replicas (upstream client id policy,
 //! session affinity, PodDisruptionBudget, grace period) and for the device users Secret
-//! (mounted, pointed at by `MQTT_PROXY_USERS_FILE`, validated, watched).
+//! (mounted, pointed at by `MQTT_PROXY_USERS_FILE`, validated, watched), and the proxy
+//! settings passed as arguments (`coalesceMs`).
 
 mod common;
 
@@ -317,4 +318,26 @@ fn mirroring_brokers_get_the_pods_a_lease_account() {
     assert!(build::build_mirror_rbac(&plain).is_none());
     assert_eq!(pod(&plain).automount_service_account_token, Some(false));
     assert!(env_value(&proxy_container(&plain), "MQTT_PROXY_MIRROR_LEASE").is_none());
+}
+
+#[test]
+fn coalescing_reaches_the_proxy_arguments_and_is_bounded() {
+    let args = |v: &ValidatedProxy| proxy_container(v).args.unwrap_or_default();
+    let off = args(&valid(&proxy()));
+    assert!(!off.iter().any(|a| a == "--coalesce-ms"), "{off:?}");
+    let zero = args(&valid(&with(|p| p.spec.coalesce_ms = Some(0))));
+    assert!(
+        !zero.iter().any(|a| a == "--coalesce-ms"),
+        "0 is off: {zero:?}"
+    );
+    let on = args(&valid(&with(|p| p.spec.coalesce_ms = Some(5))));
+    let at = on
+        .iter()
+        .position(|a| a == "--coalesce-ms")
+        .expect("passed");
+    assert_eq!(on[at + 1], "5");
+    let e = validate(&with(|p| p.spec.coalesce_ms = Some(2000)), &inputs(), IMAGE)
+        .expect_err("out of range");
+    assert_eq!(e.reason, reason::INVALID_SPEC);
+    assert!(e.message.contains("coalesceMs"), "{}", e.message);
 }

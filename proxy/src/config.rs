@@ -70,6 +70,9 @@ pub struct SessionOptions {
     /// Appended to every upstream client id of this process (see [`crate::client_id`]):
     /// `None` in device mode, `@<instance id>` in instance mode.
     pub client_id_suffix: Option<String>,
+    /// Coalescing window (`--coalesce-ms`, zero: off): device packets arriving within it
+    /// after the last batch wait for its end and are forwarded together.
+    pub coalesce: Duration,
 }
 
 impl SessionOptions {
@@ -157,6 +160,7 @@ impl Default for Config {
                 limits: crate::limits::DeviceLimits::default(),
                 connack_wait: Duration::from_secs(2),
                 client_id_suffix: None,
+                coalesce: Duration::ZERO,
             },
             queue: QueueLimits::default(),
             queue_total_max_bytes: 512 << 20,
@@ -218,6 +222,7 @@ pub struct FileConfig {
     pub max_kept_sessions: Option<usize>,
     pub max_kept_session_bytes: Option<usize>,
     pub connack_wait_ms: Option<u64>,
+    pub coalesce_ms: Option<u64>,
 }
 
 #[derive(Debug, Parser)]
@@ -388,6 +393,11 @@ pub struct RunArgs {
     /// Seconds a write to a device may take before it is disconnected [default: 30]
     #[arg(long, env = "MQTT_PROXY_DEVICE_WRITE_TIMEOUT_SECS")]
     pub device_write_timeout_secs: Option<u64>,
+    /// Milliseconds a device's packets that follow its last batch closely are held, to be
+    /// forwarded (and acknowledged) together: fewer writes per message, at most this much
+    /// added latency; 0 is off, at most 1000 [default: 0]
+    #[arg(long, env = "MQTT_PROXY_COALESCE_MS")]
+    pub coalesce_ms: Option<u64>,
     /// Subscriptions per device session [default: 10000]
     #[arg(long, env = "MQTT_PROXY_MAX_SUBSCRIPTIONS")]
     pub max_subscriptions: Option<usize>,
@@ -478,6 +488,9 @@ impl Config {
         {
             c.session.device_write_timeout = Duration::from_secs(s);
         }
+        if let Some(ms) = args.coalesce_ms.or(file.coalesce_ms) {
+            c.session.coalesce = Duration::from_millis(ms);
+        }
         if let Some(ms) = file.connack_wait_ms {
             c.session.connack_wait = Duration::from_millis(ms);
         }
@@ -551,6 +564,9 @@ impl Config {
         }
         if self.session.device_write_timeout.is_zero() {
             return bad("device_write_timeout_secs", "must be at least 1");
+        }
+        if self.session.coalesce > Duration::from_secs(1) {
+            return bad("coalesce_ms", "must be between 0 and 1000");
         }
         if self.session.to_device_max_bytes < self.session.max_packet_size {
             return bad(
@@ -631,5 +647,27 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("max_connections"), "{e}");
+    }
+
+    #[test]
+    fn coalescing_is_off_by_default_and_bounded() {
+        let c = Config::resolve(&RunArgs::default()).expect("valid");
+        assert!(c.session.coalesce.is_zero(), "off unless asked for");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "coalesce_ms = 5\n").expect("write");
+        let c = Config::resolve(&RunArgs {
+            config: Some(p),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(c.session.coalesce, Duration::from_millis(5));
+        let e = Config::resolve(&RunArgs {
+            coalesce_ms: Some(1001),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("coalesce_ms"), "{e}");
     }
 }

@@ -76,6 +76,7 @@ pub struct ValidatedProxy {
     pub mqtt_port: u16,
     pub web_port: u16,
     pub ack_policy: Option<AckPolicy>,
+    pub coalesce_ms: Option<u32>,
     pub allow_anonymous: bool,
     /// The users file's Secret and key, checked to exist and to parse.
     pub device_users: Option<UsersSecretRef>,
@@ -258,6 +259,11 @@ pub fn validate(
             spec.mqtt.port
         )));
     }
+    if let Some(ms) = spec.coalesce_ms.filter(|ms| *ms > 1000) {
+        return Err(Invalid::spec(format!(
+            "MqttProxy {namespace}/{name}: coalesceMs is {ms}; it must be between 0 and 1000"
+        )));
+    }
     let mut brokers = Vec::new();
     let mut files = BTreeMap::new();
     for b in selected_brokers(proxy, &inputs.brokers)? {
@@ -303,6 +309,7 @@ pub fn validate(
         mqtt_port: spec.mqtt.port,
         web_port: spec.web.port,
         ack_policy: spec.ack_policy,
+        coalesce_ms: spec.coalesce_ms.filter(|ms| *ms > 0),
         allow_anonymous: spec.allow_anonymous,
         device_users,
         upstream_client_id: spec.upstream_client_id.unwrap_or(if spec.replicas > 1 {

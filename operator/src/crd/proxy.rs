@@ -67,6 +67,13 @@ pub struct MqttProxySpec {
     /// When devices get their PUBACK/PUBREC: `queued` (default), `any` or `all`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack_policy: Option<AckPolicy>,
+    /// Milliseconds a device's packets that follow its last batch closely are held, to be
+    /// forwarded and acknowledged together (the proxy's `--coalesce-ms`): fewer writes per
+    /// message for devices that publish fast, at most this much added latency. Off (0) by
+    /// default; do not set it for devices that wait for each PUBACK before the next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub coalesce_ms: Option<u32>,
     /// Accept devices that send no username (the proxy's `--allow-anonymous`). Off by
     /// default: the proxy then refuses every device without a user, so it is never an open
     /// relay. Turn it on only where every device that can reach the Service is trusted.

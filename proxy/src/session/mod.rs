@@ -65,6 +65,8 @@ const HELD_RETRY: Duration = Duration::from_millis(20);
 
 enum Event {
     Read(std::io::Result<usize>),
+    /// The coalescing window after the last batch of device packets is over.
+    WindowOver,
     SubAck(Box<SubDone>),
     Acks,
     FromBroker(Box<FromBroker>),
@@ -82,6 +84,14 @@ async fn write_flush(
 ) -> std::io::Result<()> {
     wr.write_all(buf).await?;
     wr.flush().await
+}
+
+/// Resolves when the coalescing window set up in `timer` ends (never without one).
+async fn window_over(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves once the flag is `true` (or its sender is gone, which means the same).
@@ -373,6 +383,14 @@ impl Session {
         let keepalive = sleep_until(last_read + ka);
         tokio::pin!(keepalive);
         let mut ready = Vec::new();
+        // `--coalesce-ms`: device bytes that arrive within the window after the last batch
+        // was handled wait for the window's end and are handled together, so their acks go
+        // out in one write and their PUBLISHes reach each broker in one write. A packet
+        // after a quiet window is handled at once; off (zero) by default.
+        let window = self.shared.opts.coalesce;
+        let mut last_batch: Option<Instant> = None;
+        let mut window_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let mut in_window = false;
         // Packets already read behind the CONNECT.
         let mut end = self.drain_packets(&mut rbuf, &mut wbuf).err();
         loop {
@@ -386,7 +404,8 @@ impl Session {
             let holding = !self.held.is_empty();
             sizer.prepare(&mut rbuf);
             let event = tokio::select! {
-                r = rd.read_buf(&mut rbuf) => Event::Read(r),
+                r = rd.read_buf(&mut rbuf), if !in_window => Event::Read(r),
+                _ = window_over(&mut window_timer), if in_window => Event::WindowOver,
                 _ = acks.notify.notified() => Event::Acks,
                 Some(m) = self.from_brokers.recv() => Event::FromBroker(m),
                 Some(d) = self.subacks.recv() => Event::SubAck(d),
@@ -405,8 +424,43 @@ impl Session {
                 Event::Read(Ok(n)) => {
                     last_read = Instant::now();
                     sizer.read(n);
+                    match last_batch.map(|t| t + window) {
+                        Some(over) if over > last_read => {
+                            in_window = true;
+                            match window_timer.as_mut() {
+                                Some(t) => t.as_mut().reset(over),
+                                None => window_timer = Some(Box::pin(sleep_until(over))),
+                            }
+                        }
+                        _ => {
+                            if !window.is_zero() {
+                                last_batch = Some(last_read);
+                            }
+                            end = self.drain_packets(&mut rbuf, &mut wbuf).err();
+                            sizer.shrink(&mut rbuf);
+                        }
+                    }
+                }
+                Event::WindowOver => {
+                    in_window = false;
+                    // What else arrived during the window joins the batch.
+                    sizer.prepare(&mut rbuf);
+                    let more = rd.read_buf(&mut rbuf).now_or_never();
+                    if let Some(Ok(n)) = more {
+                        sizer.read(n);
+                    }
+                    last_batch = Some(Instant::now());
                     end = self.drain_packets(&mut rbuf, &mut wbuf).err();
                     sizer.shrink(&mut rbuf);
+                    match more {
+                        Some(Ok(0)) if end.is_none() => {
+                            end = Some(End::Lost("connection closed without DISCONNECT".into()))
+                        }
+                        Some(Err(e)) if end.is_none() => {
+                            end = Some(End::Lost(format!("read: {e}")))
+                        }
+                        _ => {}
+                    }
                 }
                 Event::Read(Err(e)) => return End::Lost(format!("read: {e}")),
                 Event::Acks => {

@@ -117,6 +117,9 @@ fn container(v: &ValidatedProxy) -> Container {
     if let Some(p) = v.ack_policy {
         args.extend(["--ack-policy".to_string(), ack_policy_arg(p).to_string()]);
     }
+    if let Some(ms) = v.coalesce_ms {
+        args.extend(["--coalesce-ms".to_string(), ms.to_string()]);
+    }
     if v.allow_anonymous {
         args.push("--allow-anonymous".to_string());
     }
