@@ -23,7 +23,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::fleet_device::{Commander, Counters, DeviceTask, CONNECT_TIMEOUT, DRAIN, ROOT};
-pub use crate::fleet_report::{FleetReport, SinkReport, Stage};
+pub use crate::fleet_report::{CpuWaits, FleetReport, SinkReport, Stage};
 use crate::mosquitto::{BrokerLimits, Mosquitto};
 use crate::payload::TopicScheme;
 use crate::procstat;
@@ -234,6 +234,7 @@ async fn run_with(
 
     let mut cmd = Commander::connect(&brokers[0].addr()).await?;
     let cpu0 = cpu_all(pid, brokers)?;
+    let wait0 = wait_all(pid, brokers)?;
     let load0 = loadavg();
     let go_at = Instant::now();
     go_tx.send_replace(true);
@@ -242,7 +243,8 @@ async fn run_with(
     let mut next_progress = go_at + Duration::from_secs(5);
     let hard_end = publish_end + DRAIN + Duration::from_secs(10);
     let mut downlinks_sent = 0u64;
-    // Downlinks stop 2 s before the devices do, so the last ones arrive while they listen.
+    // Downlinks stop 2 s before the devices do; the subscribed ones then listen until all
+    // have arrived (at most the drain), however long the last ones take.
     let downlink_end = publish_end
         .checked_sub(Duration::from_secs(2))
         .unwrap_or(go_at);
@@ -257,6 +259,10 @@ async fn run_with(
             cmd.downlinks(subscribed).await?;
             downlinks_sent += subscribed.len() as u64;
             next_downlink += Duration::from_secs(1);
+        } else if now >= downlink_end && counters.downlinks_final.load(Ordering::Relaxed) == 0 {
+            counters
+                .downlinks_final
+                .store(downlinks_sent + 1, Ordering::Release);
         }
         if cfg.progress && now >= next_progress {
             let recv: Vec<String> = sinks
@@ -297,6 +303,12 @@ async fn run_with(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu1 = cpu_all(pid, brokers)?;
+    let wait1 = wait_all(pid, brokers)?;
+    let waited: Vec<f64> = wait1
+        .iter()
+        .zip(&wait0)
+        .map(|(a, b)| a.saturating_sub(*b).as_secs_f64())
+        .collect();
     let load1 = loadavg();
     let (rss_end, hwm) = procstat::rss_kb(pid)?;
     stop_tx.send_replace(true);
@@ -357,6 +369,11 @@ async fn run_with(
         proxy_hwm_mb: mb(hwm),
         publish_s,
         load_cpu_s: (cpu1[cpu1.len() - 1] - cpu0[cpu0.len() - 1]).as_secs_f64(),
+        waited_s: CpuWaits {
+            proxy: waited[0],
+            brokers: waited[1..waited.len() - 1].iter().sum(),
+            load: waited[waited.len() - 1],
+        },
         loadavg: (load0, load1),
         errors,
     })
@@ -371,10 +388,23 @@ fn loadavg() -> String {
 
 /// CPU time of the proxy, then of each broker, then of this process.
 fn cpu_all(proxy: u32, brokers: &[Mosquitto]) -> anyhow::Result<Vec<Duration>> {
-    let mut v = vec![procstat::cpu_time(proxy)?];
+    each_process(proxy, brokers, procstat::cpu_time)
+}
+
+/// Run queue delay (waiting for a CPU) of the proxy, each broker and this process.
+fn wait_all(proxy: u32, brokers: &[Mosquitto]) -> anyhow::Result<Vec<Duration>> {
+    each_process(proxy, brokers, procstat::cpu_wait)
+}
+
+fn each_process(
+    proxy: u32,
+    brokers: &[Mosquitto],
+    read: fn(u32) -> anyhow::Result<Duration>,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut v = vec![read(proxy)?];
     for b in brokers {
-        v.push(procstat::cpu_time(b.pid().context("broker exited")?)?);
+        v.push(read(b.pid().context("broker exited")?)?);
     }
-    v.push(procstat::cpu_time(std::process::id())?);
+    v.push(read(std::process::id())?);
     Ok(v)
 }

@@ -26,6 +26,16 @@ pub struct Counters {
     pub sent: AtomicU64,
     pub acked: AtomicU64,
     pub downlinks: AtomicU64,
+    /// 1 + the downlinks the commander sent in all, once it has stopped sending (0 before):
+    /// the subscribed devices listen until that many arrived (or the drain ends).
+    pub downlinks_final: AtomicU64,
+}
+
+impl Counters {
+    fn downlinks_all_in(&self) -> bool {
+        let last = self.downlinks_final.load(Ordering::Acquire);
+        last > 0 && self.downlinks.load(Ordering::Relaxed) >= last - 1
+    }
 }
 
 pub struct DeviceTask {
@@ -94,8 +104,9 @@ impl DeviceTask {
             }
             if let Some(until) = drain_until {
                 if acked >= sent {
-                    // Listen a little longer for the last downlinks.
-                    if !self.subscribe || Instant::now() + Duration::from_secs(8) >= until {
+                    // Subscribed devices listen until every downlink has arrived (fleet-wide
+                    // count: a device cannot tell its last one), at most for the drain.
+                    if !self.subscribe || counters.downlinks_all_in() || Instant::now() >= until {
                         break;
                     }
                 }

@@ -45,9 +45,21 @@ pub struct FleetReport {
     pub publish_s: f64,
     /// CPU of this load generator (devices and sinks) over the same window.
     pub load_cpu_s: f64,
+    /// Seconds each side spent runnable but waiting for a CPU over the same window.
+    pub waited_s: CpuWaits,
     /// `/proc/loadavg` before the publish phase and after the drain: a busy box shows here.
     pub loadavg: (String, String),
     pub errors: Vec<String>,
+}
+
+/// Run queue delay (schedstat) over the publish phase and drain, in seconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CpuWaits {
+    pub proxy: f64,
+    /// The three brokers together.
+    pub brokers: f64,
+    /// This load generator (devices and sinks).
+    pub load: f64,
 }
 
 impl FleetReport {
@@ -116,6 +128,11 @@ impl FleetReport {
         line(format!(
             "mqtt-load CPU {:.2} s; load average before: {} | after: {}",
             self.load_cpu_s, self.loadavg.0, self.loadavg.1
+        ));
+        let w = &self.waited_s;
+        line(format!(
+            "waited for a CPU (run queue): proxy {:.2} s, brokers {:.2} s, mqtt-load {:.2} s",
+            w.proxy, w.brokers, w.load
         ));
         for e in &self.errors {
             line(format!("error: {e}"));

@@ -41,6 +41,26 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
 }
 
+/// Time `pid`'s threads spent runnable but waiting for a CPU (the run queue delay of
+/// `/proc/<pid>/task/*/schedstat`, second field, ns), summed over its live threads: what a
+/// busy box adds to a process's latency.
+pub fn cpu_wait(pid: u32) -> anyhow::Result<Duration> {
+    let dir = format!("/proc/{pid}/task");
+    let mut ns = 0u64;
+    for t in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = t?.path().join("schedstat");
+        // A thread that exited between the listing and the read adds nothing.
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            ns += s
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(Duration::from_nanos(ns))
+}
+
 /// `sysconf(_SC_CLK_TCK)` without `unsafe`: asked of `getconf` once; 100 (Linux's
 /// USER_HZ on every mainstream architecture) if that fails.
 fn clock_ticks() -> u64 {
