@@ -311,6 +311,10 @@ async fn run_with(
         .collect();
     let load1 = loadavg();
     let (rss_end, hwm) = procstat::rss_kb(pid)?;
+    // After the CPU readings: the scrape is not part of what was measured.
+    let metrics = procstat::scrape(proxy.http_port, Duration::from_secs(5))
+        .await
+        .unwrap_or_default();
     stop_tx.send_replace(true);
 
     let mut errors = Vec::new();
@@ -338,6 +342,8 @@ async fn run_with(
             received: tally.unique,
             duplicates: tally.duplicates,
             latency: LatencyMs::from_histogram(&tally.latency),
+            proxy_p50_le_ms: proxy_quantile_ms(&metrics, &brokers[i].name, 0.5),
+            proxy_p99_le_ms: proxy_quantile_ms(&metrics, &brokers[i].name, 0.99),
         });
     }
     let (first, lastst) = (&stages[0], &stages[stages.len() - 1]);
@@ -384,6 +390,13 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
+}
+
+/// From the proxy's `mqtt_proxy_forward_latency_seconds{broker}`, in ms.
+fn proxy_quantile_ms(metrics: &str, broker: &str, q: f64) -> Option<f64> {
+    let label = format!("broker=\"{broker}\"");
+    procstat::histogram_quantile(metrics, "mqtt_proxy_forward_latency_seconds", &[&label], q)
+        .map(|s| s * 1000.0)
 }
 
 /// CPU time of the proxy, then of each broker, then of this process.

@@ -20,7 +20,13 @@ pub struct SinkReport {
     pub expected: u64,
     pub received: u64,
     pub duplicates: u64,
+    /// Device send → sink receive, on this generator's clock.
     pub latency: LatencyMs,
+    /// The proxy's own `mqtt_proxy_forward_latency_seconds` for this broker (device
+    /// PUBLISH in → broker PUBACK), as the upper bounds (ms) of the buckets holding p50 and
+    /// p99: what the proxy and the broker add, without the generator's and sink's queueing.
+    pub proxy_p50_le_ms: Option<f64>,
+    pub proxy_p99_le_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,10 +108,13 @@ impl FleetReport {
             "published {} (acked {}) in {:.1} s; downlinks {}/{}",
             self.sent, self.acked, self.publish_s, self.downlinks_received, self.downlinks_sent
         ));
-        line("broker   received/expected   dups   p50 ms   p99 ms   max ms   CPU s".into());
+        line(
+            "broker   received/expected   dups   p50 ms   p99 ms   max ms   CPU s   proxy-measured p50 / p99 ≤ ms"
+                .into(),
+        );
         for (i, k) in self.sinks.iter().enumerate() {
             line(format!(
-                "{:<6} {:>10}/{:<10} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>7.2}",
+                "{:<6} {:>10}/{:<10} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>7.2}   {} / {}",
                 k.broker,
                 k.received,
                 k.expected,
@@ -113,7 +122,9 @@ impl FleetReport {
                 k.latency.p50,
                 k.latency.p99,
                 k.latency.max,
-                self.broker_cpu_s.get(i).copied().unwrap_or(0.0)
+                self.broker_cpu_s.get(i).copied().unwrap_or(0.0),
+                bound(k.proxy_p50_le_ms),
+                bound(k.proxy_p99_le_ms)
             ));
         }
         let brokers: f64 = self.broker_cpu_s.iter().sum();
@@ -146,5 +157,13 @@ impl FleetReport {
             }
         ));
         s
+    }
+}
+
+fn bound(ms: Option<f64>) -> String {
+    match ms {
+        Some(v) if v.is_finite() => format!("{v:.2}"),
+        Some(_) => "> last bucket".into(),
+        None => "-".into(),
     }
 }

@@ -169,9 +169,66 @@ pub fn metric(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
     found
 }
 
+/// The upper bound of the bucket of histogram `name` (samples whose labels contain each of
+/// `labels`) that holds quantile `q`: "`q` of the observations took at most this". `None`
+/// without observations; `f64::INFINITY` when the quantile lies past the last bound.
+pub fn histogram_quantile(body: &str, name: &str, labels: &[&str], q: f64) -> Option<f64> {
+    let bucket = format!("{name}_bucket{{");
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix(&bucket) else {
+            continue;
+        };
+        let Some((labelset, value)) = rest.split_once('}') else {
+            continue;
+        };
+        let set: Vec<&str> = labelset.split(',').collect();
+        if !labels.iter().all(|l| set.contains(l)) {
+            continue;
+        }
+        let Some(le) = set.iter().find_map(|l| l.strip_prefix("le=\"")) else {
+            continue;
+        };
+        let le = match le.trim_end_matches('"') {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().ok()?,
+        };
+        let count: f64 = value.trim().parse().ok()?;
+        match buckets.iter_mut().find(|(b, _)| *b == le) {
+            Some((_, c)) => *c += count,
+            None => buckets.push((le, count)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| *le)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_quantile_is_the_bound_of_the_bucket_that_holds_it() {
+        let body = "# TYPE h histogram\n\
+            h_bucket{broker=\"b1\",le=\"0.001\"} 90\n\
+            h_bucket{broker=\"b1\",le=\"0.01\"} 99\n\
+            h_bucket{broker=\"b1\",le=\"0.1\"} 100\n\
+            h_bucket{broker=\"b1\",le=\"+Inf\"} 100\n\
+            h_bucket{broker=\"b2\",le=\"0.001\"} 0\n\
+            h_bucket{broker=\"b2\",le=\"+Inf\"} 0\n";
+        let q = |b: &str, q| histogram_quantile(body, "h", &[b], q);
+        assert_eq!(q("broker=\"b1\"", 0.5), Some(0.001));
+        assert_eq!(q("broker=\"b1\"", 0.99), Some(0.01));
+        assert_eq!(q("broker=\"b1\"", 1.0), Some(0.1));
+        assert_eq!(q("broker=\"b2\"", 0.99), None, "no observations");
+    }
 
     #[test]
     fn reads_the_open_file_limit_line() {
