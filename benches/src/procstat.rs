@@ -143,49 +143,43 @@ pub async fn scrape(http_port: u16, timeout: Duration) -> anyhow::Result<String>
     Ok(body.to_string())
 }
 
+/// Every sample of `name` in a Prometheus text body whose labels contain each of `labels`
+/// (`k="v"`), as (its label pairs, its value).
+fn samples<'a>(
+    body: &'a str,
+    name: &'a str,
+    labels: &'a [&'a str],
+) -> impl Iterator<Item = (Vec<&'a str>, f64)> + 'a {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(move |line| {
+            let rest = line.strip_prefix(name)?;
+            let (labelset, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once('}')?,
+                None if rest.starts_with(' ') => ("", rest),
+                None => return None,
+            };
+            let set: Vec<&str> = labelset.split(',').collect();
+            if !labels.iter().all(|l| set.contains(l)) {
+                return None;
+            }
+            Some((set, value.trim().parse().ok()?))
+        })
+}
+
 /// The sum of every sample of `name` whose labels contain each of `labels` (`k="v"`);
 /// `None` when there is none.
 pub fn metric(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    let mut found = None;
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (labelset, value) = match rest.strip_prefix('{') {
-            Some(r) => match r.split_once('}') {
-                Some((l, v)) => (l, v),
-                None => continue,
-            },
-            None if rest.starts_with(' ') => ("", rest),
-            None => continue,
-        };
-        if !labels.iter().all(|l| labelset.split(',').any(|x| x == *l)) {
-            continue;
-        }
-        if let Ok(v) = value.trim().parse::<f64>() {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
+    samples(body, name, labels).fold(None, |sum, (_, v)| Some(sum.unwrap_or(0.0) + v))
 }
 
 /// The upper bound of the bucket of histogram `name` (samples whose labels contain each of
 /// `labels`) that holds quantile `q`: "`q` of the observations took at most this". `None`
 /// without observations; `f64::INFINITY` when the quantile lies past the last bound.
 pub fn histogram_quantile(body: &str, name: &str, labels: &[&str], q: f64) -> Option<f64> {
-    let bucket = format!("{name}_bucket{{");
+    let bucket = format!("{name}_bucket");
     let mut buckets: Vec<(f64, f64)> = Vec::new();
-    for line in body.lines() {
-        let Some(rest) = line.strip_prefix(&bucket) else {
-            continue;
-        };
-        let Some((labelset, value)) = rest.split_once('}') else {
-            continue;
-        };
-        let set: Vec<&str> = labelset.split(',').collect();
-        if !labels.iter().all(|l| set.contains(l)) {
-            continue;
-        }
+    for (set, count) in samples(body, &bucket, labels) {
         let Some(le) = set.iter().find_map(|l| l.strip_prefix("le=\"")) else {
             continue;
         };
@@ -193,7 +187,6 @@ pub fn histogram_quantile(body: &str, name: &str, labels: &[&str], q: f64) -> Op
             "+Inf" => f64::INFINITY,
             v => v.parse().ok()?,
         };
-        let count: f64 = value.trim().parse().ok()?;
         match buckets.iter_mut().find(|(b, _)| *b == le) {
             Some((_, c)) => *c += count,
             None => buckets.push((le, count)),
