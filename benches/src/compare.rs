@@ -131,7 +131,83 @@ pub fn loadavg() -> Option<String> {
     )
 }
 
-async fn start_brokers(n: usize, limits: BrokerLimits) -> anyhow::Result<Vec<Mosquitto>> {
+/// What case c or d publishes to in front of the downstream brokers (the proxy, or a
+/// mosquitto bridging `<topic_root>/#` to each of them); nothing for cases a and b. Kept
+/// alive for the run, then stopped.
+pub(crate) enum Front {
+    None,
+    Proxy(ProxyProc),
+    Bridge(Mosquitto),
+}
+
+impl Front {
+    pub(crate) async fn start(
+        case: Case,
+        proxy_bin: &Path,
+        downstream: &[Mosquitto],
+        w: &Workload,
+        limits: BrokerLimits,
+    ) -> anyhow::Result<Front> {
+        Ok(match case {
+            Case::A | Case::B => Front::None,
+            Case::C => {
+                let list: Vec<(String, u16)> = downstream
+                    .iter()
+                    .map(|b| (b.name.clone(), b.port))
+                    .collect();
+                Front::Proxy(ProxyProc::start(proxy_bin, &list).await?)
+            }
+            Case::D => {
+                let bridges: Vec<Bridge> = downstream
+                    .iter()
+                    .map(|b| Bridge {
+                        name: b.name.clone(),
+                        addr: b.addr(),
+                        topic: format!("{}/#", w.topic_root),
+                        qos: w.qos,
+                    })
+                    .collect();
+                Front::Bridge(Mosquitto::start("bridge", limits, &bridges).await?)
+            }
+        })
+    }
+
+    /// Where the device publishes (cases c and d).
+    pub(crate) fn addr(&self) -> Option<String> {
+        match self {
+            Front::None => None,
+            Front::Proxy(p) => Some(p.addr()),
+            Front::Bridge(m) => Some(m.addr()),
+        }
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        match self {
+            Front::None => None,
+            Front::Proxy(p) => p.pid(),
+            Front::Bridge(m) => m.pid(),
+        }
+    }
+
+    /// Stops it; after a failed run, prints the proxy's log tail first.
+    pub(crate) async fn stop(self, failed: bool) {
+        match self {
+            Front::None => {}
+            Front::Proxy(p) => {
+                if failed {
+                    eprintln!("proxy log tail:\n{}", p.log_tail(20));
+                }
+                p.stop().await;
+            }
+            Front::Bridge(m) => m.stop().await,
+        }
+    }
+}
+
+pub(crate) async fn start_brokers(
+    n: usize,
+    limits: BrokerLimits,
+) -> anyhow::Result<Vec<Mosquitto>> {
     let mut brokers = Vec::with_capacity(n);
     for i in 1..=n {
         brokers.push(Mosquitto::start(&format!("b{i}"), limits, &[]).await?);
@@ -139,7 +215,7 @@ async fn start_brokers(n: usize, limits: BrokerLimits) -> anyhow::Result<Vec<Mos
     Ok(brokers)
 }
 
-fn sinks(brokers: &[Mosquitto], expects: impl Fn(usize) -> Vec<usize>) -> Vec<Sink> {
+pub(crate) fn sinks(brokers: &[Mosquitto], expects: impl Fn(usize) -> Vec<usize>) -> Vec<Sink> {
     brokers
         .iter()
         .enumerate()
@@ -157,60 +233,19 @@ async fn run_case(cfg: &CompareConfig, case: Case, rep: usize) -> anyhow::Result
     let label = format!("rep{rep} {case:?}").to_lowercase();
     let n = if case == Case::A { 1 } else { cfg.brokers };
     let downstream = start_brokers(n, cfg.limits).await?;
-    // Whatever fronts the downstream brokers; kept alive until the run ends.
-    let mut proxy = None;
-    let mut bridge = None;
-    let topo = match case {
-        Case::A => Topology {
-            devices: vec![downstream[0].addr()],
-            sinks: sinks(&downstream, |_| vec![0]),
-        },
-        Case::B => Topology {
+    let front = Front::start(case, &cfg.proxy_bin, &downstream, &w, cfg.limits).await?;
+    let topo = match (case, front.addr()) {
+        (Case::B, _) => Topology {
             devices: downstream.iter().map(Mosquitto::addr).collect(),
             sinks: sinks(&downstream, |i| vec![i]),
         },
-        Case::C => {
-            let list: Vec<(String, u16)> = downstream
-                .iter()
-                .map(|b| (b.name.clone(), b.port))
-                .collect();
-            let p = ProxyProc::start(&cfg.proxy_bin, &list).await?;
-            let topo = Topology {
-                devices: vec![p.addr()],
-                sinks: sinks(&downstream, |_| vec![0]),
-            };
-            proxy = Some(p);
-            topo
-        }
-        Case::D => {
-            let bridges: Vec<Bridge> = downstream
-                .iter()
-                .map(|b| Bridge {
-                    name: b.name.clone(),
-                    addr: b.addr(),
-                    topic: format!("{}/#", w.topic_root),
-                    qos: w.qos,
-                })
-                .collect();
-            let m = Mosquitto::start("bridge", cfg.limits, &bridges).await?;
-            let topo = Topology {
-                devices: vec![m.addr()],
-                sinks: sinks(&downstream, |_| vec![0]),
-            };
-            bridge = Some(m);
-            topo
-        }
+        (_, addr) => Topology {
+            devices: vec![addr.unwrap_or_else(|| downstream[0].addr())],
+            sinks: sinks(&downstream, |_| vec![0]),
+        },
     };
     let outcome = workload::run(&w, &topo, &label).await;
-    if let (Err(_), Some(p)) = (&outcome, &proxy) {
-        eprintln!("proxy log tail:\n{}", p.log_tail(20));
-    }
-    if let Some(p) = proxy {
-        p.stop().await;
-    }
-    if let Some(m) = bridge {
-        m.stop().await;
-    }
+    front.stop(outcome.is_err()).await;
     for b in downstream {
         b.stop().await;
     }

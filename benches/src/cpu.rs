@@ -13,11 +13,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::compare::{loadavg, plan_cases, Case};
+use crate::compare::{loadavg, plan_cases, sinks, start_brokers, Case, Front};
 use crate::cpu_report::{CpuReport, CpuRun, CpuWindow};
-use crate::mosquitto::{Bridge, BrokerLimits, Mosquitto};
-use crate::proxy_proc::ProxyProc;
-use crate::workload::{self, Sink, Topology, Workload};
+use crate::mosquitto::{BrokerLimits, Mosquitto};
+use crate::workload::{self, Topology, Workload};
 
 #[derive(Debug, Clone)]
 pub struct CpuConfig {
@@ -130,17 +129,6 @@ pub async fn cpu(cfg: &CpuConfig) -> CpuReport {
     )
 }
 
-fn sinks(brokers: &[Mosquitto]) -> Vec<Sink> {
-    brokers
-        .iter()
-        .map(|b| Sink {
-            name: b.name.clone(),
-            addr: b.addr(),
-            expects: vec![0],
-        })
-        .collect()
-}
-
 fn workload_for(cfg: &CpuConfig, case: Case, rate: u64, rep: usize) -> Workload {
     let count = ((rate as f64) * cfg.duration.as_secs_f64())
         .round()
@@ -164,43 +152,13 @@ fn workload_for(cfg: &CpuConfig, case: Case, rate: u64, rep: usize) -> Workload 
 async fn run_case(cfg: &CpuConfig, case: Case, rate: u64, rep: usize) -> anyhow::Result<CpuRun> {
     let w = workload_for(cfg, case, rate, rep);
     let n = if case == Case::A { 1 } else { cfg.brokers };
-    let mut downstream = Vec::with_capacity(n);
-    for i in 1..=n {
-        downstream.push(Mosquitto::start(&format!("b{i}"), cfg.limits, &[]).await?);
-    }
-    let mut proxy = None;
-    let mut bridge = None;
-    let (target, front_pid) = match case {
-        Case::C => {
-            let list: Vec<(String, u16)> = downstream
-                .iter()
-                .map(|b| (b.name.clone(), b.port))
-                .collect();
-            let p = ProxyProc::start(&cfg.proxy_bin, &list).await?;
-            let t = (p.addr(), p.pid());
-            proxy = Some(p);
-            t
-        }
-        Case::D => {
-            let bridges: Vec<Bridge> = downstream
-                .iter()
-                .map(|b| Bridge {
-                    name: b.name.clone(),
-                    addr: b.addr(),
-                    topic: format!("{}/#", w.topic_root),
-                    qos: w.qos,
-                })
-                .collect();
-            let m = Mosquitto::start("bridge", cfg.limits, &bridges).await?;
-            let t = (m.addr(), m.pid());
-            bridge = Some(m);
-            t
-        }
-        Case::A | Case::B => (downstream[0].addr(), None),
-    };
+    let downstream = start_brokers(n, cfg.limits).await?;
+    let front = Front::start(case, &cfg.proxy_bin, &downstream, &w, cfg.limits).await?;
+    let target = front.addr().unwrap_or_else(|| downstream[0].addr());
+    let front_pid = front.pid();
     let topo = Topology {
         devices: vec![target],
-        sinks: sinks(&downstream),
+        sinks: sinks(&downstream, |_| vec![0]),
     };
     let broker_pids: Vec<Option<u32>> = downstream.iter().map(Mosquitto::pid).collect();
     let snapshot = || {
@@ -217,15 +175,7 @@ async fn run_case(cfg: &CpuConfig, case: Case, rate: u64, rep: usize) -> anyhow:
     let outcome = workload::run(&w, &topo, &label).await;
     let (front1, brokers1) = snapshot();
     let loadavg_after = loadavg();
-    if let (Err(_), Some(p)) = (&outcome, &proxy) {
-        eprintln!("proxy log tail:\n{}", p.log_tail(20));
-    }
-    if let Some(p) = proxy {
-        p.stop().await;
-    }
-    if let Some(m) = bridge {
-        m.stop().await;
-    }
+    front.stop(outcome.is_err()).await;
     for b in downstream {
         b.stop().await;
     }
