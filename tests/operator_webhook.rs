@@ -24,7 +24,7 @@ use mqtt_proxy_tests::k8s::sidecar::{
     containers, create_pod_retrying, expected_list, find_sidecar, restart, start_operator,
     webhook_config_yaml, PROXY_IMAGE, WEBHOOK_CONFIG,
 };
-use mqtt_proxy_tests::k8s::TestApiServer;
+use mqtt_proxy_tests::k8s::{Kubectl, TestApiServer};
 use mqtt_proxy_tests::try_free_port;
 use serde_json::Value;
 
@@ -36,6 +36,21 @@ fn proxy_yaml(mode: &str) -> String {
         "apiVersion: mqttproxy.io/v1alpha1\nkind: MqttProxy\nmetadata:\n  name: telemetry\n  \
          namespace: {NS}\nspec:\n  mode: {mode}\n  brokerSelector: {{}}\n"
     )
+}
+
+/// Creates pod `name` (retrying until the webhook admits it) and returns it as stored.
+async fn admitted_pod(
+    k: &Kubectl,
+    name: &str,
+    labels: &[(&str, &str)],
+    log: impl Fn() -> String,
+) -> Result<Value> {
+    create_pod_retrying(k, NS, name, labels)
+        .await
+        .with_context(&log)?;
+    k.get_json("pod", name, NS)
+        .await?
+        .with_context(|| format!("pod {name}"))
 }
 
 fn env<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
@@ -96,18 +111,13 @@ async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Resul
     .await
     .with_context(|| op.process.log_tail())?;
 
-    create_pod_retrying(
+    let pod = admitted_pod(
         k,
-        NS,
         "sensor",
         &[("app", "sensor"), ("mqttproxy.io/inject", "telemetry")],
+        || op.process.log_tail(),
     )
-    .await
-    .with_context(|| op.process.log_tail())?;
-    let pod = k
-        .get_json("pod", "sensor", NS)
-        .await?
-        .context("pod sensor")?;
+    .await?;
     let list = expected_list(k).await?;
     let Some(sidecar) = find_sidecar(&pod, list) else {
         bail!("not injected into {list}: {pod}\n{}", op.process.log_tail());
@@ -239,13 +249,13 @@ async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Resul
     )
     .await
     .with_context(|| op.process.log_tail())?;
-    create_pod_retrying(k, NS, "sensor-2", &[("mqttproxy.io/inject", "telemetry")])
-        .await
-        .with_context(|| op.process.log_tail())?;
-    let pod = k
-        .get_json("pod", "sensor-2", NS)
-        .await?
-        .context("sensor-2")?;
+    let pod = admitted_pod(
+        k,
+        "sensor-2",
+        &[("mqttproxy.io/inject", "telemetry")],
+        || op.process.log_tail(),
+    )
+    .await?;
     ensure!(
         find_sidecar(&pod, list).is_some(),
         "injected with the rotated certificate: {pod}"
@@ -277,13 +287,13 @@ async fn sidecar_mode_injects_labelled_pods_through_a_real_api_server() -> Resul
         None,
     )
     .await?;
-    create_pod_retrying(k, NS, "sensor-3", &[("mqttproxy.io/inject", "telemetry")])
-        .await
-        .with_context(|| standby.process.log_tail())?;
-    let pod = k
-        .get_json("pod", "sensor-3", NS)
-        .await?
-        .context("sensor-3")?;
+    let pod = admitted_pod(
+        k,
+        "sensor-3",
+        &[("mqttproxy.io/inject", "telemetry")],
+        || standby.process.log_tail(),
+    )
+    .await?;
     ensure!(
         find_sidecar(&pod, list).is_some(),
         "injected by the standby: {pod}"
